@@ -16,7 +16,7 @@ import numpy as np
 
 from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.compiler.frontend.settings import show
-from dlc.runtime.data.streamed import Streamed
+from dlc.runtime.data.streamed import Stacked, Streamed
 
 
 @dataclass(repr=False)
@@ -71,7 +71,9 @@ class Dataset:
                 span,
             )
         members = [self.columns[m] for m in self.stacked[name]]
-        return members[0] if len(members) == 1 else np.stack(members, axis=1)
+        if len(members) == 1:
+            return members[0]
+        return Stacked(members) if any(isinstance(m, Streamed) for m in members) else np.stack(members, axis=1)
 
     def reads(self, names) -> set:
         """The columns that `names` (columns, or names `stacked` makes) read."""
@@ -113,7 +115,10 @@ class Dataset:
             )
         if not tail:
             order = np.random.default_rng(seed).permutation(n)
-            return self.take(order[k:]), self.take(order[:k])
+            rest, held = order[k:], order[:k]
+            if any(isinstance(a, Streamed) and a.in_order for a in self.columns.values()):  # each part in file order
+                rest, held = np.sort(rest), np.sort(held)
+            return self.take(rest), self.take(held)
         if not block:
             return self.rows(slice(0, n - k)), self.rows(slice(n - k, n))
         held = self.rows(slice(n - k, n, block))
