@@ -55,8 +55,8 @@ class ParquetGroups:
     def let_go(self, k: int, table):
         """Nothing: a decoded group is memory of its own, freed with the table."""
 
-    def rows(self, k: int, local: np.ndarray):
-        """Rows `local` of group k (a pyarrow Table of the chosen columns)."""
+    def rows(self, k: int, local: np.ndarray, name: str):
+        """Column `name` at rows `local` of group k (a pyarrow ChunkedArray)."""
         with self.lock:
             group = self.cache.get(k)
             if group is not None:
@@ -67,7 +67,7 @@ class ParquetGroups:
                 self.cache[k] = group
                 while len(self.cache) > CACHED:
                     self.cache.popitem(last=False)
-        return group.take(local)
+        return group.column(name).take(local)
 
 
 class ArrowGroups:
@@ -125,11 +125,11 @@ class ArrowGroups:
         """Batch k's chosen columns as a table, in place: `let_go` after reading it."""
         return self.pa.Table.from_batches([self.batch(k)])
 
-    def rows(self, k: int, local: np.ndarray):
-        """Rows `local` of batch k, copied out of the file, whose pages are then let go."""
-        whole = self.whole(k)
-        taken = whole.take(local)
-        self.let_go(k, whole)
+    def rows(self, k: int, local: np.ndarray, name: str):
+        """Column `name` at rows `local` of batch k, copied out of the file, whose pages are then let go."""
+        column = self.whole(k).select([name])
+        taken = column.column(0).take(local)
+        self.let_go(k, column)
         return taken
 
     def let_go(self, k: int, table):
@@ -157,6 +157,7 @@ class StreamedTable:
             for name in columns:
                 scan(pa, where, name, group.column(name), int(groups.starts[k]), self.known[name])
             groups.let_go(k, group)
+        self.every = Rows(np.arange(len(self)))  # every column's rows, one array
         empty = groups.schema.empty_table().select(columns)
         self.arrays, self.names = {}, {}  # array -> (column, example shape, dtype); column -> names of its ids
         for name in columns:
@@ -171,8 +172,9 @@ class StreamedTable:
 
     def columns_of(self, name: str) -> dict:
         """The arrays of table column `name` (its values; a list's lengths too), every row."""
-        rows = np.arange(len(self))
-        return {key: TableColumn(self, key, rows) for key, (column, _, _) in self.arrays.items() if column == name}
+        return {
+            key: TableColumn(self, key, self.every) for key, (column, _, _) in self.arrays.items() if column == name
+        }
 
     def read(self, key: str, rows: np.ndarray, known: ColumnFacts | None) -> np.ndarray:
         """Array `key` at table rows `rows`, each group they fall in read once."""
@@ -183,10 +185,10 @@ class StreamedTable:
         for k in np.unique(group).tolist():
             at = np.flatnonzero(group == k)
             try:
-                part = self.groups.rows(k, rows[at] - starts[k])
+                part = self.groups.rows(k, rows[at] - starts[k], name)
             except (self.pa.ArrowException, OSError) as e:
                 raise DlcError(f"{self.place} cannot read its row group {k} ({reason(e)})") from None
-            out[at] = self.convert(name, part.column(name), known or self.known[name])[0][key]
+            out[at] = self.convert(name, part, known or self.known[name])[0][key]
         return out
 
     def shuffled(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -199,25 +201,39 @@ class StreamedTable:
         return np.lexsort((rng.random(len(rows)), place // WINDOW))
 
 
+class Rows:
+    """Rows of a table that its columns share: the columns of a data set, indexed alike
+    (`Dataset.take` gives each the same index), share one array of rows, not one each (8 bytes
+    a row for every column of the table)."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids, self.last = ids, None
+
+    def __getitem__(self, index) -> "Rows":
+        if self.last is None or self.last[0] is not index:  # the index is held: `is` cannot mistake another
+            self.last = (index, Rows(self.ids[row_indices(len(self.ids), index)]))
+        return self.last[1]
+
+
 class TableColumn(Streamed):
-    """An array of a streamed table (a column, or a list column's lengths) at rows `ids` of the
-    table; `known`: the categories its ids are of when not the table's own (`recoded`)."""
+    """An array of a streamed table (a column, or a list column's lengths) at table rows `rows`;
+    `known`: the categories its ids are of when not the table's own (`recoded`)."""
 
     in_order = True
 
-    def __init__(self, table: StreamedTable, key: str, ids: np.ndarray, known: ColumnFacts | None = None):
-        self.table, self.key, self.ids, self.known = table, key, ids, known
+    def __init__(self, table: StreamedTable, key: str, rows: Rows, known: ColumnFacts | None = None):
+        self.table, self.key, self.rows, self.known = table, key, rows, known
         _, example, self.dtype = table.arrays[key]
-        self.shape = (len(ids), *example)
+        self.shape = (len(rows.ids), *example)
 
     def __getitem__(self, index) -> "TableColumn":
-        return TableColumn(self.table, self.key, self.ids[row_indices(len(self), index)], self.known)
+        return TableColumn(self.table, self.key, self.rows[index], self.known)
 
     def read(self, rows, epoch: int | None) -> np.ndarray:
-        return self.table.read(self.key, self.ids[row_indices(len(self), rows)], self.known)
+        return self.table.read(self.key, self.rows.ids[row_indices(len(self), rows)], self.known)
 
     def shuffled(self, rng: np.random.Generator) -> np.ndarray:
-        return self.table.shuffled(self.ids, rng)
+        return self.table.shuffled(self.rows.ids, rng)
 
     def recoded(self, names: list, span=None) -> "TableColumn":
         """This column of categories with the ids of `names` (a model's trained ones): a
@@ -239,4 +255,4 @@ class TableColumn(Streamed):
             )
         known = ColumnFacts()
         known.ordered, known.longest = dict.fromkeys(names), self.table.known[name].longest
-        return TableColumn(self.table, self.key, self.ids, known)
+        return TableColumn(self.table, self.key, self.rows, known)
