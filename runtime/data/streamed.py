@@ -40,6 +40,10 @@ class Streamed:
         """The examples at `rows` decoded: [len(rows), *shape[1:]] of `dtype`."""
         raise NotImplementedError
 
+    def read_into(self, rows, epoch: int | None, out: np.ndarray):
+        """`read` into `out`, a part of a batch's array, which threads fill side by side."""
+        out[...] = self.read(rows, epoch)
+
     def shaped(self, example: tuple) -> "Streamed | None":
         """This column giving examples of shape `example` (an input's, without the batch axis),
         or None when it cannot."""

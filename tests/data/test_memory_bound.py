@@ -19,7 +19,7 @@ from dlc.runtime.data import row_groups
 from helpers.photos import photo_folder
 
 BOUND = 0.10  # the issue's and the docs' bound on the larger run's peak over the smaller's
-SIZE = 64  # photos read at 64 x 64: 48 kB an example decoded, so holding them would show
+SIZE = 128  # photos read at 128 x 128: 48 kB of pixels an example, so holding them would show
 FEATURES = 16
 GROUP = 2_500  # rows of a Parquet row group: the smaller table has the 8 the cache holds
 
