@@ -270,9 +270,11 @@ def loaded(img, need: tuple, mode: str):
     16-bit grey scaled to 8 bits, a palette through RGBA (its transparency), alpha dropped."""
     from PIL import ImageOps
 
+    orientation = _orientation(img)
     if img.format == "JPEG":
-        img.draft(img.mode, need[::-1] if _orientation(img) in (5, 6, 7, 8) else need)
-    img = ImageOps.exif_transpose(img)
+        img.draft(img.mode, need[::-1] if orientation in (5, 6, 7, 8) else need)
+    if orientation != 1:  # upright already: exif_transpose would copy the decoded image
+        img = ImageOps.exif_transpose(img)
     if img.mode in SIXTEEN_BIT:
         a = np.asarray(img, np.float64) * (255 / 65535)
         img = pillow().fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8))
