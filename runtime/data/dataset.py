@@ -16,7 +16,7 @@ import numpy as np
 
 from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.compiler.frontend.settings import show
-from dlc.runtime.data.streamed import Stacked, Streamed
+from dlc.runtime.data.streamed import Streamed
 
 
 @dataclass(repr=False)
@@ -73,7 +73,8 @@ class Dataset:
         members = [self.columns[m] for m in self.stacked[name]]
         if len(members) == 1:
             return members[0]
-        return Stacked(members) if any(isinstance(m, Streamed) for m in members) else np.stack(members, axis=1)
+        streamed = next((m for m in members if isinstance(m, Streamed)), None)
+        return streamed.stacked(members) if streamed is not None else np.stack(members, axis=1)
 
     def reads(self, names) -> set:
         """The columns that `names` (columns, or names `stacked` makes) read."""

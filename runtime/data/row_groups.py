@@ -55,8 +55,8 @@ class ParquetGroups:
     def let_go(self, k: int, table):
         """Nothing: a decoded group is memory of its own, freed with the table."""
 
-    def rows(self, k: int, local: np.ndarray, name: str):
-        """Column `name` at rows `local` of group k (a pyarrow ChunkedArray)."""
+    def rows(self, k: int, local: np.ndarray, names: list):
+        """Columns `names` at rows `local` of group k (a pyarrow Table)."""
         with self.lock:
             group = self.cache.get(k)
             if group is not None:
@@ -67,7 +67,7 @@ class ParquetGroups:
                 self.cache[k] = group
                 while len(self.cache) > CACHED:
                     self.cache.popitem(last=False)
-        return group.column(name).take(local)
+        return group.select(names).take(local)
 
 
 class ArrowGroups:
@@ -125,11 +125,11 @@ class ArrowGroups:
         """Batch k's chosen columns as a table, in place: `let_go` after reading it."""
         return self.pa.Table.from_batches([self.batch(k)])
 
-    def rows(self, k: int, local: np.ndarray, name: str):
-        """Column `name` at rows `local` of batch k, copied out of the file, whose pages are then let go."""
-        column = self.whole(k).select([name])
-        taken = column.column(0).take(local)
-        self.let_go(k, column)
+    def rows(self, k: int, local: np.ndarray, names: list):
+        """Columns `names` at rows `local` of batch k, copied out of the file, whose pages are then let go."""
+        columns = self.whole(k).select(names)
+        taken = columns.take(local)
+        self.let_go(k, columns)
         return taken
 
     def let_go(self, k: int, table):
@@ -176,19 +176,26 @@ class StreamedTable:
             key: TableColumn(self, key, self.every) for key, (column, _, _) in self.arrays.items() if column == name
         }
 
-    def read(self, key: str, rows: np.ndarray, known: ColumnFacts | None) -> np.ndarray:
-        """Array `key` at table rows `rows`, each group they fall in read once."""
-        name, example, dtype = self.arrays[key]
+    def read(self, keys: list, rows: np.ndarray, known: ColumnFacts | None = None) -> np.ndarray:
+        """Arrays `keys` at table rows `rows`, each group they fall in read once: one key's
+        array, or several of one value an example side by side, [len(rows), len(keys)]."""
+        names = list(dict.fromkeys(self.arrays[key][0] for key in keys))
+        _, example, dtype = self.arrays[keys[0]]
+        if len(keys) > 1:
+            example, dtype = (len(keys),), np.result_type(*(self.arrays[key][2] for key in keys))
         starts = self.groups.starts
         group = np.searchsorted(starts, rows, side="right") - 1
         out = np.empty((len(rows), *example), dtype)
         for k in np.unique(group).tolist():
             at = np.flatnonzero(group == k)
             try:
-                part = self.groups.rows(k, rows[at] - starts[k], name)
+                part = self.groups.rows(k, rows[at] - starts[k], names)
             except (self.pa.ArrowException, OSError) as e:
                 raise DlcError(f"{self.place} cannot read its row group {k} ({reason(e)})") from None
-            out[at] = self.convert(name, part, known or self.known[name])[0][key]
+            arrays = {}
+            for name in names:
+                arrays.update(self.convert(name, part.column(name), known or self.known[name])[0])
+            out[at] = arrays[keys[0]] if len(keys) == 1 else np.stack([arrays[key] for key in keys], axis=1)
         return out
 
     def shuffled(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -230,7 +237,7 @@ class TableColumn(Streamed):
         return TableColumn(self.table, self.key, self.rows[index], self.known)
 
     def read(self, rows, epoch: int | None) -> np.ndarray:
-        return self.table.read(self.key, self.rows.ids[row_indices(len(self), rows)], self.known)
+        return self.table.read([self.key], self.rows.ids[row_indices(len(self), rows)], self.known)
 
     def shuffled(self, rng: np.random.Generator) -> np.ndarray:
         return self.table.shuffled(self.rows.ids, rng)
@@ -256,3 +263,31 @@ class TableColumn(Streamed):
         known = ColumnFacts()
         known.ordered, known.longest = dict.fromkeys(names), self.table.known[name].longest
         return TableColumn(self.table, self.key, self.rows, known)
+
+    def stacked(self, members: list) -> Streamed:
+        """`members` (this column among them) side by side: read together when they are columns of
+        this table at the same rows, each group's rows taken once for all of them."""
+        if all(isinstance(m, TableColumn) and m.table is self.table and m.rows is self.rows for m in members):
+            if all(m.known is None for m in members):
+                return TableStack(self.table, [m.key for m in members], self.rows)
+        return super().stacked(members)
+
+
+class TableStack(Streamed):
+    """Arrays of one value an example of a streamed table side by side ([N, k]: a table's "x"), at rows `rows`."""
+
+    in_order = True
+
+    def __init__(self, table: StreamedTable, keys: list, rows: Rows):
+        self.table, self.keys, self.rows = table, keys, rows
+        self.shape = (len(rows.ids), len(keys))
+        self.dtype = np.result_type(*(table.arrays[key][2] for key in keys))
+
+    def __getitem__(self, index) -> "TableStack":
+        return TableStack(self.table, self.keys, self.rows[index])
+
+    def read(self, rows, epoch: int | None) -> np.ndarray:
+        return self.table.read(self.keys, self.rows.ids[row_indices(len(self), rows)])
+
+    def shuffled(self, rng: np.random.Generator) -> np.ndarray:
+        return self.table.shuffled(self.rows.ids, rng)

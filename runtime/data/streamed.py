@@ -54,6 +54,10 @@ class Streamed:
         Parquet row groups, runtime/data/row_groups.py, keep their rows near one another)."""
         return rng.permutation(len(self))
 
+    def stacked(self, members: list) -> "Streamed":
+        """`members` (this column among them, each of one value an example) side by side, [N, k]."""
+        return Stacked(members)
+
     def augmented(self, options: dict, seed: int, span=None) -> "Streamed":
         """This column with a training transform (`augment = ...` of a train block), or an error at `span`."""
         raise DlcError(f"augment = {options.get('form', 'this form')}(...) does not apply to this data", span)
