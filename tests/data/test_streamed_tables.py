@@ -51,10 +51,11 @@ def write(tmp_path, kind: str, t: pa.Table) -> str:
     if kind == "parquet":
         pq.write_table(t, tmp_path / "t.parquet", row_group_size=11)
         return "t.parquet"
-    if kind == "parts":
+    if kind in ("parts", "partitioned"):  # partitioned: key=value folders, a column of their own
         for i, lo in enumerate(range(0, len(t), 40)):
-            (tmp_path / "parts").mkdir(exist_ok=True)
-            pq.write_table(t.slice(lo, 40), tmp_path / "parts" / f"part-{i}.parquet", row_group_size=9)
+            folder = tmp_path / "parts" / (f"shelf={i % 2}" if kind == "partitioned" else "")
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(t.slice(lo, 40), folder / f"part-{i}.parquet", row_group_size=9)
         return "parts"
     if kind in ("arrow", "compressed"):
         compression = "lz4" if kind == "compressed" else "uncompressed"
@@ -70,7 +71,7 @@ def read(tmp_path, path, **kwargs):
     return D.load(Call("parquet", [path], {"label": "species"} | kwargs), tmp_path)
 
 
-@pytest.mark.parametrize("kind", ["parquet", "parts", "arrow", "compressed", "stream"])
+@pytest.mark.parametrize("kind", ["parquet", "parts", "partitioned", "arrow", "compressed", "stream"])
 def test_a_streamed_table_gives_the_arrays_of_the_whole_table(tmp_path, kind):
     path = write(tmp_path, kind, table())
     whole, streamed = read(tmp_path, path, stream=False), read(tmp_path, path, stream=True)
