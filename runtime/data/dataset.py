@@ -71,7 +71,10 @@ class Dataset:
                 span,
             )
         members = [self.columns[m] for m in self.stacked[name]]
-        return members[0] if len(members) == 1 else np.stack(members, axis=1)
+        if len(members) == 1:
+            return members[0]
+        streamed = next((m for m in members if isinstance(m, Streamed)), None)
+        return streamed.stacked(members) if streamed is not None else np.stack(members, axis=1)
 
     def reads(self, names) -> set:
         """The columns that `names` (columns, or names `stacked` makes) read."""
@@ -113,7 +116,10 @@ class Dataset:
             )
         if not tail:
             order = np.random.default_rng(seed).permutation(n)
-            return self.take(order[k:]), self.take(order[:k])
+            rest, held = order[k:], order[:k]
+            if any(isinstance(a, Streamed) and a.in_order for a in self.columns.values()):  # each part in file order
+                rest, held = np.sort(rest), np.sort(held)
+            return self.take(rest), self.take(held)
         if not block:
             return self.rows(slice(0, n - k)), self.rows(slice(n - k, n))
         held = self.rows(slice(n - k, n, block))

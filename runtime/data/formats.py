@@ -98,10 +98,11 @@ def not_numbers(a: np.ndarray) -> str | None:
     return f"{_NOT_NUMBERS.get(a.dtype.kind, 'values')} ({a.dtype})"
 
 
-def numbers(src: str, p, columns: dict, kind: str = "column") -> dict:
+def numbers(src: str, p, columns: dict, kind: str = "column", first: int = 0) -> dict:
     """The columns of a file (`src`: its reader, `p`: its path; or `p` None for arrays given in
     Python, `kind` "array"), refusing a column that is not real numbers (`not_numbers`) and a
-    float column with a NaN, an infinity or a value beyond float32 (what training computes in).
+    float column with a NaN, an infinity or a value beyond float32 (what training computes in);
+    `first`: the file's row of the columns' first (a table's row group read alone).
     Every reader of a file, and runtime/training/inputs.py for arrays, checks its columns here."""
     place = f"{src}: {p}:" if p is not None else f"{src}:"
     for name, a in columns.items():
@@ -117,7 +118,7 @@ def numbers(src: str, p, columns: dict, kind: str = "column") -> dict:
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise DlcError(
             f"{place} {kind} '{name}' holds a value that is not a finite float32 number "
-            f"at index {list(where)} ({float(a[where]):g})"
+            f"at index {[first + where[0], *where[1:]]} ({float(a[where]):g})"
         )
     return columns
 

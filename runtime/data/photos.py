@@ -18,7 +18,7 @@ DCT scaling, Image.draft). Values are 0..1, then (x - mean) / std per channel wh
 Transforms: runtime/data/transforms.py. A file that cannot be decoded is an error naming it;
 with `skip_bad = true` every file is decoded once when the source is read and the bad ones are
 left out and counted (meta "skipped"). `cache = true` keeps each example's evaluation
-transform once decoded (for folders that fit in memory).
+transform once decoded, its pixels (for folders that fit in memory).
 """
 
 from __future__ import annotations
@@ -255,9 +255,11 @@ def loaded(img, need: tuple, mode: str):
     16-bit grey scaled to 8 bits, a palette through RGBA (its transparency), alpha dropped."""
     from PIL import ImageOps
 
+    orientation = _orientation(img)
     if img.format == "JPEG":
-        img.draft(img.mode, need[::-1] if _orientation(img) in (5, 6, 7, 8) else need)
-    img = ImageOps.exif_transpose(img)
+        img.draft(img.mode, need[::-1] if orientation in (5, 6, 7, 8) else need)
+    if orientation != 1:  # upright already: exif_transpose would copy the decoded image
+        img = ImageOps.exif_transpose(img)
     if img.mode in SIXTEEN_BIT:
         a = np.asarray(img, np.float64) * (255 / 65535)
         img = pillow().fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8))
@@ -266,9 +268,10 @@ def loaded(img, need: tuple, mode: str):
     return img if img.mode == mode else img.convert(mode)
 
 
-def example(path: str, size: int, mode: str, options: dict | None, rng: np.random.Generator | None) -> np.ndarray:
-    """One example [C, size, size] float32 in 0..1: the training transform of `options`
-    (transforms.py) drawn from `rng`, or without them the evaluation transform."""
+def pixels(path: str, size: int, mode: str, options: dict | None, rng: np.random.Generator | None) -> np.ndarray:
+    """One example's pixels, uint8 [size, size, C] (RGB) or [size, size] (L): the training
+    transform of `options` (transforms.py) drawn from `rng`, or without them the evaluation
+    transform."""
     Image = pillow()
     random_crop = options is not None and options["crop"] == "random_resized"
     with opened(path) as img:
@@ -288,8 +291,7 @@ def example(path: str, size: int, mode: str, options: dict | None, rng: np.rando
             img = img.crop(center_box(img.width, img.height, size))
     if options is not None:
         img = flip_and_jitter(img, options, rng)
-    a = np.asarray(img, np.float32) / np.float32(255)  # as torchvision's ToTensor: divided, not scaled
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    return np.asarray(img)
 
 
 # ---- the column ----------------------------------------------------------------------------------------------
@@ -315,6 +317,7 @@ class PhotoColumn(Streamed):
         self.files, self.ids, self.size, self.channels = files, ids, size, channels
         self.mean, self.std, self.options, self.seed, self.cache = mean, std, options, seed, cache
         self.shape = (len(ids), channels, size, size)
+        self.values = self.value_table()
 
     def _with(self, **changes) -> "PhotoColumn":
         fields = (
@@ -347,30 +350,41 @@ class PhotoColumn(Streamed):
         return self._with(options=options, seed=seed)
 
     def read(self, rows, epoch: int | None) -> np.ndarray:
-        ids = self.ids[row_indices(len(self), rows)]
-        out = np.empty((len(ids),) + self.shape[1:], np.float32)
-        for k, i in enumerate(ids.tolist()):
-            out[k] = self.example(i, epoch)
+        out = np.empty((len(row_indices(len(self), rows)),) + self.shape[1:], np.float32)
+        self.read_into(rows, epoch, out)
         return out
 
-    def per_channel(self, values: list) -> np.ndarray:
-        """`mean` or `std` as [C, 1, 1]: a grey model's one value is the mean of three given."""
-        v = np.asarray(values, np.float32)
-        return (v if self.channels == len(v) else np.full(self.channels, v.mean(), np.float32))[:, None, None]
+    def read_into(self, rows, epoch: int | None, out: np.ndarray):
+        for k, i in enumerate(self.ids[row_indices(len(self), rows)].tolist()):
+            self.example(i, epoch, out[k])
 
-    def example(self, i: int, epoch: int | None) -> np.ndarray:
-        """Example `i` of the files, normalized: at an epoch of a run with options, its training transform."""
-        random = epoch is not None and self.options is not None
-        if not random and self.cache is not None and i in self.cache:
-            return self.cache[i]
-        rng = np.random.default_rng([self.seed, epoch, i, AUGMENT_KEY]) if random else None
-        a = example(
-            self.files[i], self.size, "L" if self.channels == 1 else "RGB", self.options if random else None, rng
-        )
+    def per_channel(self, values: list) -> np.ndarray:
+        """`mean` or `std` as [C, 1]: a grey model's one value is the mean of three given."""
+        v = np.asarray(values, np.float32)
+        return (v if self.channels == len(v) else np.full(self.channels, v.mean(), np.float32))[:, None]
+
+    def value_table(self) -> np.ndarray:
+        """[C, 256] float32: each channel's value of each byte, (byte / 255 - mean) / std, computed
+        as torchvision's ToTensor and Normalize compute it on every pixel (divided, not scaled),
+        so that a lookup gives the same bits in one pass over the pixels and no temporaries."""
+        table = np.repeat((np.arange(256, dtype=np.float32) / np.float32(255))[None], self.channels, axis=0)
         if self.mean is not None:
-            a -= self.per_channel(self.mean)
+            table -= self.per_channel(self.mean)
         if self.std is not None:
-            a /= self.per_channel(self.std)
-        if not random and self.cache is not None:
-            self.cache[i] = a
-        return a
+            table /= self.per_channel(self.std)
+        return table
+
+    def example(self, i: int, epoch: int | None, out: np.ndarray):
+        """Example `i` of the files, normalized, into `out` [C, size, size]: at an epoch of a run
+        with options, its training transform."""
+        random = epoch is not None and self.options is not None
+        a = self.cache.get(i) if not random and self.cache is not None else None
+        if a is None:
+            rng = np.random.default_rng([self.seed, epoch, i, AUGMENT_KEY]) if random else None
+            mode = "L" if self.channels == 1 else "RGB"
+            a = pixels(self.files[i], self.size, mode, self.options if random else None, rng)
+            a = a[:, :, None] if a.ndim == 2 else a
+            if not random and self.cache is not None:
+                self.cache[i] = a  # its pixels: a quarter of its values' bytes
+        for c in range(self.channels):
+            np.take(self.values[c], a[:, :, c], out=out[c], mode="clip")  # clip: no buffered copy of out

@@ -4,7 +4,8 @@
 `Batches(columns, plan)` yields, for each (rows, epoch) of the plan, the dict of the columns'
 rows. Arrays held in memory are indexed as they always were, in the loop that takes them, with
 no thread. When a column is streamed, each batch's rows are split among `threads` threads
-(Pillow and numpy release the GIL while they decode and resize), and up to `ahead` batches
+(Pillow and numpy release the GIL while they decode and resize), each writing its rows into the
+batch's array (`Streamed.read_into`: no copy joins them), and up to `ahead` batches
 after the one being taken are read at once: with the batch the taker still holds while it
 asks for the next, memory holds at most ahead + 2 decoded batches.
 An example's value does not depend on which thread read it, so the batches are the same bits
@@ -60,19 +61,25 @@ class Batches:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, pool: ThreadPoolExecutor, rows, epoch) -> dict:
-        """A batch's columns: arrays' rows, or futures of a streamed column's chunks of rows."""
+        """A batch's columns: arrays' rows, or a streamed column's array and the futures of the
+        threads that fill it, each a chunk of its rows (written in place: no copy to join them)."""
         batch = {}
         for name, v in self.columns.items():
             if not isinstance(v, Streamed):
                 batch[name] = v[rows]
                 continue
             picked = row_indices(len(v), rows)
-            chunks = np.array_split(picked, min(self.threads, max(len(picked), 1)))
-            batch[name] = [pool.submit(v.read, chunk, epoch) for chunk in chunks]
+            out = np.empty((len(picked),) + tuple(v.shape[1:]), v.dtype)
+            bounds = np.linspace(0, len(picked), min(self.threads, max(len(picked), 1)) + 1).astype(int)
+            batch[name] = (
+                out,
+                [pool.submit(v.read_into, picked[lo:hi], epoch, out[lo:hi]) for lo, hi in zip(bounds, bounds[1:])],
+            )
         return batch
 
     def collect(self, batch: dict) -> dict:
         """The batch's arrays, once its chunks are read: a reader's error is raised here."""
-        return {
-            name: np.concatenate([f.result() for f in v]) if isinstance(v, list) else v for name, v in batch.items()
-        }
+        for v in batch.values():
+            for f in v[1] if isinstance(v, tuple) else ():
+                f.result()
+        return {name: v[0] if isinstance(v, tuple) else v for name, v in batch.items()}

@@ -2,12 +2,15 @@
 the file or the streaming format) and Hugging Face `datasets` folders (`save_to_disk`), read
 through pyarrow (the optional extra dlc[tables]).
 
-    parquet(path, label = none, columns = none, split = none)
-    arrow(path, label = none, columns = none, split = none)      the same source, by its other name
+    parquet(path, label = none, columns = none, split = none, stream = none)
+    arrow(...)                                                    the same source, by its other name
 
 What the path holds is told by its content, not its name. Only the chosen columns are read
-(`columns`, default every column but the label; then the label); the table is read whole
-into memory. Each column becomes arrays of the data set under its own name:
+(`columns`, default every column but the label; then the label). A table is read whole into
+memory, or, when its decoded columns are larger than row_groups.STREAM_ABOVE or `stream =
+true`, streamed by row group (runtime/data/row_groups.py); `stream = false` reads it whole
+whatever its size. Each column becomes arrays of the data set under its own name
+(runtime/data/table_values.py):
 
     numbers (bool, integers, floats)    as stored; the binding casts them to the input's dtype
     strings, dictionaries of strings    int32 ids of the categories: a string column's sorted, a
@@ -34,12 +37,14 @@ import numpy as np
 from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.formats import numbers, reason
+from dlc.runtime.data.row_groups import STREAM_ABOVE, ArrowGroups, ParquetGroups, StreamedTable, TableColumn
 from dlc.runtime.data.source import source
-from dlc.compiler.frontend.settings import REQUIRED, Args, show
+from dlc.runtime.data.table_values import convert, few, no_nulls
+from dlc.compiler.frontend.settings import REQUIRED, Args, flag, show
 
 INSTALL = 'pip install "dlc[tables]"'
 HF_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
-PARAMS = dict(path=REQUIRED, label=None, columns=None, split=None)
+PARAMS = dict(path=REQUIRED, label=None, columns=None, split=None, stream=None)
 
 
 @source(**PARAMS)
@@ -67,21 +72,30 @@ def _read(args: Args, base_dir: pathlib.Path) -> Dataset:
     src = args.src
     p = _locate(args, base_dir)
     pa = _pyarrow(src)
+    stream = args["stream"] if args["stream"] is None else args.check("stream", flag)
     try:
         opened = _open(pa, src, p, args)
         label = _label(args, opened.schema.names)
-        columns = _columns(args, opened.schema.names, label)
-        table = opened.read(columns + ([label] if label else []))  # in that order
+        chosen = _columns(args, opened.schema.names, label) + ([label] if label else [])  # in that order
+        streamed = stream if stream is not None else opened.size() > STREAM_ABOVE
+        if streamed:
+            table = StreamedTable(pa, opened.groups(chosen), (src, p), chosen, label, opened.classes)
+            converted = [(name, table.columns_of(name), table.names[name]) for name in chosen]
+        else:
+            table = opened.read(chosen)
+            place = f"{src}: {p}:"
+            converted = [
+                (name, *convert(pa, place, name, table.column(name), opened.classes.get(name), name == label))
+                for name in table.column_names
+            ]
     except (pa.ArrowException, OSError) as e:
         raise DlcError(
             f"{src}: {p} is not a Parquet or Arrow table that pyarrow reads ({reason(e)})", args.span("path")
         ) from None
     data, categories, features = {}, {}, []
-    for name in table.column_names:
-        col = table.column(name)
-        arrays, names_of_ids = _convert(pa, f"{src}: {p}:", name, col, opened.classes.get(name), name == label)
+    for name, arrays, names_of_ids in converted:
         for key in arrays:
-            if key != name and key in table.column_names:
+            if key != name and key in chosen:
                 raise DlcError(
                     f"{src}: {p}: the lengths of list column '{name}' would be column '{key}', "
                     f"which the table has: rename one of them"
@@ -99,7 +113,7 @@ def _read(args: Args, base_dir: pathlib.Path) -> Dataset:
         for view, members in (("x", features), ("y", [label] if label else []))
         if members and view not in data
     }
-    return Dataset(numbers(src, p, data), meta, stacked=stacked)
+    return Dataset(data if streamed else numbers(src, p, data), meta, stacked=stacked)
 
 
 def read_columns(args: Args, base_dir: pathlib.Path, chosen: dict) -> tuple[dict, dict]:
@@ -122,7 +136,7 @@ def read_columns(args: Args, base_dir: pathlib.Path, chosen: dict) -> tuple[dict
     values = {}
     for name in chosen.values():
         col = table.column(name)
-        _no_nulls(pa, f"{src}: {p}:", name, col)
+        no_nulls(pa, f"{src}: {p}:", name, col)
         if pa.types.is_dictionary(col.type):
             col = col.cast(col.type.value_type)
         values[name] = col.to_pylist()
@@ -159,6 +173,10 @@ def recode(ds: Dataset, trained: dict, columns: set, span=None) -> Dataset:
         return ds
     data, categories = dict(ds.columns), dict(own)
     for name in sorted(changed):
+        categories[name] = list(known[name])
+        if isinstance(data[name], TableColumn):  # streamed: its rows converted with the trained names when read
+            data[name] = data[name].recoded(known[name], span)
+            continue
         names = own[name]
         index = {c: i for i, c in enumerate(known[name])}
         lookup = np.array([index.get(c, -1) for c in names] + [-1], np.int64)  # [-1]: a negative id stays
@@ -170,11 +188,10 @@ def recode(ds: Dataset, trained: dict, columns: set, span=None) -> Dataset:
             where = tuple(int(i) for i in np.argwhere(unknown)[0])
             raise DlcError(
                 f"column '{name}' has '{names[ids[where]]}' at row {where[0]} (from 0), a category the "
-                f"model was not trained on (it knows {_few(known[name])})",
+                f"model was not trained on (it knows {few(known[name])})",
                 span,
             )
         data[name] = mapped.astype(np.int32)
-        categories[name] = list(known[name])
     return Dataset(data, dict(ds.meta) | {"categories": categories}, ds.named, ds.stacked)
 
 
@@ -192,11 +209,6 @@ def _inside(ids: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
     if lengths is None or ids.ndim != 2:
         return np.ones(ids.shape, bool)
     return np.arange(ids.shape[1])[None, :] < lengths[:, None]
-
-
-def _few(names: list, most: int = 8) -> str:
-    shown = ", ".join(repr(n) for n in names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 # ---- finding and opening a table -----------------------------------------------------------------
@@ -227,11 +239,13 @@ def _locate(args: Args, base_dir: pathlib.Path) -> pathlib.Path:
 
 
 class _Opened:
-    """A table's schema, known before any column is read, and `read(columns)`, which reads
-    those alone; `classes`: a `datasets` folder's ClassLabel names by column."""
+    """A table's schema, known before any column is read; `read(columns)`, which reads those
+    alone, whole; `groups(columns)`, its row groups to stream them (runtime/data/row_groups.py);
+    `size()`, the bytes of its columns decoded (Parquet's metadata; an Arrow file's length);
+    `classes`: a `datasets` folder's ClassLabel names by column."""
 
-    def __init__(self, schema, read, classes: dict | None = None):
-        self.schema, self.read, self.classes = schema, read, classes or {}
+    def __init__(self, schema, read, groups, size, classes: dict | None = None):
+        self.schema, self.read, self.groups, self.size, self.classes = schema, read, groups, size, classes or {}
 
 
 def _open(pa, src: str, p: pathlib.Path, args: Args) -> _Opened:
@@ -266,14 +280,30 @@ def _open_parquet(pa, p: pathlib.Path) -> _Opened:
     """A Parquet file, or a folder of part files (names starting with _ or ., Spark's _SUCCESS,
     are skipped; key=value folders are columns, as Spark and pandas partition)."""
     dataset = pa.dataset.dataset(p, format="parquet", partitioning="hive")
-    return _Opened(dataset.schema, lambda columns: dataset.to_table(columns=columns))
+
+    def size():
+        return sum(
+            f.metadata.row_group(k).total_byte_size for f in dataset.get_fragments() for k in range(f.num_row_groups)
+        )
+
+    return _Opened(
+        dataset.schema,
+        lambda columns: dataset.to_table(columns=columns),
+        lambda columns: ParquetGroups(dataset, columns),
+        size,
+    )
 
 
 def _open_ipc(pa, p: pathlib.Path, stream: bool) -> _Opened:
     """An Arrow IPC file (Feather 2) or stream, memory-mapped: the columns not chosen are not read."""
     mapped = pa.memory_map(str(p))
     reader = pa.ipc.open_stream(mapped) if stream else pa.ipc.open_file(mapped)
-    return _Opened(reader.schema, lambda columns: reader.read_all().select(columns))
+    return _Opened(
+        reader.schema,
+        lambda columns: reader.read_all().select(columns),
+        lambda columns: ArrowGroups(pa, [(p, stream)], columns),
+        lambda: p.stat().st_size,
+    )
 
 
 def _open_hf(pa, src: str, p: pathlib.Path, split: str | None, args: Args) -> _Opened:
@@ -314,7 +344,13 @@ def _open_hf(pa, src: str, p: pathlib.Path, split: str | None, args: Args) -> _O
     def read(columns):
         return pa.concat_tables([part.read(columns) for part in parts])
 
-    return _Opened(parts[0].schema, read, _class_labels(info.get("features") or {}))
+    return _Opened(
+        parts[0].schema,
+        read,
+        lambda columns: ArrowGroups(pa, [(p / f, True) for f in files], columns),
+        lambda: sum(part.size() for part in parts),
+        _class_labels(info.get("features") or {}),
+    )
 
 
 def _json(src: str, p: pathlib.Path) -> dict:
@@ -382,7 +418,7 @@ def _columns(args: Args, names: list, label: str | None) -> list:
 def _known_column(args: Args, arg: str, name: str, names: list):
     if name not in names:
         raise DlcError(
-            f"{args.src}: the table has no column '{name}'{did_you_mean(name, names)} (its columns: {_few(names, 20)})",
+            f"{args.src}: the table has no column '{name}'{did_you_mean(name, names)} (its columns: {few(names, 20)})",
             args.span(arg),
         )
     if names.count(name) > 1:
@@ -390,98 +426,3 @@ def _known_column(args: Args, arg: str, name: str, names: list):
             f"{args.src}: the table has {names.count(name)} columns named '{name}': rename them in the file",
             args.span(arg),
         )
-
-
-# ---- a column as arrays ------------------------------------------------------------------------
-def _convert(pa, place: str, name: str, col, classes: list | None, is_label: bool) -> tuple[dict, list | None]:
-    """({array name: array}, the names of its ids or None) of table column `name` (a
-    ChunkedArray); `classes`: the ids' names a datasets folder gives."""
-    pc, t = pa.compute, col.type
-    _no_nulls(pa, place, name, col)
-    if pa.types.is_dictionary(t):
-        if _is_string(pa, t.value_type):
-            col = pa.table({name: col}).unify_dictionaries().column(0)  # one dictionary for every chunk
-            names = col.chunk(0).dictionary.to_pylist() if col.num_chunks else []
-            ids = (
-                np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in col.chunks])
-                if col.num_chunks
-                else np.zeros(0, np.int32)
-            )
-            return {name: ids.astype(np.int32)}, [str(n) for n in names]
-        col, t = col.cast(t.value_type), t.value_type
-    if _is_number(pa, t):
-        return {name: col.to_numpy()}, classes
-    if _is_string(pa, t):
-        names = sorted(pc.unique(col).to_pylist())
-        ids = pc.index_in(col, value_set=pa.array(names, t)).to_numpy(zero_copy_only=False)
-        return {name: ids.astype(np.int32)}, names
-    if pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
-        return _list(pa, place, name, col, classes, is_label)
-    if pa.types.is_struct(t) or pa.types.is_map(t) or pa.types.is_union(t):
-        raise DlcError(
-            f"{place} column '{name}' holds nested records ({_type(t)}), which dlc does not read: leave it "
-            f"out with columns = [...] or store its fields as columns of their own"
-        )
-    raise DlcError(
-        f"{place} column '{name}' holds {_type(t)} values, which dlc does not read: numbers, strings or "
-        f"lists of them are read (cast it in the file, or leave it out with columns = [...])"
-    )
-
-
-def _list(pa, place: str, name: str, col, classes: list | None, is_label: bool) -> tuple[dict, list | None]:
-    """A list column as [N, longest] padded (0; a label's -1) and its lengths; a fixed-size list as [N, size]."""
-    t = col.type
-    if not (_is_number(pa, t.value_type) or _is_string(pa, t.value_type)):
-        raise DlcError(
-            f"{place} column '{name}' holds lists of {_type(t.value_type)}, which dlc does not read: "
-            f"lists of numbers or strings are read"
-        )
-    flat_col = pa.chunked_array([c.flatten() for c in col.chunks], t.value_type)
-    if flat_col.null_count:
-        starts = np.cumsum([0] + [len(c) for c in col.chunks])  # each chunk's first row
-        parents = np.concatenate(
-            [pa.compute.list_parent_indices(c).to_numpy() + start for c, start in zip(col.chunks, starts)]
-        )
-        row = int(parents[_first_null(pa, flat_col)])
-        raise DlcError(
-            f"{place} column '{name}' has a null inside its list at row {row} (from 0): dlc does not fill "
-            f"missing values; drop or fill them before training"
-        )
-    flat, names = _convert(pa, place, name, flat_col, classes, is_label)
-    values = flat[name]
-    n = len(col)
-    if pa.types.is_fixed_size_list(t):
-        return {name: values.reshape(n, t.list_size)}, names
-    lengths = pa.compute.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int32)
-    longest = int(lengths.max()) if n else 0
-    signed = np.int64 if values.dtype.kind in "bu" else values.dtype  # room for the label's -1
-    padded = np.full((n, longest), -1 if is_label else 0, signed)
-    padded[np.arange(longest)[None, :] < lengths[:, None]] = values
-    return {name: padded, f"{name}_lengths": lengths}, names
-
-
-def _no_nulls(pa, place: str, name: str, col):
-    if col.null_count:
-        raise DlcError(
-            f"{place} column '{name}' has a null at row {_first_null(pa, col)} (from 0): dlc does not fill "
-            f"missing values; drop or fill them before training"
-        )
-
-
-def _first_null(pa, col) -> int:
-    return int(pa.compute.index(pa.compute.is_null(col), True).as_py())
-
-
-def _is_number(pa, t) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
-
-
-def _is_string(pa, t) -> bool:
-    return (
-        pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", lambda _: False)(t)
-    )  # pyarrow 16 on
-
-
-def _type(t) -> str:
-    text = str(t)
-    return text if len(text) <= 60 else text[:57] + "..."

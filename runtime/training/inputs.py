@@ -17,7 +17,7 @@ from dlc.compiler.frontend.model import Model
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.formats import not_numbers, numbers
 from dlc.runtime.data.registry import load
-from dlc.runtime.data.streamed import Streamed
+from dlc.runtime.data.streamed import Mapped, Streamed
 from dlc.runtime.data.tables import as_trained, kept_meta, recode
 from dlc.runtime.training.config import Flag, TrainConfig, is_split, make_config, parse_setting, split_args
 from dlc.runtime.training.gradcheck import ignored_values, index_bound
@@ -222,10 +222,13 @@ def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
     want = typ.shape[1:]
     have = arr.shape[1:]
     if isinstance(arr, Streamed):  # decoded when read, as the input's examples (photos: its channels)
-        fitted = arr.shaped(want) if all(isinstance(w, int) for w in want) and typ.is_float else None
+        fitted = arr.shaped(want) if all(isinstance(w, int) for w in want) else None
         if fitted is None:
             raise DlcError(_misfit(inp, arr.shape), inp.span)
-        return fitted
+        if typ.is_float and fitted.dtype == np.float32:
+            return fitted
+        dtype = np.float32 if typ.is_float else bool if typ.dtype == "bool" else np.int32
+        return Mapped(fitted, lambda batch: fit_input(inp, batch, model), dtype)  # each batch checked as it is read
     if len(want) != len(have) or any(isinstance(w, int) and w != h for w, h in zip(want, have)):
         flat = min(len(want), len(have)) <= 1
         if flat and all(isinstance(w, int) for w in want) and int(np.prod(have)) == int(np.prod(want)):

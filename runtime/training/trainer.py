@@ -35,7 +35,7 @@ from dlc.compiler.frontend.model import Model
 from dlc.compiler.frontend.settings import to_text
 from dlc.runtime.data.augment import augment, augment_options
 from dlc.runtime.data.prefetch import Batches
-from dlc.runtime.data.streamed import Streamed, first_rows, is_streamed
+from dlc.runtime.data.streamed import Streamed, first_rows, is_streamed, shuffled
 from dlc.runtime.engines import budget, distributed
 from dlc.runtime.engines.backends import make_engine
 from dlc.runtime.engines.int8 import calibrate_arrays, quantize_options
@@ -336,7 +336,7 @@ class Trainer:
         with interrupted, self.reporting(events, begin) as end, contextlib.ExitStack() as reading:
             while epoch < epochs and step < last_step:
                 events.call("on_epoch_begin", epoch, {"batch": skip})
-                order = np.random.default_rng([cfg.seed, epoch]).permutation(n) if cfg.shuffle else np.arange(n)
+                order = shuffled(train, np.random.default_rng([cfg.seed, epoch])) if cfg.shuffle else np.arange(n)
                 started, seen_before, epoch_waited = time.perf_counter(), seen, 0.0
                 epoch_steps = min(len(bounds) - skip, last_step - step)  # max_steps may end the run inside it
                 plan = self.plan(bounds, skip, order, epoch, step, n if sampled else 0, shared)

@@ -9,24 +9,16 @@ import sys
 
 import numpy as np
 
-from dlc import StopTraining, Callback, load
+from dlc import Callback, load
 
 from helpers.distributed import MPIRUN, assert_same_run, env, needs_mpi
 from helpers.photos import photo_folder, photo_model
+from helpers.stopping import StopAt
 
 TRAIN = (
     'train photos { data = images("photos/", size = 8) validation = split(0.2) batch = 4 epochs = 2 '
     'optimizer = adam(lr = 0.01) augment = photos(scale = [0.3, 1.0], brightness = 0.3, saturation = 0.3) }'
 )
-
-
-class StopAt(Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_batch_end(self, step, logs):
-        if step == self.step:
-            raise StopTraining(f"step {step}")
 
 
 def test_a_resumed_run_equals_an_uninterrupted_one_on_any_threads(tmp_path):
