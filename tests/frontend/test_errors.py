@@ -2551,3 +2551,36 @@ def test_transpose_takes_a_permutation_of_integer_axes(tmp_path, capsys, perm):
     assert main(["check", str(path)]) == 1
     err = capsys.readouterr().err
     assert "t.dl:3:" in err and "is not a permutation" in err
+
+
+# ---- the way back from inside the standard library ---------------------------------------------------------------
+def test_an_error_deep_inside_the_standard_library_has_a_note_at_each_call_back_to_the_users(tmp_path, capsys):
+    """transformer_encoder calls transformer_encoder_block, which calls multi_head_attention, where
+    the error lies: reported at the user's call, then the library's line, then each call that led there."""
+    path = write_program(
+        tmp_path,
+        prog("""
+        def block(x) = transformer_encoder(x, 1, 3, 8)
+        model m {
+            input x: f32[B, T, 16]
+            output h = block(x)
+        }
+        """),
+        {},
+    )
+    code, out, err = run_inprocess(capsys, ["check", str(path)])
+    assert_located(code, out, err, path, 1, 16, "cannot reshape f32[B, T, 16]", None, None)
+    notes = re.findall(r"^(\S+?):(\d+):\d+: note: (.*)$", err, re.M)
+    stdlib = [(file, note) for file, _, note in notes if file.startswith("<stdlib>")]
+    assert stdlib == [
+        ("<stdlib>/attention.dl", "inside multi_head_attention (standard library)"),
+        ("<stdlib>/attention.dl", "called from here"),  # in transformer_encoder_block
+        ("<stdlib>/attention.dl", "called from here"),  # in transformer_encoder
+    ], err
+    lines = [int(line) for file, line, note in notes if note == "called from here"]
+    source = (Path(__file__).parents[2] / "compiler/stdlib/attention.dl").read_text().splitlines()
+    assert [source[n - 1].strip().split("(")[0] for n in lines] == [
+        "attn = multi_head_attention",
+        "x = transformer_encoder_block",
+    ], err
+    assert notes[-1][2] == "in the call of block here", err  # then the user's own calls
