@@ -409,6 +409,9 @@ def keywords() -> frozenset:
     return frozenset(_grammar_words("start")) | frozenset(DTYPES)
 
 
+IDENTIFIER = re.compile(r"[A-Za-z_]\w*")  # the form of a name (reserved_words aside)
+
+
 @lru_cache(maxsize=1)
 def reserved_words() -> frozenset:
     """The words no name may be: those of expressions (if, not, scan, true, ...) and the

@@ -444,7 +444,9 @@ class _At:
         self.saved = self.graph.span, self.graph.calls
         if self.span is not None:
             self.graph.span = self.span.called_from(self.saved[0], self.graph.calls)
-            if self.call:  # a call in the library is a way back to the user's call; one in the user's files is that call
+            if (
+                self.call
+            ):  # a call in the library is a way back to the user's call; one in the user's files is that call
                 self.graph.calls = (self.span,) + self.graph.calls if self.span.in_stdlib() else ()
 
     def __exit__(self, *exc):

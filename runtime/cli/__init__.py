@@ -37,6 +37,7 @@ COMMANDS = (
     "generate",
     "neighbours",
     "quantize",
+    "checkpoint",
     "export",
     "build",
     "import",

@@ -583,7 +583,9 @@ class NativeEngine:
     @property
     def eval_exe(self) -> Executable:
         if self._eval is None:
-            self._eval = Executable(self.eval_model.graph, precision=self.precision, int8=self.int8, model=self.eval_model)
+            self._eval = Executable(
+                self.eval_model.graph, precision=self.precision, int8=self.int8, model=self.eval_model
+            )
         return self._eval
 
     @property

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import dlc
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.compiler.ir.graph import DTYPES
 from dlc.runtime.data.formats import BadNpz, npz_arrays
 
@@ -166,6 +166,73 @@ def read(path) -> tuple[dict, dict]:
             raise DlcError(f"{path} is not a readable checkpoint: its metadata is damaged (not JSON)") from None
         check_meta(path, meta)
     return arrays, meta
+
+
+def rename(path, renames: dict, out) -> dict:
+    """Write the checkpoint at `path` to `out` with its parameters renamed, as renaming a
+    binding in the .dl file renames them (docs/editors.md): each OLD of `renames` renames the
+    parameter OLD and every parameter under it (OLD.W, OLD.fwd.b) to NEW, and with them their
+    optimizer state, their int8 arrays and the quantization's list of products. Returns
+    {old name: new name} of every parameter renamed. An OLD that names no parameter, and a
+    new name that another parameter has, are errors: nothing is written."""
+    path = Path(path)
+    arrays, meta = read(path)
+    names = {_array_name(key) for key in arrays} - {None}
+    for old in renames:
+        outer = next((other for other in renames if other != old and _under(old, other)), None)
+        if outer is not None:
+            raise DlcError(f"{old} lies under {outer}, which renames it too: rename each parameter once")
+        if not any(_under(name, old) for name in names):
+            tops = {name.split(".")[0] for name in names}
+            raise DlcError(
+                f"{path} has no parameter {old} nor any under {old}.{did_you_mean(old, tops)} "
+                f"(its parameters: {_listed(sorted(names))})"
+            )
+    after = {name: _renamed(name, renames) for name in sorted(names)}
+    clash = next((new for new in after.values() if list(after.values()).count(new) > 1), None)
+    if clash is not None:
+        raise DlcError(f"{path}: two parameters would both be named {clash} (one of them would be lost)")
+    renamed = {_renamed_key(key, renames): value for key, value in arrays.items()}
+    products = (meta.get("quantization") or {}).get("products")
+    if isinstance(products, list):
+        meta["quantization"]["products"] = [_renamed(p, renames) for p in products]
+    renamed["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    _replace(Path(out), lambda f: np.savez(f, **renamed))
+    return {old: new for old, new in after.items() if new != old}
+
+
+def _under(name: str, old: str) -> bool:
+    """Whether parameter `name` is `old` or lies under it (old.W, old.fwd.b)."""
+    return name == old or name.startswith(old + ".")
+
+
+def _renamed(name: str, renames: dict) -> str:
+    """A parameter's name after `renames`: by the first OLD it is or lies under."""
+    old = next((old for old in renames if _under(name, old)), None)
+    return name if old is None else renames[old] + name[len(old) :]
+
+
+def _array_name(key: str) -> str | None:
+    """The parameter an array of a checkpoint belongs to (param:NAME, opt:NAME:SLOT, int8:NAME:PART,
+    or a plain .npz's NAME), None for none."""
+    kind, _, rest = key.partition(":")
+    if kind in ("opt", "int8"):
+        return rest.rpartition(":")[0]
+    return rest if kind == "param" else key
+
+
+def _renamed_key(key: str, renames: dict) -> str:
+    name = _array_name(key)
+    if name is None:
+        return key
+    kind, colon, rest = key.partition(":")
+    if kind in ("opt", "int8"):
+        return f"{kind}:{_renamed(name, renames)}:{rest.rpartition(':')[2]}"
+    return f"param:{_renamed(name, renames)}" if kind == "param" else _renamed(name, renames)
+
+
+def _listed(names: list, most: int = 8) -> str:
+    return ", ".join(names[:most]) + (f", and {len(names) - most} more" if len(names) > most else "")
 
 
 def _member(key: str) -> str:
@@ -337,7 +404,35 @@ def check_params(path, saved: dict, expected: dict):
             problems.append(f"missing {name} {list(shape)}")
         elif tuple(saved[name].shape) != tuple(shape):
             problems.append(f"{name} is {list(saved[name].shape)} in the checkpoint but {list(shape)} in the model")
-    problems += [f"unexpected {name}" for name in saved if name not in expected]
+    unexpected = [name for name in saved if name not in expected]
+    problems += [f"unexpected {name}" for name in unexpected]
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise DlcError(f"the checkpoint {path} does not match the model: {shown}")
+        renames = renamed_bindings([name for name in expected if name not in saved], unexpected)
+        hint = (
+            f": if a binding was renamed, rename its parameters: dlc checkpoint rename {path} "
+            f"{' '.join(f'{old}={new}' for old, new in renames)} -o RENAMED.npz"
+            if renames
+            else ""
+        )
+        raise DlcError(f"the checkpoint {path} does not match the model: {shown}{hint}")
+
+
+def renamed_bindings(missing: list, unexpected: list) -> list:
+    """(old, new) of the bindings whose renaming explains the parameters a checkpoint lacks and
+    has too many: the parameters under old (b.h.W, b.h.b) are exactly those under new (b.inner.W,
+    b.inner.b) but for that one name. A binding the names leave in doubt is left out."""
+    candidates: dict = {}
+    for u in unexpected:
+        for m in missing:
+            a, b = u.split("."), m.split(".")
+            differ = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+            if len(a) == len(b) and len(differ) == 1:
+                at = differ[0] + 1
+                candidates.setdefault((".".join(a[:at]), ".".join(b[:at])), []).append((u, m))
+    found = []
+    for (old, new), pairs in candidates.items():
+        olds, news = ([n for n in names if _under(n, under)] for names, under in ((unexpected, old), (missing, new)))
+        if len(pairs) == len(olds) == len(news) == len({u for u, _ in pairs}) == len({m for _, m in pairs}):
+            found.append((old, new))
+    return [(o, n) for o, n in found if [f[0] for f in found].count(o) == 1 and [f[1] for f in found].count(n) == 1]

@@ -236,17 +236,25 @@ train cls {
 @pytest.mark.parametrize(
     "arrays, first, note",
     [
-        ({"x": (4, 2)}, "m.dl:3:5: error: the data has no array for y of model cls (it has x)",
-         "m.dl:7:5: note: the data is set here"),
-        ({"x": (4, 2), "y": (4,), "a": (4,)}, "m.dl:7:5: error: model cls has no input named 'a'",
-         "m.dl:1:1: note: the model is declared here"),
+        (
+            {"x": (4, 2)},
+            "m.dl:3:5: error: the data has no array for y of model cls (it has x)",
+            "m.dl:7:5: note: the data is set here",
+        ),
+        (
+            {"x": (4, 2), "y": (4,), "a": (4,)},
+            "m.dl:7:5: error: model cls has no input named 'a'",
+            "m.dl:1:1: note: the model is declared here",
+        ),
         ({"x": (0, 2), "y": (0,)}, "m.dl:7:5: error: the training data has no examples", None),
     ],
 )
 def test_data_that_does_not_fit_the_model_is_located(tmp_path, capsys, arrays, first, note):
     """At the declaration the data lacks, or at the train block's data line, with the other a note."""
-    np.savez(tmp_path / "d.npz", **{name: np.zeros(shape, np.int32 if name != "x" else np.float32)
-                                    for name, shape in arrays.items()})
+    np.savez(
+        tmp_path / "d.npz",
+        **{name: np.zeros(shape, np.int32 if name != "x" else np.float32) for name, shape in arrays.items()},
+    )
     (tmp_path / "m.dl").write_text(LOCATED)
     assert main(["train", str(tmp_path / "m.dl"), "--out", str(tmp_path / "run"), "--backend", "reference"]) == 1
     lines = capsys.readouterr().err.replace(str(tmp_path) + "/", "").splitlines()

@@ -78,8 +78,10 @@ def test_a_batch_that_does_not_fit_the_memory_limit_is_refused_with_the_numbers(
     ), msg
     # at the model's declaration, with its layers by the bytes of their values: h's 2000 per example first
     assert (e.value.span.line, e.value.span.col) == (2, 1)
-    layers = [(re.match(r"layer (\w+): \d+% of the values the step computes$", note)[1], span.text())
-              for note, span in e.value.notes]
+    layers = [
+        (re.match(r"layer (\w+): \d+% of the values the step computes$", note)[1], span.text())
+        for note, span in e.value.notes
+    ]
     assert layers[0] == ("h", "h = dense(x, 2000, relu)"), e.value.notes
     assert sorted(layers[1:]) == [("logits", "logits = dense(h, 10)"), ("loss", "sparse_cross_entropy(logits, y)")]
     fits = int(msg.rsplit(" ", 1)[1])
