@@ -46,8 +46,13 @@ class Span:
             return self
         return _with_caller(self, outer.caller if outer.in_stdlib() else outer, calls)
 
+    @classmethod
+    def whole(cls, name: str) -> "Span":
+        """The place of a whole file or flag, no line in it: an error there reads `NAME: error: ...`."""
+        return cls(str(name), 0, 0)
+
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+        return self.file if self.line == 0 else f"{self.file}:{self.line}:{self.col}"
 
     def short(self) -> str:
         return f"{self.line}:{self.col}"

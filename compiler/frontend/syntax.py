@@ -486,7 +486,7 @@ def read_source(path: Path, newline: str | None = None) -> str:
     except UnicodeDecodeError:
         raise _not_utf8(str(path), path.read_bytes()) from None
     except OSError as e:
-        raise DlcError(f"cannot read {path}: {e.strerror}") from None
+        raise DlcError(f"cannot read {path}: {e.strerror}", Span.whole(path)) from None
 
 
 def universal_newlines(text: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import dlc
-from dlc.compiler.errors import DlcError, did_you_mean
+from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import DTYPES
 from dlc.runtime.data.formats import BadNpz, npz_arrays
 
@@ -63,7 +63,7 @@ def _replace(path: Path, write):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        raise DlcError(f"cannot write the checkpoint {path}: {e.strerror}") from None
+        raise DlcError(f"cannot write the checkpoint {path}: {e.strerror}", Span.whole(path)) from None
 
 
 def _umask() -> int:
@@ -86,7 +86,8 @@ def refuse_another_run(out: Path, overwrite: bool):
     if held and not overwrite:
         raise DlcError(
             f"{out} holds the checkpoints of another run ({', '.join(held)}): continue that run with "
-            "--resume, replace it with --overwrite, or write this one elsewhere with --out DIR"
+            "--resume, replace it with --overwrite, or write this one elsewhere with --out DIR",
+            Span.whole(out),
         )
 
 
@@ -138,7 +139,7 @@ def read(path) -> tuple[dict, dict]:
     """(every array by its key, meta) of a checkpoint; a damaged file is a clear error."""
     path = Path(path)
     if not path.is_file():
-        raise DlcError(f"no checkpoint at {path}")
+        raise DlcError(f"no checkpoint at {path}", Span.whole(path))
     unreadable = f"{path} is not a readable checkpoint"
     try:
         arrays = npz_arrays(path)
@@ -154,16 +155,19 @@ def read(path) -> tuple[dict, dict]:
                 "not npy": f" ({member} is not an .npy array)",
                 "member": f": {member} is damaged ({e.reason})",
                 "memory": f": {member} claims a shape larger than memory",
-            }[e.kind]
+            }[e.kind],
+            Span.whole(path),
         ) from None
     except OSError as e:
-        raise DlcError(f"{unreadable}: {e.strerror or 'it cannot be read'}") from None
+        raise DlcError(f"{unreadable}: {e.strerror or 'it cannot be read'}", Span.whole(path)) from None
     meta = {}
     if "meta" in arrays:
         try:
             meta = json.loads(arrays.pop("meta").tobytes().decode())
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise DlcError(f"{path} is not a readable checkpoint: its metadata is damaged (not JSON)") from None
+            raise DlcError(
+                f"{path} is not a readable checkpoint: its metadata is damaged (not JSON)", Span.whole(path)
+            ) from None
         check_meta(path, meta)
     return arrays, meta
 
@@ -181,17 +185,21 @@ def rename(path, renames: dict, out) -> dict:
     for old in renames:
         outer = next((other for other in renames if other != old and _under(old, other)), None)
         if outer is not None:
-            raise DlcError(f"{old} lies under {outer}, which renames it too: rename each parameter once")
+            raise DlcError(
+                f"{old} lies under {outer}, which renames it too: rename each parameter once",
+                Span.whole(f"{old}={renames[old]}"),
+            )
         if not any(_under(name, old) for name in names):
             tops = {name.split(".")[0] for name in names}
             raise DlcError(
                 f"{path} has no parameter {old} nor any under {old}.{did_you_mean(old, tops)} "
-                f"(its parameters: {_listed(sorted(names))})"
+                f"(its parameters: {_listed(sorted(names))})",
+                Span.whole(path),
             )
     after = {name: _renamed(name, renames) for name in sorted(names)}
     clash = next((new for new in after.values() if list(after.values()).count(new) > 1), None)
     if clash is not None:
-        raise DlcError(f"{path}: two parameters would both be named {clash} (one of them would be lost)")
+        raise DlcError(f"two parameters would both be named {clash} (one of them would be lost)", Span.whole(path))
     renamed = {_renamed_key(key, renames): value for key, value in arrays.items()}
     products = (meta.get("quantization") or {}).get("products")
     if isinstance(products, list):
@@ -251,10 +259,11 @@ def check_arrays(path, arrays: dict):
     .safetensors file, an import's arrays): names that are printable text, and numbers."""
     for name, value in arrays.items():
         if not name or not name.isprintable():
-            raise DlcError(f"{path} is not a readable checkpoint: it names an array {name!r}")
+            raise DlcError(f"{path} is not a readable checkpoint: it names an array {name!r}", Span.whole(path))
         if value.dtype.kind not in "biuf":
             raise DlcError(
-                f"{path} is not a readable checkpoint: {name} holds {_kind(value.dtype)} values, not numbers"
+                f"{path} is not a readable checkpoint: {name} holds {_kind(value.dtype)} values, not numbers",
+                Span.whole(path),
             )
 
 
@@ -364,7 +373,7 @@ def check_meta(path, meta):
             return
         shown = json.dumps(meta[bad[0]])
         problem = f"{bad[0]} is {shown if len(shown) <= 40 else shown[:37] + '...'}"
-    raise DlcError(f"{path} is not a readable checkpoint: its metadata is damaged ({problem})")
+    raise DlcError(f"{path} is not a readable checkpoint: its metadata is damaged ({problem})", Span.whole(path))
 
 
 def conform(path, saved: dict, params: list) -> dict:
@@ -390,7 +399,8 @@ def optimizer_state(path, saved: dict, fresh: dict) -> dict:
             if value is not None and value.shape != init.shape:
                 raise DlcError(
                     f"{path} is not a readable checkpoint: the optimizer state {name}:{slot} is "
-                    f"{value.dtype}{list(value.shape)}, but {name} is {list(init.shape)}"
+                    f"{value.dtype}{list(value.shape)}, but {name} is {list(init.shape)}",
+                    Span.whole(path),
                 )
             state[name][slot] = init if value is None else np.array(value, init.dtype)
     return state
@@ -415,7 +425,7 @@ def check_params(path, saved: dict, expected: dict):
             if renames
             else ""
         )
-        raise DlcError(f"the checkpoint {path} does not match the model: {shown}{hint}")
+        raise DlcError(f"the checkpoint {path} does not match the model: {shown}{hint}", Span.whole(path))
 
 
 def renamed_bindings(missing: list, unexpected: list) -> list:

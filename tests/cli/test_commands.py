@@ -150,7 +150,7 @@ def test_a_seed_beyond_the_32_bit_random_key_is_refused(tmp_path, capsys):
 def test_dlc_num_threads_must_be_a_thread_count(tmp_path, capsys, monkeypatch, value):
     monkeypatch.setenv("DLC_NUM_THREADS", value)
     err = usage_error(["train", write(tmp_path, XOR), "--out", str(tmp_path / "run")], capsys)
-    assert f"DLC_NUM_THREADS: needs a whole number of threads, from 1 to 1024; got '{value}'" in err
+    assert f"DLC_NUM_THREADS: error: needs a whole number of threads, from 1 to 1024; got '{value}'" in err
     assert not (tmp_path / "run").exists()
 
 

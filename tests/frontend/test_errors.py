@@ -8,8 +8,8 @@ Each bad program must make the command exit non-zero and print on stderr
 
 at the place in the *user's* file that is wrong (for a misused standard-library
 function: the user's call, not the library's line), with a message that explains the
-problem, and never a Python traceback or an "internal error". Errors that have no
-place (a file that does not exist) print one paragraph `error: ...`.
+problem, and never a Python traceback or an "internal error". Errors about a whole
+file or flag (a file that does not exist, `--dim`) start at it: `PATH: error: ...`.
 
 Most cases run in-process through `dlc.runtime.cli.main`; a few run the real
 command in a subprocess to prove that the command itself prints no traceback.
@@ -1916,7 +1916,7 @@ def test_table_is_big_enough():
     assert len({p.values[1] for p in BAD}) >= 25
 
 
-# ---- errors without a location ------------------------------------------------------------------------------
+# ---- errors at a whole file or flag -------------------------------------------------------------------------
 MODEL = prog("""
     model m {
         input x: f32[B, 4]
@@ -1925,7 +1925,7 @@ MODEL = prog("""
     """)
 
 UNLOCATED = [
-    # (name, argv builder from tmp_path, phrase)
+    # (name, argv builder from tmp_path, phrase): each error at the file or flag, without a line
     ("missing_file_check", lambda d: ["check", str(d / "nope.dl")], "no such file"),
     ("missing_file_summary", lambda d: ["summary", str(d / "nope.dl")], "no such file"),
     ("missing_file_gradcheck", lambda d: ["gradcheck", str(d / "nope.dl")], "no such file"),
@@ -1943,12 +1943,16 @@ UNLOCATED = [
 
 @pytest.mark.parametrize("name, make_argv, phrase", UNLOCATED, ids=[u[0] for u in UNLOCATED])
 def test_error_without_location(tmp_path, capsys, name, make_argv, phrase):
+    """`PATH: error: ...` or `--flag: error: ...`: the file or the flag named in argv (the model
+    --model names is missing from the file), with the flag's status 2."""
     (tmp_path / "m.dl").write_text(MODEL)
-    code, out, err = run_inprocess(capsys, make_argv(tmp_path))
+    argv = make_argv(tmp_path)
+    code, out, err = run_inprocess(capsys, argv)
     shown = f"\n--- exit {code}; stderr:\n{err}\n--- stdout:\n{out}"
-    assert code != 0, shown
+    assert code == (2 if "--dim" in argv else 1), shown
     assert "Traceback" not in err + out and "internal error" not in err, shown
-    assert err.startswith("error: "), "the message does not start with 'error: '" + shown
+    place = err.partition(": error: ")[0]
+    assert place in argv or place == "--dim", "the message does not start at the file or flag" + shown
     assert "\n\n" not in err.strip(), "the message is not one paragraph" + shown
     assert phrase in err, shown
 
@@ -2018,7 +2022,7 @@ def test_real_command_missing_file(tmp_path):
         dlc_command() + ["check", str(tmp_path / "nope.dl")], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 1, r.stderr
-    assert r.stderr.startswith("error: ") and "no such file" in r.stderr, r.stderr
+    assert r.stderr.startswith(f"{tmp_path / 'nope.dl'}: error: ") and "no such file" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
 
 
