@@ -33,18 +33,26 @@ class Span:
     # for a place in the standard library: the user's call that led there (set as graph
     # nodes are emitted, see Graph.at), so run-time errors can point at the user's line
     caller: "Span | None" = field(default=None, compare=False, repr=False)
+    # and the library's own calls between this place and the user's call, innermost first
+    calls: tuple = field(default=(), compare=False, repr=False)
 
     def in_stdlib(self) -> bool:
         return self.file.startswith(STDLIB_PREFIX)
 
-    def called_from(self, outer: "Span | None") -> "Span":
-        """This span, remembering the user's call when it lies in the standard library."""
+    def called_from(self, outer: "Span | None", calls: tuple = ()) -> "Span":
+        """This span, remembering the user's call when it lies in the standard library, and
+        `calls`, the library's calls it lies inside (Graph.calls)."""
         if outer is None or not self.in_stdlib():
             return self
-        return _with_caller(self, outer.caller if outer.in_stdlib() else outer)
+        return _with_caller(self, outer.caller if outer.in_stdlib() else outer, calls)
+
+    @classmethod
+    def whole(cls, name: str) -> "Span":
+        """The place of a whole file or flag, no line in it: an error there reads `NAME: error: ...`."""
+        return cls(str(name), 0, 0)
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+        return self.file if self.line == 0 else f"{self.file}:{self.line}:{self.col}"
 
     def short(self) -> str:
         return f"{self.line}:{self.col}"
@@ -82,11 +90,12 @@ def name_span(span: Span, name: str) -> Span:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _with_caller(span: Span, caller: Span | None) -> Span:
-    # one Span per (standard-library place, user's call): a build enters a place for
-    # every expression it evaluates there. The key is exact: a caller, a place in the
-    # user's files, has no caller of its own (the hash leaves `caller` out)
-    return Span(span.file, span.line, span.col, span.end_line, span.end_col, caller)
+def _with_caller(span: Span, caller: Span | None, calls: tuple) -> Span:
+    # one Span per (standard-library place, user's call, the library's calls): a build enters
+    # a place for every expression it evaluates there. The key is exact: a caller, a place in
+    # the user's files, and the calls, places without callers, have none of their own (the
+    # hash leaves `caller` and `calls` out)
+    return Span(span.file, span.line, span.col, span.end_line, span.end_col, caller, calls)
 
 
 class DlcError(Exception):
@@ -95,10 +104,11 @@ class DlcError(Exception):
     @classmethod
     def at_user_line(cls, message: str, span: Span | None) -> "DlcError":
         """An error found while running: located at the user's line, with the standard
-        library's line as a note when the operation comes from there."""
+        library's line as a note when the operation comes from there, and a note at each of
+        the library's calls that led from the user's call to it (`called_from_notes`)."""
         if span is None or span.caller is None:
             return cls(message, span)
-        return cls(message, span.caller, [("inside the standard library here", span)])
+        return cls(message, span.caller, [("inside the standard library here", span), *called_from_notes(span.calls)])
 
     def __init__(self, message: str, span: Span | None = None, notes: list[tuple[str, Span | None]] = ()):
         super().__init__(message)
@@ -112,6 +122,12 @@ class DlcError(Exception):
         for note, span in self.notes:
             out.append(_located("note", note, span))
         return "\n".join(out)
+
+
+def called_from_notes(calls) -> list:
+    """A note at each call of the standard library, innermost first, that led from the user's
+    call to a place in the library: the way back, as compilers show a template's instantiations."""
+    return [("called from here", call) for call in calls]
 
 
 def _located(kind: str, message: str, span: Span | None) -> str:

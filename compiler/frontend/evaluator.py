@@ -17,7 +17,7 @@ from dlc.compiler.ir import ops
 from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.syntax import NESTING_ADVICE
 from dlc.compiler.ir.dims import Dim, is_dim
-from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, did_you_mean
+from dlc.compiler.errors import DlcError, Span, called_from_notes, did_you_mean
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, NodeBudget, Tensor, TensorType
 from dlc.compiler.frontend.indexing import Indexing, fans
 from dlc.compiler.frontend.scans import Scans, checkpoint_every
@@ -451,7 +451,7 @@ class Evaluator(Indexing, Scans):
             t = root.add1("param", type=typ, name=f"%{len(self.param_nodes)}", trainable=s.trainable)
         self.scope.params[s.name] = t.node
         # a library layer's parameter remembers the user's call, where errors about it point (Span.caller)
-        self.param_nodes.append((t.node, self.scope, s.name, s.trainable, s.span.called_from(root.span)))
+        self.param_nodes.append((t.node, self.scope, s.name, s.trainable, s.span.called_from(root.span, root.calls)))
         self.init_values.append(self.initial_value(s, typ, env))
         return self.local(t)
 
@@ -461,6 +461,7 @@ class Evaluator(Indexing, Scans):
         where they would shift the calls a shared name replays, nor its calls."""
         outer, scope, calls = self.graph, self.scope, self.call_nodes
         self.graph, self.scope, self.call_nodes = self.init, ParamScope("", None), []
+        self.init.calls = outer.calls
         try:
             with self.init.at(outer.span), self.init.at(s.span):  # under the user's call, as in the model
                 init = self.expr(s.init, env) if s.init is not None else self.globals.lookup("zeros")
@@ -492,6 +493,7 @@ class Evaluator(Indexing, Scans):
                 return value
         finally:
             self.graph, self.scope, self.call_nodes = outer, scope, calls
+            self.init.calls = ()
 
     def update_state(self, s: syntax.StateUpdate, env: Env):
         if self.graph.parent is not None:
@@ -937,7 +939,7 @@ class Evaluator(Indexing, Scans):
         self.stack.append((decl, span))
         first = self.forward._next
         try:
-            with self.graph.at(span):  # the library's nodes remember this call (Span.caller)
+            with self.graph.at(span, call=True):  # the library's nodes remember this call (Span.caller, calls)
                 result = self.block(decl.body, env, in_def=True)
         except DlcError as e:
             self.repoint(e, decl, span)
@@ -970,13 +972,12 @@ class Evaluator(Indexing, Scans):
                 )
 
     def repoint(self, e: DlcError, decl: syntax.Def, call_span: Span):
-        """An error inside the standard library is reported at the user's call."""
-        if (
-            e.span is not None
-            and e.span.file.startswith(STDLIB_PREFIX)
-            and not call_span.file.startswith(STDLIB_PREFIX)
-        ):
-            e.notes.append((f"inside {decl.name} (standard library)", e.span))
+        """An error inside the standard library is reported at the user's call, with notes
+        the way back: where it lies (inside DEF), then each of the library's calls that led
+        there (called from here), as a run-time error's are (DlcError.at_user_line)."""
+        if e.span is not None and e.span.in_stdlib():
+            inner_call = any(note.endswith(STDLIB_NOTE) for note, _ in e.notes)  # e.span: a call this repointed to
+            e.notes += called_from_notes([e.span]) if inner_call else [(f"inside {decl.name}{STDLIB_NOTE}", e.span)]
             e.span = call_span
         elif e.span is not None and e.span != call_span and not any("called here" in n for n, _ in e.notes[-1:]):
             e.notes.append((f"in the call of {decl.name} here", call_span))
@@ -996,6 +997,7 @@ class Evaluator(Indexing, Scans):
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------------
+STDLIB_NOTE = " (standard library)"  # the end of the note where an error inside the library lies
 STATIC_KINDS = ("int", "float", "bool", "str", "fn", "dim", "tuple")
 
 

@@ -112,7 +112,7 @@ def format_files(paths: list[str], check: bool = False, out=None, width: int = L
                 with open(path, "w", encoding="utf-8-sig" if bom else "utf-8", newline="") as f:
                     f.write(formatted)
             except OSError as e:
-                raise DlcError(f"cannot write {path}: {e.strerror}") from None
+                raise DlcError(f"cannot write {path}: {e.strerror}", Span.whole(path)) from None
             print(f"formatted {path}", file=out)
     if check and unformatted:
         print(
@@ -132,7 +132,7 @@ def _dl_files(paths: list[str]) -> list[Path]:
         elif path.exists():
             files.append(path)
         else:
-            raise DlcError(f"no such file: {name}")
+            raise DlcError(f"no such file: {name}", Span.whole(name))
     return files
 
 

@@ -52,7 +52,9 @@ class Program:
         if name is None:
             return list(self.models.values())[-1]
         if name not in self.models:
-            raise DlcError(f"no model named '{name}' in {self.path} (it has: {', '.join(self.models)})")
+            raise DlcError(
+                f"no model named '{name}' in {self.path} (it has: {', '.join(self.models)})", Span.whole(self.path)
+            )
         return self.models[name]
 
     @collector_paused()
@@ -169,7 +171,7 @@ def load(path: str) -> Program:
     """Parse a .dl file and everything it imports."""
     p = Path(path)
     if not p.exists():
-        raise DlcError(f"no such file: {path}")
+        raise DlcError(f"no such file: {path}", Span.whole(path))
     return _program(_parse_file(p), p.resolve(), path)
 
 

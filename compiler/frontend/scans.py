@@ -37,7 +37,8 @@ class Scans:
             opts["checkpoint"] = self.remat  # the train block's `remat = k`
         outer = self.graph
         body = Graph(f"scan_body@{e.span.line}", parent=outer, budget=self.budget)
-        body.span = e.span.called_from(outer.span)  # a library scan's body remembers the user's call
+        body.span = e.span.called_from(outer.span, outer.calls)  # a library scan's body remembers the user's call
+        body.calls = outer.calls
         benv = env.child()
         carries = []
         for c in e.carries:

@@ -409,6 +409,9 @@ def keywords() -> frozenset:
     return frozenset(_grammar_words("start")) | frozenset(DTYPES)
 
 
+IDENTIFIER = re.compile(r"[A-Za-z_]\w*")  # the form of a name (reserved_words aside)
+
+
 @lru_cache(maxsize=1)
 def reserved_words() -> frozenset:
     """The words no name may be: those of expressions (if, not, scan, true, ...) and the
@@ -483,7 +486,7 @@ def read_source(path: Path, newline: str | None = None) -> str:
     except UnicodeDecodeError:
         raise _not_utf8(str(path), path.read_bytes()) from None
     except OSError as e:
-        raise DlcError(f"cannot read {path}: {e.strerror}") from None
+        raise DlcError(f"cannot read {path}: {e.strerror}", Span.whole(path)) from None
 
 
 def universal_newlines(text: str) -> str:

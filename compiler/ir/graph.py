@@ -309,6 +309,8 @@ class Graph:
         self.nx = nx.MultiDiGraph()
         self.parent = parent
         self.span: Span | None = None
+        # the standard library's calls the nodes being emitted lie inside, innermost first (Span.calls)
+        self.calls: tuple = ()
         self.outputs = Outputs()
         self.args: list[Tensor] = []  # ordered arguments of a body graph
         self._next = 0
@@ -322,9 +324,10 @@ class Graph:
         self._outputs = Outputs(named)
 
     # construction -------------------------------------------------------------------
-    def at(self, span: Span | None) -> "_At":
-        """`with graph.at(span):` emits nodes with this source span."""
-        return _At(self, span)
+    def at(self, span: Span | None, call: bool = False) -> "_At":
+        """`with graph.at(span):` emits nodes with this source span; with `call`, the span is a
+        call whose body the nodes emitted meanwhile lie inside (Graph.calls)."""
+        return _At(self, span, call)
 
     def add(self, op: str, inputs: list[Tensor] = (), **attrs) -> list[Tensor]:
         prim = PRIMITIVES[op]
@@ -432,18 +435,22 @@ class Graph:
 class _At:
     """The context of Graph.at: a class, not a generator, as every expression enters one."""
 
-    __slots__ = ("graph", "span", "saved")
+    __slots__ = ("graph", "span", "call", "saved")
 
-    def __init__(self, graph: Graph, span: Span | None):
-        self.graph, self.span = graph, span
+    def __init__(self, graph: Graph, span: Span | None, call: bool):
+        self.graph, self.span, self.call = graph, span, call
 
     def __enter__(self):
-        self.saved = self.graph.span
+        self.saved = self.graph.span, self.graph.calls
         if self.span is not None:
-            self.graph.span = self.span.called_from(self.saved)
+            self.graph.span = self.span.called_from(self.saved[0], self.graph.calls)
+            if (
+                self.call
+            ):  # a call in the library is a way back to the user's call; one in the user's files is that call
+                self.graph.calls = (self.span,) + self.graph.calls if self.span.in_stdlib() else ()
 
     def __exit__(self, *exc):
-        self.graph.span = self.saved
+        self.graph.span, self.graph.calls = self.saved
 
 
 # ---- rendering (dlc graph) -------------------------------------------------------------

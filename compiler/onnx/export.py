@@ -114,7 +114,7 @@ def save_onnx(model: Model, params: dict, path, source_name: str | None = None, 
         with open(path, "wb") as f:
             f.write(proto.SerializeToString())
     except OSError as e:
-        raise DlcError(f"cannot write {path}: {e.strerror}") from None
+        raise DlcError(f"cannot write {path}: {e.strerror}", Span.whole(path)) from None
 
 
 def source_place(span: Span | None) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.frontend.loader import GrowingModel, stdlib_env
 from dlc.compiler.frontend.syntax import keywords
 from dlc.compiler.ir.dims import Dim
@@ -55,7 +55,7 @@ def read_model(path):
     if path.is_dir():
         raise DlcError(f"{path} is a directory, not an ONNX model")
     if not path.is_file():
-        raise DlcError(f"no such file: {path}")
+        raise DlcError(f"no such file: {path}", Span.whole(path))
     try:
         model = onnx.load(str(path), load_external_data=False)
         _check_external_data(onnx, model, path)

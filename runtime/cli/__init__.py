@@ -15,6 +15,7 @@ import gc
 import importlib
 import keyword
 import os
+import re
 import signal
 import sys
 import threading
@@ -37,6 +38,7 @@ COMMANDS = (
     "generate",
     "neighbours",
     "quantize",
+    "checkpoint",
     "export",
     "build",
     "import",
@@ -57,14 +59,28 @@ def command_module(name: str):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse's parser, but a flag's bad value is said first at the flag, as dlc's other errors
-    about flags are (`--batch: error: ...`), then the usage; status 2."""
+    """argparse's parser, but a usage error is said first at what it is about, as dlc's other
+    errors are (docs/cli.md, "Where an error is"): the flag or argument (`--batch: error: ...`,
+    `CKPT: error: ...`), or the word not understood (`--nope: error: ...`), then the usage;
+    status 2."""
 
     def error(self, message: str):
-        flag, colon, rest = message.removeprefix("argument ").partition(": ")
-        if message.startswith("argument --") and colon:
-            self.exit(2, f"{flag.split('/')[0]}: error: {rest}\n{self.format_usage()}")
-        super().error(message)
+        for pattern in USAGE_ERRORS:
+            m = re.match(pattern, message, re.S)
+            if m:
+                place = max(m["place"].split("/"), key=lambda s: s.startswith("--"))  # -o/--output: --output
+                self.exit(2, f"{place}: error: {m['rest'] or message}\n{self.format_usage()}")
+        self.exit(2, f"{self.prog}: error: {message}\n{self.format_usage()}")
+
+
+# argparse's messages and dlc's, each with its place: the flag or argument, else the word not understood
+USAGE_ERRORS = (
+    r"argument (?P<place>\S+?): (?P<rest>.*)",
+    r"the following arguments are required: (?P<place>[^,\s]+)(?P<rest>)",
+    r"unrecognized arguments: (?P<place>\S+)(?P<rest>)",
+    r"unknown command '(?P<place>[^']+)'(?P<rest>)",
+    r"(?P<place>[A-Z_]+): (?P<rest>.*)",  # an environment variable: DLC_NUM_THREADS
+)
 
 
 def parser(names=COMMANDS) -> argparse.ArgumentParser:
@@ -187,8 +203,8 @@ def _main(argv) -> int:
     except BrokenPipeError:  # the reader went away (dlc graph ... | head): it has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except RecursionError:
-        print("error: the program nests too deeply to compile", file=sys.stderr)
+    except RecursionError:  # where the front end could not say where: at the file
+        print(f"{getattr(args, 'file', 'dlc')}: error: the program nests too deeply to compile", file=sys.stderr)
         return 1
     except Exception as e:  # a bug in dlc, not in the user's program
         if os.environ.get("DLC_DEBUG"):

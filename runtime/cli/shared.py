@@ -3,7 +3,7 @@ train-step graph) and render it, read `--dim NAME=SIZE`, and write their text ou
 
 from __future__ import annotations
 
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.frontend.loader import load
 from dlc.compiler.ir import graph as ir_graph
 from dlc.compiler.passes import autodiff
@@ -20,7 +20,7 @@ def write(text: str, path: str | None):
             with open(path, "w") as f:
                 f.write(text + "\n")
         except OSError as e:
-            raise DlcError(f"cannot write {path}: {e.strerror}") from None
+            raise DlcError(f"cannot write {path}: {e.strerror}", Span.whole(path)) from None
     else:
         print(text)
 
@@ -31,7 +31,7 @@ def dim_sizes(pairs) -> dict:
     for item in pairs or []:
         name, _, value = item.partition("=")
         if not name or not value.isdigit() or int(value) <= 0:
-            raise DlcError(f"--dim takes NAME=SIZE with a positive size, got '{item}'")
+            raise DlcError(f"--dim takes NAME=SIZE with a positive size, got '{item}'", Span.whole("--dim"))
         sizes[name] = int(value)
     return sizes
 

@@ -48,7 +48,7 @@ from typing import Callable
 import numpy as np
 
 import dlc
-from dlc.compiler.errors import DlcError, did_you_mean
+from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.runtime.data.formats import read_idx
 from dlc.runtime.terminal import REDRAW_S, duration, terminal_width
 
@@ -248,7 +248,9 @@ KNOWN: dict[str, Known] = {
 def known(name: str) -> Known:
     ds = KNOWN.get(name)
     if ds is None:
-        raise DlcError(f"unknown data set '{name}'{did_you_mean(name, KNOWN)} (dlc fetches {', '.join(KNOWN)})")
+        raise DlcError(
+            f"unknown data set '{name}'{did_you_mean(name, KNOWN)} (dlc fetches {', '.join(KNOWN)})", Span.whole(name)
+        )
     return ds
 
 
@@ -363,7 +365,8 @@ def _download(remote: Remote, urls: list, folder: Path, log) -> Path:
             + "; ".join(errors)
             + resume
             + ". Behind a proxy, set https_proxy; or set DLC_DATA_MIRROR to a server or folder with "
-            "the files"
+            "the files",
+            Span.whole(final),
         )
     digest = _sha256(part)
     if digest != remote.sha256:

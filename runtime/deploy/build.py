@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import dlc
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.frontend.loader import load
 from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.data import data_module
@@ -135,11 +135,12 @@ def build(
     and scales; the float32 parameters it still reads are embedded or read at create."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if overrides and not train:
-        raise DlcError(f"--{next(iter(overrides))} is a setting of the train step: it goes with --train")
+        flag = f"--{next(iter(overrides))}"
+        raise DlcError(f"{flag} is a setting of the train step: it goes with --train", Span.whole(flag))
     if target not in TARGETS:
-        raise DlcError(f"--target must be one of {', '.join(TARGETS)}, not '{target}'")
+        raise DlcError(f"--target must be one of {', '.join(TARGETS)}, not '{target}'", Span.whole("--target"))
     if embed and not weights:
-        raise DlcError("--embed-weights needs the weights: give --weights CKPT")
+        raise DlcError("--embed-weights needs the weights: give --weights CKPT", Span.whole("--embed-weights"))
     if int8 and (train or not weights):
         raise DlcError(
             "--int8 builds the prediction of a quantized checkpoint: give it as --weights Q.npz "

@@ -93,12 +93,21 @@ def free() -> int | None:
 
 
 def require(
-    what: str, parts_at, sizes: dict, held: int = 0, batch: str | None = None, when: str = "", span=None, note: str = ""
+    what: str,
+    parts_at,
+    sizes: dict,
+    held: int = 0,
+    batch: str | None = None,
+    when: str = "",
+    span=None,
+    note: str = "",
+    notes=lambda: [],
 ):
     """Refuse with a DlcError when the parts `parts_at(sizes)` gives (bytes by name: parameters,
     gradients, optimizer state, activations) add up to more than is available; `held` of
     those bytes are allocated already. With `batch`, the symbol of the batch size, the error
-    names the largest batch that fits; `when` says when they are needed otherwise."""
+    names the largest batch that fits; `when` says when they are needed otherwise. `notes()`:
+    the error's notes, worked out only when it is raised."""
     cap = limit()
     if cap is None:
         avail = free()
@@ -119,7 +128,9 @@ def require(
     if batch:
         fits = _largest_batch(parts_at, sizes, batch, cap)
         message += f": try batch <= {fits}" if fits else ": not even batch 1 fits"
-    raise DlcError.at_user_line(message + note, span)
+    error = DlcError.at_user_line(message + note, span)
+    error.notes += notes()
+    raise error
 
 
 def _largest_batch(parts_at, sizes: dict, batch: str, cap: int) -> int:
@@ -183,10 +194,53 @@ def require_model(model, trainable: list, slots: int):
     )
 
 
-def require_step(what: str, graph, sizes: dict, resident: dict, step_parts):
+def require_step(what: str, graph, sizes: dict, resident: dict, step_parts, model=None):
     """Refuse a step of `graph` at these sizes that cannot fit: `resident` (bytes by part)
-    is allocated already, `step_parts(sizes)` the step's own (activations)."""
-    require(what, lambda s: resident | step_parts(s), sizes, held=sum(resident.values()), batch=batch_symbol(graph))
+    is allocated already, `step_parts(sizes)` the step's own (activations). The refusal is at
+    the declaration of `model`, the model the graph is of, with a note at each of the layers
+    whose values take the most (`heaviest_layers`)."""
+
+    def notes() -> list:
+        return [
+            (f"layer {name}: {share:.0%} of the values the step computes", place)
+            for name, place, share in heaviest_layers(graph, sizes, model)
+        ]
+
+    require(
+        what,
+        lambda s: resident | step_parts(s),
+        sizes,
+        held=sum(resident.values()),
+        batch=batch_symbol(graph),
+        span=model and model.span,
+        notes=notes,
+    )
+
+
+HEAVIEST = 3  # the layers a refusal names
+
+
+def heaviest_layers(graph, sizes: dict, model=None) -> list:
+    """(name, place, share) of the HEAVIEST layers of the model (the bindings of its
+    statements, graph.layer_of's first name) whose values in `graph` take the most bytes at
+    `sizes`, a gradient's counted with its layer, the most first; the share is of the bytes
+    of every value the graph computes (the engines' inputs and parameters aside), which the
+    reference interpreter holds at most (interpreter_parts) and the native engine's arena
+    holds a part of: a ranking, not the bytes either engine allocates. The place is the
+    layer's binding in `model`, else the user's line of its first node."""
+    nbytes, places, total = {}, {name: span for name, _, span in model.bindings} if model is not None else {}, 0
+    for n in graph.nx.nodes:
+        if PRIMITIVES[graph.op(n)].given:
+            continue
+        made = sum(tensor_bytes(t, sizes) for t in graph.types(n))
+        total += made
+        layer = layer_of(graph, n).removeprefix(GRADIENTS).removeprefix(".").partition(".")[0]
+        if layer:
+            nbytes[layer] = nbytes.get(layer, 0) + made
+            span = graph.nx.nodes[n]["span"]
+            places.setdefault(layer, span and (span.caller or span))
+    heaviest = sorted(nbytes, key=lambda name: -nbytes[name])[:HEAVIEST]
+    return [(name, places[name], nbytes[name] / total) for name in heaviest]
 
 
 def interpreter_parts(graph, sizes: dict) -> dict:

@@ -154,8 +154,10 @@ class Executable:
         buckets: tuple | None = None,
         pack_weights: str | None = None,
         int8: dict | None = None,
+        model=None,
     ):
         self.graph = graph
+        self.model = model  # the graph's model: where a refusal of memory points
         self.what = "the train step" if update is not None else "a forward pass"
         self.resident = resident
         self.program: KernelProgram = lower(optimize(graph), precision, pack_weights, int8)
@@ -273,7 +275,7 @@ class Executable:
             }
 
         resident = self.resident or {"parameters": sum(a.nbytes for a in fixed.values())}
-        budget.require_step(self.what, self.graph, sizes, resident, activations)
+        budget.require_step(self.what, self.graph, sizes, resident, activations, self.model)
         budget.require_work(self.what, self.graph, sizes, threads())
         return p, resident | activations(sizes)
 
@@ -473,6 +475,7 @@ class NativeEngine:
         self.params_info = {p.name: p for p in train_model.params}
         self.train_exe = self.update_call = self._hvp = None
         self.train_graph = train_model.graph
+        self.model = train_model  # where a refusal of memory points
         self.replicas = None  # replica_mean of a data-parallel run (runtime/engines/distributed.py)
         self.allreduce = None  # the gradient buckets' allreduce of a data-parallel run (same)
         if optimizer is not None:
@@ -508,6 +511,7 @@ class NativeEngine:
             self.fused_update = update is not None and not shard and (not split or buckets > 0)
             self.train_exe = Executable(
                 step,
+                model=train_model,
                 update=update if self.fused_update else None,
                 profile=profile,
                 resident=resident,
@@ -579,7 +583,9 @@ class NativeEngine:
     @property
     def eval_exe(self) -> Executable:
         if self._eval is None:
-            self._eval = Executable(self.eval_model.graph, precision=self.precision, int8=self.int8)
+            self._eval = Executable(
+                self.eval_model.graph, precision=self.precision, int8=self.int8, model=self.eval_model
+            )
         return self._eval
 
     @property
@@ -593,6 +599,7 @@ class NativeEngine:
                 precision=self.precision,
                 pack_weights="each call",
                 int8=self.int8,
+                model=self.eval_model,
             )
         return self._predict
 
@@ -725,7 +732,7 @@ class NativeEngine:
         """H v, flat over the trained parameters like v, H the Hessian of the batch's loss: the
         graph of autodiff.hvp_graph compiled once (as `dlc gradcheck --hessian` compiles it), in float32."""
         if self._hvp is None:
-            self._hvp = Executable(hvp_graph(self.train_graph))
+            self._hvp = Executable(hvp_graph(self.train_graph), model=self.model)
         exe = self._hvp
         feeds = {
             **batch,

@@ -64,6 +64,7 @@ class ReferenceEngine:
         self.bf16 = bf16.in_bf16 if precision == "bf16" else None
         self.step_graph = train_step(train_model.graph) if optimizer is not None else None
         self.train_graph, self._hvp_graph = train_model.graph, None
+        self.model = train_model  # where a refusal of memory points (the declaration, its layers' bindings)
         self.eval_graph = eval_model.graph
         self.predict_graph = predict_graph(eval_model)
         self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
@@ -129,7 +130,7 @@ class ReferenceEngine:
                 "parameters": sum(np.asarray(p).nbytes for p in params.values()),
                 "optimizer state": sum(np.asarray(a).nbytes for a in state),
             }
-            budget.require_step(what, graph, sizes, held, lambda s: budget.interpreter_parts(graph, s))
+            budget.require_step(what, graph, sizes, held, lambda s: budget.interpreter_parts(graph, s), self.model)
             budget.require_work(what, graph, sizes, threads=1)
             self.checked.add(key)
         if self.check_numerics and graph is self.step_graph:

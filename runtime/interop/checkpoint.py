@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import dlc
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import DTYPES
 from dlc.runtime.data.formats import BadNpz, npz_arrays
 
@@ -63,7 +63,7 @@ def _replace(path: Path, write):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        raise DlcError(f"cannot write the checkpoint {path}: {e.strerror}") from None
+        raise DlcError(f"cannot write the checkpoint {path}: {e.strerror}", Span.whole(path)) from None
 
 
 def _umask() -> int:
@@ -86,7 +86,8 @@ def refuse_another_run(out: Path, overwrite: bool):
     if held and not overwrite:
         raise DlcError(
             f"{out} holds the checkpoints of another run ({', '.join(held)}): continue that run with "
-            "--resume, replace it with --overwrite, or write this one elsewhere with --out DIR"
+            "--resume, replace it with --overwrite, or write this one elsewhere with --out DIR",
+            Span.whole(out),
         )
 
 
@@ -138,7 +139,7 @@ def read(path) -> tuple[dict, dict]:
     """(every array by its key, meta) of a checkpoint; a damaged file is a clear error."""
     path = Path(path)
     if not path.is_file():
-        raise DlcError(f"no checkpoint at {path}")
+        raise DlcError(f"no checkpoint at {path}", Span.whole(path))
     unreadable = f"{path} is not a readable checkpoint"
     try:
         arrays = npz_arrays(path)
@@ -154,18 +155,92 @@ def read(path) -> tuple[dict, dict]:
                 "not npy": f" ({member} is not an .npy array)",
                 "member": f": {member} is damaged ({e.reason})",
                 "memory": f": {member} claims a shape larger than memory",
-            }[e.kind]
+            }[e.kind],
+            Span.whole(path),
         ) from None
     except OSError as e:
-        raise DlcError(f"{unreadable}: {e.strerror or 'it cannot be read'}") from None
+        raise DlcError(f"{unreadable}: {e.strerror or 'it cannot be read'}", Span.whole(path)) from None
     meta = {}
     if "meta" in arrays:
         try:
             meta = json.loads(arrays.pop("meta").tobytes().decode())
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise DlcError(f"{path} is not a readable checkpoint: its metadata is damaged (not JSON)") from None
+            raise DlcError(
+                f"{path} is not a readable checkpoint: its metadata is damaged (not JSON)", Span.whole(path)
+            ) from None
         check_meta(path, meta)
     return arrays, meta
+
+
+def rename(path, renames: dict, out) -> dict:
+    """Write the checkpoint at `path` to `out` with its parameters renamed, as renaming a
+    binding in the .dl file renames them (docs/editors.md): each OLD of `renames` renames the
+    parameter OLD and every parameter under it (OLD.W, OLD.fwd.b) to NEW, and with them their
+    optimizer state, their int8 arrays and the quantization's list of products. Returns
+    {old name: new name} of every parameter renamed. An OLD that names no parameter, and a
+    new name that another parameter has, are errors: nothing is written."""
+    path = Path(path)
+    arrays, meta = read(path)
+    names = {_array_name(key) for key in arrays} - {None}
+    for old in renames:
+        outer = next((other for other in renames if other != old and _under(old, other)), None)
+        if outer is not None:
+            raise DlcError(
+                f"{old} lies under {outer}, which renames it too: rename each parameter once",
+                Span.whole(f"{old}={renames[old]}"),
+            )
+        if not any(_under(name, old) for name in names):
+            tops = {name.split(".")[0] for name in names}
+            raise DlcError(
+                f"{path} has no parameter {old} nor any under {old}.{did_you_mean(old, tops)} "
+                f"(its parameters: {_listed(sorted(names))})",
+                Span.whole(path),
+            )
+    after = {name: _renamed(name, renames) for name in sorted(names)}
+    clash = next((new for new in after.values() if list(after.values()).count(new) > 1), None)
+    if clash is not None:
+        raise DlcError(f"two parameters would both be named {clash} (one of them would be lost)", Span.whole(path))
+    renamed = {_renamed_key(key, renames): value for key, value in arrays.items()}
+    products = (meta.get("quantization") or {}).get("products")
+    if isinstance(products, list):
+        meta["quantization"]["products"] = [_renamed(p, renames) for p in products]
+    renamed["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    _replace(Path(out), lambda f: np.savez(f, **renamed))
+    return {old: new for old, new in after.items() if new != old}
+
+
+def _under(name: str, old: str) -> bool:
+    """Whether parameter `name` is `old` or lies under it (old.W, old.fwd.b)."""
+    return name == old or name.startswith(old + ".")
+
+
+def _renamed(name: str, renames: dict) -> str:
+    """A parameter's name after `renames`: by the first OLD it is or lies under."""
+    old = next((old for old in renames if _under(name, old)), None)
+    return name if old is None else renames[old] + name[len(old) :]
+
+
+def _array_name(key: str) -> str | None:
+    """The parameter an array of a checkpoint belongs to (param:NAME, opt:NAME:SLOT, int8:NAME:PART,
+    or a plain .npz's NAME), None for none."""
+    kind, _, rest = key.partition(":")
+    if kind in ("opt", "int8"):
+        return rest.rpartition(":")[0]
+    return rest if kind == "param" else key
+
+
+def _renamed_key(key: str, renames: dict) -> str:
+    name = _array_name(key)
+    if name is None:
+        return key
+    kind, colon, rest = key.partition(":")
+    if kind in ("opt", "int8"):
+        return f"{kind}:{_renamed(name, renames)}:{rest.rpartition(':')[2]}"
+    return f"param:{_renamed(name, renames)}" if kind == "param" else _renamed(name, renames)
+
+
+def _listed(names: list, most: int = 8) -> str:
+    return ", ".join(names[:most]) + (f", and {len(names) - most} more" if len(names) > most else "")
 
 
 def _member(key: str) -> str:
@@ -184,10 +259,11 @@ def check_arrays(path, arrays: dict):
     .safetensors file, an import's arrays): names that are printable text, and numbers."""
     for name, value in arrays.items():
         if not name or not name.isprintable():
-            raise DlcError(f"{path} is not a readable checkpoint: it names an array {name!r}")
+            raise DlcError(f"{path} is not a readable checkpoint: it names an array {name!r}", Span.whole(path))
         if value.dtype.kind not in "biuf":
             raise DlcError(
-                f"{path} is not a readable checkpoint: {name} holds {_kind(value.dtype)} values, not numbers"
+                f"{path} is not a readable checkpoint: {name} holds {_kind(value.dtype)} values, not numbers",
+                Span.whole(path),
             )
 
 
@@ -304,7 +380,7 @@ def check_meta(path, meta):
             return
         shown = json.dumps(meta[bad[0]])
         problem = f"{bad[0]} is {shown if len(shown) <= 40 else shown[:37] + '...'}"
-    raise DlcError(f"{path} is not a readable checkpoint: its metadata is damaged ({problem})")
+    raise DlcError(f"{path} is not a readable checkpoint: its metadata is damaged ({problem})", Span.whole(path))
 
 
 def conform(path, saved: dict, params: list) -> dict:
@@ -330,7 +406,8 @@ def optimizer_state(path, saved: dict, fresh: dict) -> dict:
             if value is not None and value.shape != init.shape:
                 raise DlcError(
                     f"{path} is not a readable checkpoint: the optimizer state {name}:{slot} is "
-                    f"{value.dtype}{list(value.shape)}, but {name} is {list(init.shape)}"
+                    f"{value.dtype}{list(value.shape)}, but {name} is {list(init.shape)}",
+                    Span.whole(path),
                 )
             state[name][slot] = init if value is None else np.array(value, init.dtype)
     return state
@@ -344,7 +421,35 @@ def check_params(path, saved: dict, expected: dict):
             problems.append(f"missing {name} {list(shape)}")
         elif tuple(saved[name].shape) != tuple(shape):
             problems.append(f"{name} is {list(saved[name].shape)} in the checkpoint but {list(shape)} in the model")
-    problems += [f"unexpected {name}" for name in saved if name not in expected]
+    unexpected = [name for name in saved if name not in expected]
+    problems += [f"unexpected {name}" for name in unexpected]
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise DlcError(f"the checkpoint {path} does not match the model: {shown}")
+        renames = renamed_bindings([name for name in expected if name not in saved], unexpected)
+        hint = (
+            f": if a binding was renamed, rename its parameters: dlc checkpoint rename {path} "
+            f"{' '.join(f'{old}={new}' for old, new in renames)} -o RENAMED.npz"
+            if renames
+            else ""
+        )
+        raise DlcError(f"the checkpoint {path} does not match the model: {shown}{hint}", Span.whole(path))
+
+
+def renamed_bindings(missing: list, unexpected: list) -> list:
+    """(old, new) of the bindings whose renaming explains the parameters a checkpoint lacks and
+    has too many: the parameters under old (b.h.W, b.h.b) are exactly those under new (b.inner.W,
+    b.inner.b) but for that one name. A binding the names leave in doubt is left out."""
+    candidates: dict = {}
+    for u in unexpected:
+        for m in missing:
+            a, b = u.split("."), m.split(".")
+            differ = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+            if len(a) == len(b) and len(differ) == 1:
+                at = differ[0] + 1
+                candidates.setdefault((".".join(a[:at]), ".".join(b[:at])), []).append((u, m))
+    found = []
+    for (old, new), pairs in candidates.items():
+        olds, news = ([n for n in names if _under(n, under)] for names, under in ((unexpected, old), (missing, new)))
+        if len(pairs) == len(olds) == len(news) == len({u for u, _ in pairs}) == len({m for _, m in pairs}):
+            found.append((old, new))
+    return [(o, n) for o, n in found if [f[0] for f in found].count(o) == 1 and [f[1] for f in found].count(n) == 1]

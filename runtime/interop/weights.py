@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import dlc
-from dlc.compiler.errors import DlcError, optional_package
+from dlc.compiler.errors import DlcError, Span, optional_package
 from dlc.runtime.interop import checkpoint
 from dlc.runtime.interop.torch_layout import TorchLayout
 
@@ -45,7 +45,7 @@ def save(path, params: dict, model, source_hash: str, layout: str = "dlc") -> li
     try:
         st.numpy.save_file(tensors, str(path), metadata=meta)  # to a temporary file, then renamed
     except st.SafetensorError as e:
-        raise DlcError(f"cannot write {path}: {e}") from None
+        raise DlcError(f"cannot write {path}: {e}", Span.whole(path)) from None
     return kept
 
 

@@ -32,7 +32,6 @@ from dlc.runtime.lsp.memory import PeakWorker, peak_blocker
 from dlc.runtime.lsp.names import Binding, contains, rename_conflict
 
 DID_YOU_MEAN = re.compile(r"did you mean '([^']+)'\?")
-IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 SECTION = "dlc"  # the client's settings section of the server's settings
 PIPED = re.compile(r"\|>\s*\w*$")  # a pipe's function being written: `x |> ` or `x |> den`
 
@@ -509,11 +508,23 @@ async def rename(ls: DlcLanguageServer, params: lsp_types.RenameParams):
     if not isinstance(target, Binding):
         raise Refused("only a name bound in this file can be renamed")
     new = params.new_name
-    if not IDENTIFIER.fullmatch(new) or new in syntax.reserved_words():
+    if not syntax.IDENTIFIER.fullmatch(new) or new in syntax.reserved_words():
         raise Refused(f"'{new}' is not a name the language allows", code=lsp_types.ErrorCodes.InvalidParams)
     conflict = rename_conflict(a.text, a.path, a.names, target, new)
     if conflict is not None:
         raise Refused(conflict)
+    renamed, under = renamed_parameters(a, target, new)
+    if renamed:  # said as the edit is made: the checkpoints saved before no longer load
+        shown = ", ".join(f"{old} to {new}" for old, new in list(renamed.items())[:4])
+        more = f" and {len(renamed) - 4} more" if len(renamed) > 4 else ""
+        renames = " ".join(f"{old}={new}" for old, new in under.items())
+        ls.window_show_message(
+            lsp_types.ShowMessageParams(
+                lsp_types.MessageType.Warning,
+                f"Renaming '{target.name}' renames its parameters ({shown}{more}): a checkpoint saved before "
+                f"no longer loads. Carry one across with: dlc checkpoint rename CKPT {renames} -o RENAMED.npz",
+            )
+        )
     return lsp_types.WorkspaceEdit(
         changes={
             params.text_document.uri: [
@@ -521,6 +532,24 @@ async def rename(ls: DlcLanguageServer, params: lsp_types.RenameParams):
             ]
         }
     )
+
+
+def renamed_parameters(a: Analysis, target: Binding, new: str) -> tuple[dict, dict]:
+    """What renaming `target` to `new` renames among the parameters of the models built:
+    ({old parameter name: new}, {old name they lie under: new}, the renames `dlc checkpoint
+    rename` takes). In a model, those under its name (h.W for `h = dense(...)`); in a def,
+    those under it in each call of the def (enc.h.W). The models are as last built: a model
+    whose build failed counts none of its parameters."""
+    params, bindings = {}, {}
+    for model in a.models.values():
+        for p in model.params:
+            under = [""] if model.name == target.container else [c.path for c in p.calls if c.name == target.container]
+            for prefix in under:
+                old = f"{prefix}.{target.name}" if prefix else target.name
+                if p.name == old or p.name.startswith(old + "."):
+                    bindings[old] = old.removesuffix(target.name) + new
+                    params[p.name] = bindings[old] + p.name[len(old) :]
+    return params, bindings
 
 
 @server.feature(lsp_types.TEXT_DOCUMENT_DOCUMENT_SYMBOL)

@@ -113,13 +113,17 @@ def bindings(model: Model, ds: Dataset, need_targets: bool = True, said: set | N
             if c not in names:
                 raise DlcError(
                     f"model {model.name} has no input named '{c}'{did_you_mean(c, names)} "
-                    f"(its inputs: {', '.join(names)})"
+                    f"(its inputs: {', '.join(names)})",
+                    span or model.span,
+                    [("the model is declared here", model.span)] if span else [],
                 )
-        missing = [i.name for i in wanted if i.name not in cols]
+        missing = [i for i in wanted if i.name not in cols]
         if missing:
             raise DlcError(
-                f"the data has no array for {', '.join(missing)} of model {model.name} "
-                f"(it has {', '.join(cols) or 'none'})"
+                f"the data has no array for {', '.join(i.name for i in missing)} of model {model.name} "
+                f"(it has {', '.join(cols) or 'none'})",
+                missing[0].span,
+                [("the data is set here", span)] if span else [],
             )
     if all(i.name in cols or i.name in ds.stacked for i in wanted):
         chosen = {i.name: i.name for i in wanted}
@@ -327,7 +331,7 @@ def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
     }  # shapes first
     for name, ds in sets.items():
         if ds is not None and len(ds) == 0:
-            raise DlcError(empty[name], cfg.span(name))
+            raise DlcError(empty[name], cfg.span(name) or model.span)  # arrays given in Python: at the model
     return bound["data"], bound["validation"], bound["test"], meta
 
 

@@ -150,7 +150,7 @@ def test_a_seed_beyond_the_32_bit_random_key_is_refused(tmp_path, capsys):
 def test_dlc_num_threads_must_be_a_thread_count(tmp_path, capsys, monkeypatch, value):
     monkeypatch.setenv("DLC_NUM_THREADS", value)
     err = usage_error(["train", write(tmp_path, XOR), "--out", str(tmp_path / "run")], capsys)
-    assert f"DLC_NUM_THREADS: needs a whole number of threads, from 1 to 1024; got '{value}'" in err
+    assert f"DLC_NUM_THREADS: error: needs a whole number of threads, from 1 to 1024; got '{value}'" in err
     assert not (tmp_path / "run").exists()
 
 
@@ -496,3 +496,48 @@ train w {
     np.savez(tmp_path / "plain.npz", **{k[6:]: saved[k] for k in saved if k.startswith("param:")})  # no metadata
     assert main(["neighbours", path, "--weights", str(tmp_path / "plain.npz"), "cat"]) == 1
     assert "no word list" in capsys.readouterr().err
+
+
+# ---- dlc checkpoint rename -------------------------------------------------------------------------------
+def test_checkpoint_rename_renames_parameters_their_optimizer_state_and_int8_arrays(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    params = {"h.W": rng.random((2, 4)), "h.b": rng.random(4), "hh.W": rng.random((4, 2)), "enc.h.W": rng.random(3)}
+    opt = {"h.W": {"m": rng.random((2, 4))}, "hh.W": {"m": rng.random((4, 2))}}
+    int8 = {"int8:h.W:weight": np.ones((4, 2), np.int8)}
+    checkpoint.save(tmp_path / "c.npz", params, opt, {"quantization": {"products": ["h.W"]}, "epoch": 3}, int8)
+    argv = ["checkpoint", "rename", str(tmp_path / "c.npz"), "h=hid", "enc.h=enc.inner", "-o", str(tmp_path / "r.npz")]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[:3] == ["enc.h.W -> enc.inner.W", "h.W -> hid.W", "h.b -> hid.b"]
+    arrays, meta = checkpoint.read(tmp_path / "r.npz")
+    assert sorted(arrays) == [
+        "int8:hid.W:weight",
+        "opt:hh.W:m",
+        "opt:hid.W:m",
+        "param:enc.inner.W",
+        "param:hh.W",
+        "param:hid.W",
+        "param:hid.b",
+    ]  # hh is no h
+    np.testing.assert_array_equal(arrays["param:hid.W"], params["h.W"])
+    np.testing.assert_array_equal(arrays["opt:hid.W:m"], opt["h.W"]["m"])
+    assert meta["quantization"]["products"] == ["hid.W"] and meta["epoch"] == 3
+
+
+@pytest.mark.parametrize(
+    "renames, message",
+    [
+        (["g=k"], "has no parameter g nor any under g. (its parameters: h.W, h.b, k.W)"),
+        (["h=k"], "two parameters would both be named k.W"),
+        (["h=a", "h.W=b"], "h.W lies under h, which renames it too"),
+    ],
+)
+def test_checkpoint_rename_refuses_what_would_lose_or_miss_a_parameter(tmp_path, capsys, renames, message):
+    checkpoint.save(tmp_path / "c.npz", {"h.W": np.ones(2), "h.b": np.ones(1), "k.W": np.ones(2)}, {}, {})
+    err = failure(["checkpoint", "rename", str(tmp_path / "c.npz"), *renames, "-o", str(tmp_path / "r.npz")], capsys)
+    assert message in err
+    assert not (tmp_path / "r.npz").exists()
+
+
+def test_checkpoint_rename_takes_names(tmp_path, capsys):
+    message = usage_error(["checkpoint", "rename", str(tmp_path / "c.npz"), "h", "-o", str(tmp_path / "r.npz")], capsys)
+    assert "needs OLD=NEW, two names such as h=hidden or enc.h=enc.hidden; got 'h'" in message

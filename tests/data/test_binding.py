@@ -218,3 +218,55 @@ def test_training_on_unnamed_columns_says_so_once(tmp_path, capsys):
     DlcModel(str(path), backend="reference").train(out=str(tmp_path / "run"), log=lambda m: None, progress="none")
     err = capsys.readouterr().err
     assert err.count("note: the data's columns bind to the inputs in order: arr_0 -> x, arr_1 -> y") == 1, err
+
+
+# ---- places ----------------------------------------------------------------------------------------------
+LOCATED = """model cls {
+    input  x: f32[B, 2]
+    target y: i32[B]
+    loss   sparse_cross_entropy(dense(x, 2), y)
+}
+train cls {
+    data   = "d.npz"
+    epochs = 1
+}
+"""
+
+
+@pytest.mark.parametrize(
+    "arrays, first, note",
+    [
+        (
+            {"x": (4, 2)},
+            "m.dl:3:5: error: the data has no array for y of model cls (it has x)",
+            "m.dl:7:5: note: the data is set here",
+        ),
+        (
+            {"x": (4, 2), "y": (4,), "a": (4,)},
+            "m.dl:7:5: error: model cls has no input named 'a'",
+            "m.dl:1:1: note: the model is declared here",
+        ),
+        ({"x": (0, 2), "y": (0,)}, "m.dl:7:5: error: the training data has no examples", None),
+    ],
+)
+def test_data_that_does_not_fit_the_model_is_located(tmp_path, capsys, arrays, first, note):
+    """At the declaration the data lacks, or at the train block's data line, with the other a note."""
+    np.savez(
+        tmp_path / "d.npz",
+        **{name: np.zeros(shape, np.int32 if name != "x" else np.float32) for name, shape in arrays.items()},
+    )
+    (tmp_path / "m.dl").write_text(LOCATED)
+    assert main(["train", str(tmp_path / "m.dl"), "--out", str(tmp_path / "run"), "--backend", "reference"]) == 1
+    lines = capsys.readouterr().err.replace(str(tmp_path) + "/", "").splitlines()
+    assert lines[0].startswith(first), lines
+    assert note is None or note in lines, lines
+
+
+def test_arrays_given_in_python_that_do_not_fit_point_at_the_model(tmp_path):
+    model = random_model(tmp_path, FLAT)
+    with pytest.raises(DlcError, match="no input named 'z'") as e:
+        model.evaluate({"x": np.zeros((2, 64), np.float32), "y": np.zeros(2, np.int32), "z": np.zeros(2)})
+    assert (e.value.span.line, e.value.span.text()) == (2, None)  # the model's declaration, its block
+    with pytest.raises(DlcError, match="no array for y") as e:
+        model.evaluate({"x": np.zeros((2, 64), np.float32)})
+    assert e.value.span.text() == "target y: i32[B]"

@@ -336,7 +336,8 @@ def test_an_unknown_name(cache, server, capsys):
     code, out, err = run(capsys, "data", "fetch", "mnsit")
     assert code == 1
     assert err.strip() == (
-        "error: unknown data set 'mnsit'; did you mean 'mnist'? (dlc fetches mnist, fashion_mnist, cifar10, cifar100)"
+        "mnsit: error: unknown data set 'mnsit'; did you mean 'mnist'? (dlc fetches mnist, fashion_mnist, cifar10, "
+        "cifar100)"
     )
     code, out, err = run(capsys, "data", "fetch", "mnist", "imagenet")  # checked before anything is fetched
     assert code == 1 and "'imagenet'" in err and server.requests == []

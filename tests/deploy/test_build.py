@@ -474,13 +474,14 @@ def test_build_refuses_weights_of_another_model(built, tmp_path):
 
 def test_embedding_needs_weights(tmp_path):
     r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "--embed-weights", "-o", tmp_path / "lib", check=False)
-    assert r.returncode == 1 and "--embed-weights needs the weights" in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("--embed-weights: error: --embed-weights needs the weights")
 
 
 def test_train_settings_need_train(tmp_path):
     r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "--seed", 3, "-o", tmp_path / "lib", check=False)
     assert (
-        r.returncode == 1 and r.stderr.strip() == "error: --seed is a setting of the train step: it goes with --train"
+        r.returncode == 2
+        and r.stderr.strip() == "--seed: error: --seed is a setting of the train step: it goes with --train"
     )
 
 

@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("pygls", reason="dlc lsp needs the lsp extra: pip install \"dlc[lsp]\"")
@@ -683,16 +684,79 @@ async def test_a_rename_that_keeps_every_names_meaning_makes_a_program_that_chec
     text = (EXAMPLES / "char_gpt.dl").read_text()
     path = tmp_path / "char_gpt.dl"
     uri, _ = await open_doc(client, path, text)
+    renamed, _ = await renamed_with_messages(client, uri, text, name, new)
+    path.write_text(renamed)
+    assert main(["check", str(path)]) == 0, capsys.readouterr().err
+    assert renamed != text
+
+
+async def renamed_with_messages(client, uri, text, where, new) -> tuple:
+    """(the text with the edits of renaming the name at `where` to `new` applied, the messages the
+    rename showed)."""
+    shown = len(client.messages)
     done = await client.text_document_rename_async(
-        T.RenameParams(T.TextDocumentIdentifier(uri), position_of(text, name), new)
+        T.RenameParams(T.TextDocumentIdentifier(uri), position_of(text, where), new)
     )
     lines = text.split("\n")
     for e in sorted(done.changes[uri], key=lambda e: (e.range.start.line, e.range.start.character), reverse=True):
         line = lines[e.range.start.line]
         lines[e.range.start.line] = line[: e.range.start.character] + e.new_text + line[e.range.end.character :]
-    path.write_text("\n".join(lines))
-    assert main(["check", str(path)]) == 0, capsys.readouterr().err
-    assert "\n".join(lines) != text
+    await asyncio.sleep(0.2)  # a notification the server sent before its response has been read
+    return "\n".join(lines), client.messages[shown:]
+
+
+RENAMED = """def block(x) {
+    h = dense(x, 3, tanh)
+    return h
+}
+model cls {
+    input  x: f32[B, 2]
+    target y: i32[B]
+    h = dense(x, 4, tanh)
+    b = block(h)
+    loss sparse_cross_entropy(dense(b, 2, name = "out"), y)
+}
+train cls { data = "d.npz"  epochs = 1  batch = 4 }
+"""
+
+
+@pytest.mark.parametrize(
+    "where, new, params, renames",
+    [
+        ("h = dense(x, 4", "hid", "h.W to hid.W, h.b to hid.b", "h=hid"),
+        ("h = dense(x, 3", "inner", "b.h.W to b.inner.W, b.h.b to b.inner.b", "b.h=b.inner"),
+    ],
+)
+async def test_a_rename_of_a_binding_that_names_parameters_warns_and_its_command_carries_checkpoints(
+    client, tmp_path, capsys, where, new, params, renames
+):
+    """The warning says which parameters the rename renames and the command that renames them in a
+    checkpoint; a checkpoint trained before the rename loads into the renamed model after it."""
+    path = tmp_path / "cls.dl"
+    path.write_text(RENAMED)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((8, 2)).astype(np.float32), y=rng.integers(0, 2, 8).astype(np.int32))
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--backend", "reference", "-q"]) == 0
+    uri, _ = await open_doc(client, path, RENAMED)
+    renamed, messages = await renamed_with_messages(client, uri, RENAMED, where, new)
+    assert [m.type for m in messages] == [T.MessageType.Warning]
+    assert f"renames its parameters ({params})" in messages[0].message, messages[0].message
+    command = f"dlc checkpoint rename CKPT {renames} -o RENAMED.npz"
+    assert command in messages[0].message
+    path.write_text(renamed)
+    weights = ["--weights", str(tmp_path / "run" / "last.npz"), "--backend", "reference"]
+    capsys.readouterr()
+    assert main(["eval", str(path), *weights]) == 1
+    assert renames in capsys.readouterr().err  # the error names the rename too
+    argv = command.replace("CKPT", str(tmp_path / "run" / "last.npz")).replace("RENAMED", str(tmp_path / "r"))
+    assert main(argv.split()[1:]) == 0
+    assert main(["eval", str(path), *weights[:1], str(tmp_path / "r.npz"), *weights[2:]]) == 0
+
+
+async def test_a_rename_that_names_no_parameter_shows_no_message(client, tmp_path):
+    uri, _ = await open_doc(client, tmp_path / "cls.dl", RENAMED)
+    _, messages = await renamed_with_messages(client, uri, RENAMED, "x: f32", "inputs")
+    assert messages == []
 
 
 async def test_document_symbols_are_the_models_defs_and_train_blocks(client, tmp_path):

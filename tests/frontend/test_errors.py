@@ -8,8 +8,8 @@ Each bad program must make the command exit non-zero and print on stderr
 
 at the place in the *user's* file that is wrong (for a misused standard-library
 function: the user's call, not the library's line), with a message that explains the
-problem, and never a Python traceback or an "internal error". Errors that have no
-place (a file that does not exist) print one paragraph `error: ...`.
+problem, and never a Python traceback or an "internal error". Errors about a whole
+file or flag (a file that does not exist, `--dim`) start at it: `PATH: error: ...`.
 
 Most cases run in-process through `dlc.runtime.cli.main`; a few run the real
 command in a subprocess to prove that the command itself prints no traceback.
@@ -1916,7 +1916,7 @@ def test_table_is_big_enough():
     assert len({p.values[1] for p in BAD}) >= 25
 
 
-# ---- errors without a location ------------------------------------------------------------------------------
+# ---- errors at a whole file or flag -------------------------------------------------------------------------
 MODEL = prog("""
     model m {
         input x: f32[B, 4]
@@ -1925,7 +1925,7 @@ MODEL = prog("""
     """)
 
 UNLOCATED = [
-    # (name, argv builder from tmp_path, phrase)
+    # (name, argv builder from tmp_path, phrase): each error at the file or flag, without a line
     ("missing_file_check", lambda d: ["check", str(d / "nope.dl")], "no such file"),
     ("missing_file_summary", lambda d: ["summary", str(d / "nope.dl")], "no such file"),
     ("missing_file_gradcheck", lambda d: ["gradcheck", str(d / "nope.dl")], "no such file"),
@@ -1943,12 +1943,16 @@ UNLOCATED = [
 
 @pytest.mark.parametrize("name, make_argv, phrase", UNLOCATED, ids=[u[0] for u in UNLOCATED])
 def test_error_without_location(tmp_path, capsys, name, make_argv, phrase):
+    """`PATH: error: ...` or `--flag: error: ...`: the file or the flag named in argv (the model
+    --model names is missing from the file), with the flag's status 2."""
     (tmp_path / "m.dl").write_text(MODEL)
-    code, out, err = run_inprocess(capsys, make_argv(tmp_path))
+    argv = make_argv(tmp_path)
+    code, out, err = run_inprocess(capsys, argv)
     shown = f"\n--- exit {code}; stderr:\n{err}\n--- stdout:\n{out}"
-    assert code != 0, shown
+    assert code == (2 if "--dim" in argv else 1), shown
     assert "Traceback" not in err + out and "internal error" not in err, shown
-    assert err.startswith("error: "), "the message does not start with 'error: '" + shown
+    place = err.partition(": error: ")[0]
+    assert place in argv or place == "--dim", "the message does not start at the file or flag" + shown
     assert "\n\n" not in err.strip(), "the message is not one paragraph" + shown
     assert phrase in err, shown
 
@@ -2018,7 +2022,7 @@ def test_real_command_missing_file(tmp_path):
         dlc_command() + ["check", str(tmp_path / "nope.dl")], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 1, r.stderr
-    assert r.stderr.startswith("error: ") and "no such file" in r.stderr, r.stderr
+    assert r.stderr.startswith(f"{tmp_path / 'nope.dl'}: error: ") and "no such file" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
 
 
@@ -2551,3 +2555,36 @@ def test_transpose_takes_a_permutation_of_integer_axes(tmp_path, capsys, perm):
     assert main(["check", str(path)]) == 1
     err = capsys.readouterr().err
     assert "t.dl:3:" in err and "is not a permutation" in err
+
+
+# ---- the way back from inside the standard library ---------------------------------------------------------------
+def test_an_error_deep_inside_the_standard_library_has_a_note_at_each_call_back_to_the_users(tmp_path, capsys):
+    """transformer_encoder calls transformer_encoder_block, which calls multi_head_attention, where
+    the error lies: reported at the user's call, then the library's line, then each call that led there."""
+    path = write_program(
+        tmp_path,
+        prog("""
+        def block(x) = transformer_encoder(x, 1, 3, 8)
+        model m {
+            input x: f32[B, T, 16]
+            output h = block(x)
+        }
+        """),
+        {},
+    )
+    code, out, err = run_inprocess(capsys, ["check", str(path)])
+    assert_located(code, out, err, path, 1, 16, "cannot reshape f32[B, T, 16]", None, None)
+    notes = re.findall(r"^(\S+?):(\d+):\d+: note: (.*)$", err, re.M)
+    stdlib = [(file, note) for file, _, note in notes if file.startswith("<stdlib>")]
+    assert stdlib == [
+        ("<stdlib>/attention.dl", "inside multi_head_attention (standard library)"),
+        ("<stdlib>/attention.dl", "called from here"),  # in transformer_encoder_block
+        ("<stdlib>/attention.dl", "called from here"),  # in transformer_encoder
+    ], err
+    lines = [int(line) for file, line, note in notes if note == "called from here"]
+    source = (Path(__file__).parents[2] / "compiler/stdlib/attention.dl").read_text().splitlines()
+    assert [source[n - 1].strip().split("(")[0] for n in lines] == [
+        "attn = multi_head_attention",
+        "x = transformer_encoder_block",
+    ], err
+    assert notes[-1][2] == "in the call of block here", err  # then the user's own calls

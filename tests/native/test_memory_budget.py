@@ -76,6 +76,14 @@ def test_a_batch_that_does_not_fit_the_memory_limit_is_refused_with_the_numbers(
         r"4\.5 MiB is available: try batch <= \d+$",
         msg,
     ), msg
+    # at the model's declaration, with its layers by the bytes of their values: h's 2000 per example first
+    assert (e.value.span.line, e.value.span.col) == (2, 1)
+    layers = [
+        (re.match(r"layer (\w+): \d+% of the values the step computes$", note)[1], span.text())
+        for note, span in e.value.notes
+    ]
+    assert layers[0] == ("h", "h = dense(x, 2000, relu)"), e.value.notes
+    assert sorted(layers[1:]) == [("logits", "logits = dense(h, 10)"), ("loss", "sparse_cross_entropy(logits, y)")]
     fits = int(msg.rsplit(" ", 1)[1])
     assert 1 <= fits < 64
     # the batch named fits, the next one does not
@@ -137,23 +145,42 @@ def test_a_huge_parameter_is_refused_by_dlc_train_before_its_initializer(tmp_pat
     ), r.stderr
 
 
+def refused_in_a_gib(text: str):
+    """The refusal of model cls of `text` (as cls.dl) by a budget of 1 GiB for its parameters."""
+    model = load_text(text, "cls.dl").build(None, training=True)
+    with budget.capped(1 << 30, None), pytest.raises(DlcError) as e:
+        budget.require_model(model, [p.name for p in model.params], 2)
+    return e
+
+
 def test_a_huge_parameter_of_a_library_layer_is_refused_at_the_users_call(monkeypatch):
     """The parameter is declared in the standard library: the refusal points at the user's call of the
     layer, the library's declaration a note."""
     monkeypatch.delenv("DLC_MEMORY_LIMIT", raising=False)
-    program = load_text(
+    e = refused_in_a_gib(
         "model cls {\n    input x: f32[B, 250000]\n    target y: i32[B]\n    p = dense(x, 250000)\n"
-        "    loss sparse_cross_entropy(p, y)\n}\n",
-        "cls.dl",
+        "    loss sparse_cross_entropy(p, y)\n}\n"
     )
-    model = program.build(None, training=True)
-    with budget.capped(1 << 30, None), pytest.raises(DlcError) as e:
-        budget.require_model(model, [p.name for p in model.params], 2)
     assert (e.value.span.file, e.value.span.line, e.value.span.text()) == ("cls.dl", 4, "dense(x, 250000)")
     assert "its largest parameter, p.W: f32[250000, 250000]" in e.value.message
     assert [(note, span.file, span.line) for note, span in e.value.notes] == [
         ("inside the standard library here", "<stdlib>/layers.dl", 5)
     ]
+
+
+def test_a_huge_parameter_deep_inside_the_library_has_a_note_at_each_call_back_to_the_users(monkeypatch):
+    """bidirectional calls lstm, which declares the parameter: after the declaration, a note at
+    bidirectional's call of lstm, the way back to the user's call the error is at."""
+    monkeypatch.delenv("DLC_MEMORY_LIMIT", raising=False)
+    e = refused_in_a_gib(
+        "model cls {\n    input x: f32[B, T, 8]\n    target y: f32[B, T, 200000]\n"
+        "    p = bidirectional(x, lstm, 100000)\n    loss mse(p, y)\n}\n"
+    )
+    assert (e.value.span.file, e.value.span.line) == ("cls.dl", 4)
+    notes = [(note, span.file, span.text()) for note, span in e.value.notes]
+    assert notes[0][:2] == ("inside the standard library here", "<stdlib>/recurrent.dl")
+    assert notes[0][2].startswith("param Wh: ")
+    assert notes[1:] == [("called from here", "<stdlib>/recurrent.dl", "padded(xs, units)")]
 
 
 def test_the_native_engine_refuses_before_allocating_its_flat_arrays(monkeypatch):

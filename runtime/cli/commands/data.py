@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from dlc.compiler.errors import DlcError, plural
+from dlc.compiler.errors import DlcError, Span, plural
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.cli.arguments import positive
 from dlc.runtime.data import download
@@ -67,10 +67,10 @@ def bench(data: str, examples: int, threads: int, batch: int):
             first = model.inputs[0].name
             columns[first], epoch = columns[first].augmented(options, cfg.seed, cfg.span("augment")), 0
     else:
-        columns = load_data(parse_setting(data, "data"), Path.cwd(), "data").columns
+        columns = load_data(parse_setting(data, "data"), Path.cwd(), "data", Span.whole(data)).columns
     n = min(examples, len(next(iter(columns.values()))))
     if n == 0:
-        raise DlcError(f"{data} has no examples")
+        raise DlcError(f"{data} has no examples", Span.whole(data))
     plan = ((slice(lo, min(lo + batch, n)), epoch) for lo in range(0, n, batch))
     started = time.perf_counter()
     for _ in Batches(columns, plan, threads):

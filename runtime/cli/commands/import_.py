@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dlc.compiler.errors import DlcError, plural
+from dlc.compiler.errors import DlcError, Span, plural
 from dlc.compiler.frontend.loader import load_text
 from dlc.runtime.interop import checkpoint
 from dlc.runtime.cli.shared import write
@@ -43,9 +43,14 @@ def import_onnx(args):
 
     out = Path(args.output)
     if out.suffix != ".dl":
-        raise DlcError(f"-o takes the .dl file to write, got '{args.output}'")
+        raise DlcError(f"-o takes the .dl file to write, got '{args.output}'", Span.whole("--output"))
     weights = Path(args.weights) if args.weights else out.with_suffix(".npz")
-    imported = import_model(read_model(args.file), name=out.stem, source=Path(args.file).name, as_def=args.as_def)
+    try:
+        imported = import_model(read_model(args.file), name=out.stem, source=Path(args.file).name, as_def=args.as_def)
+    except DlcError as e:
+        if e.span is None:  # about the ONNX file: at it (docs/cli.md, "Where an error is")
+            e.message, e.span = e.message.removeprefix(f"{Path(args.file).name}: "), Span.whole(args.file)
+        raise
     try:
         model = load_text(imported.text, str(out)).build(None, training=False)
     except DlcError as e:  # a value of the ONNX model dlc's checks refuse (an attribute out of range)

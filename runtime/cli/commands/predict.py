@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, Span
 from dlc.runtime.data import png
 from dlc.runtime.data.photos import photo_paths
 from dlc.runtime.cli.arguments import model_arguments, positive, WEIGHTS_HELP
@@ -87,7 +87,7 @@ def run(args):
         else:
             np.savez(path, **outputs)
     except OSError as e:
-        raise DlcError(f"cannot write {path}: {e.strerror}") from None
+        raise DlcError(f"cannot write {path}: {e.strerror}", Span.whole(path)) from None
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items())
     print(f"wrote {path}: {shapes}")
     for name in by_class:  # a table's categorical label: the names its ids stand for
