@@ -47,7 +47,27 @@ def read_folder(path) -> Folder:
         raise DlcError(f"no such folder: {path}" if not path.exists() else f"{path} is not a folder")
     config = read_config(path / CONFIG)
     files = {name: path / name for name in (TOKENIZER,) if (path / name).is_file()}
+    if TOKENIZER in files and isinstance(config.get("vocab_size"), int):
+        check_tokenizer(files[TOKENIZER], config["vocab_size"])
     return Folder(path, config, read_tensors(path), files)
+
+
+def check_tokenizer(path: Path, vocab_size: int):
+    """Refuse a tokenizer.json that gives ids the model's embedding has no row for."""
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        vocab = spec["model"]["vocab"]
+        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # Unigram: a list
+        ids += [token["id"] for token in spec.get("added_tokens") or []]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DlcError(f"{path} is not a tokenizer of the tokenizers library ({type(e).__name__}: {e})") from None
+    if not all(isinstance(i, int) for i in ids):
+        raise DlcError(f"{path} is not a tokenizer of the tokenizers library: its ids are not all whole numbers")
+    if ids and max(ids) >= vocab_size:
+        raise DlcError(
+            f"{path} gives token ids up to {max(ids)}, but config.json's vocab_size is {vocab_size}: "
+            "the tokenizer is not the model's"
+        )
 
 
 def read_config(path: Path) -> Config:

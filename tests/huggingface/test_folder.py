@@ -52,7 +52,11 @@ def test_an_unknown_model_type_lists_what_dlc_imports(saved, tmp_path, capsys):
     folder = copy(saved, tmp_path)
     edit_config(folder, model_type="albert", architectures=["AlbertForMaskedLM"])
     err = refused(folder, tmp_path, capsys)
-    assert "the model_type 'albert'" in err and "bert, distilbert, roberta" in err and "BertForMaskedLM" in err
+    assert (
+        "the model_type 'albert' (AlbertForMaskedLM)" in err
+        and "bert, distilbert, roberta" in err
+        and "BertForMaskedLM" in err
+    )
 
 
 def test_an_architecture_of_the_family_without_a_head_is_named(saved, tmp_path, capsys):
@@ -123,3 +127,33 @@ def test_a_folder_of_pytorch_pickles_only_is_told_to_save_safetensors(saved, tmp
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
     err = refused(folder, tmp_path, capsys)
     assert "it holds pytorch_model.bin, which dlc does not read" in err and "safe_serialization=True" in err
+
+
+def tokenizer(words: int):
+    """A WordPiece tokenizer of `words` tokens ([PAD], [UNK], [CLS], [SEP] and w4, w5, ...)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(4, words)])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok
+
+
+def test_the_tokenizer_is_copied_beside_the_program_and_named_in_its_train_block(saved, tmp_path, capsys):
+    pytest.importorskip("tokenizers")
+    from dlc.runtime.cli import main
+
+    folder = copy(saved, tmp_path)
+    tokenizer(100).save(str(folder / "tokenizer.json"))
+    assert main(["import", str(folder), "-o", str(tmp_path / "m.dl")]) == 0
+    assert f"wrote {tmp_path / 'm.tokenizer.json'}" in capsys.readouterr().out
+    assert (tmp_path / "m.tokenizer.json").read_bytes() == (folder / "tokenizer.json").read_bytes()
+    assert "m.tokenizer.json" in (tmp_path / "m.dl").read_text()
+
+
+def test_a_tokenizer_that_does_not_fit_the_vocabulary_is_refused(saved, tmp_path, capsys):
+    pytest.importorskip("tokenizers")
+    folder = copy(saved, tmp_path)
+    tokenizer(150).save(str(folder / "tokenizer.json"))
+    err = refused(folder, tmp_path, capsys)
+    assert "tokenizer.json gives token ids up to 149, but config.json's vocab_size is 100" in err
