@@ -425,8 +425,16 @@ def tensors(config, params: dict, head: str) -> dict:
     of `weights` (a head's base model under its prefix, as save_pretrained writes it)."""
     d = dims(config)
     prefix = "" if head == "base" else d.prefix
+    table = _table(d, head)
+    extra = sorted(set(params) - {row[0] for row in table})
+    if extra:
+        raise DlcError(
+            f"the program has parameters that {_architecture(d, head)} has no place for: {', '.join(extra[:8])}"
+            + (f" and {len(extra) - 8} more" if len(extra) > 8 else "")
+            + "; a model of its own layers is exported as safetensors or ONNX"
+        )
     out = {}
-    for dlc, hf, transposed, shape in _table(d, head):
+    for dlc, hf, transposed, shape in table:
         dlc_shape = tuple(reversed(shape)) if transposed else shape
         array = take(params, dlc, dlc_shape, "the weights")
         out[_name(hf, prefix)] = (array.T if transposed else array).astype("float32", order="C")

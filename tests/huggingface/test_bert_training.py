@@ -129,3 +129,16 @@ def test_export_back_needs_the_imported_config_beside_the_program(imported, caps
         == 1
     )
     assert "was not imported from a Hugging Face folder: there is no bert.config.json" in capsys.readouterr().err
+
+
+def test_export_back_refuses_a_program_whose_parameters_the_architecture_has_no_place_for(imported, capsys):
+    """A head changed after the import (a layer added) is not the folder's architecture any more."""
+    program = imported / "bert.dl"
+    program.write_text(
+        program.read_text().replace(
+            "    output logits = classifier", "    extra = dense(classifier, 2)\n    output logits = extra"
+        )
+    )
+    assert main(["export", str(program), "--format", "huggingface", "-o", str(imported / "back")]) == 1
+    err = capsys.readouterr().err
+    assert "the program has parameters that BertForSequenceClassification has no place for: extra.W, extra.b" in err
