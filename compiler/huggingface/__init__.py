@@ -61,7 +61,10 @@ def head_of(config, module) -> tuple[str, str]:
     """(the architecture, its head): config["architectures"][0], or the family's base model when
     the config names none; an architecture of the family dlc has no head for is refused by name."""
     source = getattr(config, "source", "config.json")
-    names = config.get("architectures") or [next(a for a, h in module.HEADS.items() if h == "base")]
+    base = [a for a, h in module.HEADS.items() if h == "base"]
+    names = config.get("architectures") or base
+    if not names:
+        raise DlcError(f"{source} names no architecture; dlc imports {', '.join(module.HEADS)}")
     if not isinstance(names, list) or not isinstance(names[0], str):
         raise DlcError(f"{source}: 'architectures' is {names!r}, not a list of class names")
     if names[0] not in module.HEADS:

@@ -3,6 +3,8 @@ Python API, and exported back: `dlc export --format huggingface` writes a folder
 transformers loads and that computes what dlc computes with the trained weights."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +144,34 @@ def test_export_back_refuses_a_program_whose_parameters_the_architecture_has_no_
     assert main(["export", str(program), "--format", "huggingface", "-o", str(imported / "back")]) == 1
     err = capsys.readouterr().err
     assert "the program has parameters that BertForSequenceClassification has no place for: extra.W, extra.b" in err
+
+
+def test_a_new_head_on_an_imported_masked_lm_trains_as_interop_md_writes_it(tmp_path, capsys):
+    """docs/interop.md's recipe, its classifier read from the page: a BertForMaskedLM imported with
+    --def, a file that calls it and adds a head, trained from the encoder's weights."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "interop.md").read_text()
+    section = page.split("## Hugging Face models\n", 1)[1].split("\n## ", 1)[0]
+    (tmp_path / "classifier.dl").write_text(re.search(r"^```dl\n(.*?)^```$", section, re.S | re.M).group(1))
+    tiny_folder(tmp_path / "mlm", "BertForMaskedLM")
+    assert main(["import", str(tmp_path / "mlm"), "-o", str(tmp_path / "encoder.dl"), "--def"]) == 0
+    np.savez(tmp_path / "train.npz", **task(32, 0))
+    capsys.readouterr()
+    code = main(
+        [
+            "train",
+            str(tmp_path / "classifier.dl"),
+            "--epochs",
+            "1",
+            "--backend",
+            "reference",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    said = re.search(r"init_from \S*encoder.npz: (.*)", err).group(1)
+    assert said in section.replace("\n", " ")
+    trained, _, _ = checkpoint.load(tmp_path / "run" / "last.npz")
+    start, _, _ = checkpoint.load(tmp_path / "encoder.npz")
+    assert not np.array_equal(trained["layer.0.attention.Wq"], start["layer.0.attention.Wq"])  # the encoder trains too
