@@ -10,10 +10,8 @@ translation between the folder's config and tensors and a `.dl` program and its 
     def tensors(config, params, head) -> dict            # the inverse, to export back to a folder
 
 `program` may take keywords too, which it is given when it declares them: `name` (the model's
-name, the output file's stem), `as_def` (`--def`: the model's body as a def another file calls),
-`source` (the folder's name, for the program's first comment), `weights` (the checkpoint's path
-from the program, for `init_from`), `tokenizer` (the name of the tokenizer.json copied beside
-the program, or None) and `preprocessor` (preprocessor_config.json's settings, or None). The registry is the
+name, the output file's stem), `as_def` (`--def`: the model's body as a def another file calls)
+and `source` (the folder's name, for the program's first comment). The registry is the
 package's modules that declare MODEL_TYPES, found when first asked for: a family is added by
 adding its module.
 """
@@ -102,27 +100,18 @@ class ImportedFolder:
     files: dict = field(default_factory=dict)
 
 
-def import_folder(
-    path, name: str, as_def: bool = False, weights: str | None = None, stem: str | None = None
-) -> ImportedFolder:
+def import_folder(path, name: str, as_def: bool = False, weights: str | None = None) -> ImportedFolder:
     """The `.dl` program and parameters of the Hugging Face model folder at `path`, the model
     named `name`; `as_def`: the model's body as a def another file calls (`--def`); `weights`:
-    the checkpoint's path from the program, which the train block starts from (`init_from`);
-    `stem`: the program file's, which names the input files kept beside it (default `name`)."""
-    from dlc.compiler.huggingface.folder import TOKENIZER, copied_name, read_folder
+    the checkpoint's file name, which the train block starts from (`init_from`)."""
+    from dlc.compiler.huggingface.folder import TOKENIZER, read_folder
 
     folder = read_folder(path)
     module = family(folder.config)
     architecture, head = head_of(folder.config, module)
     asked = inspect.signature(module.program).parameters
-    given = {
-        "name": name,
-        "as_def": as_def,
-        "source": folder.path.name,
-        "weights": weights,
-        "tokenizer": copied_name(stem or name, TOKENIZER) if TOKENIZER in folder.files else None,
-        "preprocessor": folder.preprocessor,
-    }
+    tokenizer = f"{name}.{TOKENIZER}" if TOKENIZER in folder.files else None
+    given = {"name": name, "as_def": as_def, "source": folder.path.name, "weights": weights, "tokenizer": tokenizer}
     if as_def and "as_def" not in asked:
         raise DlcError(f"--def is not available for {folder.config['model_type']} models yet")
     text = module.program(folder.config, head, **{k: v for k, v in given.items() if k in asked})

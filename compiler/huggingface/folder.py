@@ -1,6 +1,6 @@
 """A Hugging Face model folder as `dlc import FOLDER` reads it: `config.json`, the weights in
 `model.safetensors` or in the shards that `model.safetensors.index.json` names, and the files
-its inputs need (`tokenizer.json`, `preprocessor_config.json`). Every way a folder can be wrong is a `DlcError` that names
+its inputs need (`tokenizer.json`). Every way a folder can be wrong is a `DlcError` that names
 the file: no config.json, JSON that does not parse, a damaged or truncated safetensors file, a
 shard the index names that is not there, a setting of the config a family cannot use, a tensor
 whose shape is not the one the config makes. No PyTorch: safetensors are read by the
@@ -20,8 +20,6 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 TOKENIZER = "tokenizer.json"
-PREPROCESSOR = "preprocessor_config.json"  # an image model's size, mean and std
-INPUT_FILES = (TOKENIZER, PREPROCESSOR)  # what a folder carries for its inputs, copied beside the program
 
 
 class Config(dict):
@@ -35,13 +33,12 @@ class Config(dict):
 @dataclass
 class Folder:
     """A model folder read and checked: its config, its tensors by their names in the folder,
-    and the input files it holds (INPUT_FILES), by name."""
+    and the input files it holds (`tokenizer.json`), by name."""
 
     path: Path
     config: Config
     tensors: dict
     files: dict
-    preprocessor: Config | None = None  # preprocessor_config.json's settings
 
 
 def read_folder(path) -> Folder:
@@ -49,11 +46,10 @@ def read_folder(path) -> Folder:
     if not path.is_dir():
         raise DlcError(f"no such folder: {path}" if not path.exists() else f"{path} is not a folder")
     config = read_config(path / CONFIG)
-    files = {name: path / name for name in INPUT_FILES if (path / name).is_file()}
+    files = {name: path / name for name in (TOKENIZER,) if (path / name).is_file()}
     if TOKENIZER in files and isinstance(config.get("vocab_size"), int):
         check_tokenizer(files[TOKENIZER], config["vocab_size"])
-    preprocessor = read_config(files[PREPROCESSOR]) if PREPROCESSOR in files else None
-    return Folder(path, config, read_tensors(path), files, preprocessor)
+    return Folder(path, config, read_tensors(path), files)
 
 
 def check_tokenizer(path: Path, vocab_size: int):
@@ -72,11 +68,6 @@ def check_tokenizer(path: Path, vocab_size: int):
             f"{path} gives token ids up to {max(ids)}, but config.json's vocab_size is {vocab_size}: "
             "the tokenizer is not the model's"
         )
-
-
-def copied_name(program_stem: str, name: str) -> str:
-    """The name an input file of the folder takes beside the program: bert.tokenizer.json."""
-    return f"{program_stem}.{name}"
 
 
 def read_config(path: Path) -> Config:

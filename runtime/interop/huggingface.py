@@ -5,9 +5,9 @@ written beside its program, and a model's weights written back as a folder that
 `dlc import FOLDER -o OUT.dl` writes OUT.dl, its checkpoint OUT.npz (the label names of a
 classifier in its metadata, as a data source's class names), OUT.config.json (the folder's
 config, which export writes back, with the imported architecture) and, when the folder has
-them, OUT.tokenizer.json and OUT.preprocessor_config.json. `dlc export OUT.dl --format
-huggingface -o FOLDER` reads OUT.config.json beside the program and writes config.json and
-model.safetensors in the original names and layouts (and the input files back).
+one, OUT.tokenizer.json. `dlc export OUT.dl --format huggingface -o FOLDER` reads
+OUT.config.json beside the program and writes config.json and model.safetensors in the
+original names and layouts (and tokenizer.json).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from dlc.compiler.errors import DlcError, plural
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.huggingface import family, head_of, import_folder, model_name
-from dlc.compiler.huggingface.folder import CONFIG, INPUT_FILES, WEIGHTS, Config, copied_name, safetensors_package
+from dlc.compiler.huggingface.folder import CONFIG, TOKENIZER, WEIGHTS, Config, safetensors_package
 from dlc.runtime.interop import checkpoint
 
 CONFIG_SUFFIX = ".config.json"  # OUT.dl's config: OUT.config.json
@@ -32,21 +32,20 @@ def config_path(program: Path) -> Path:
     return program.with_name(program.stem + CONFIG_SUFFIX)
 
 
-def beside(program: Path, name: str) -> Path:
-    """Where the folder's input file `name` is kept beside the program: OUT.tokenizer.json."""
-    return program.with_name(copied_name(program.stem, name))
+def tokenizer_path(program: Path) -> Path:
+    return program.with_name(f"{program.stem}.{TOKENIZER}")
 
 
 def save_import(folder, out, weights=None, as_def: bool = False) -> list:
     """Import the folder as the program `out` (.dl) and its checkpoint (`weights`, default
-    OUT.npz), with the config and the folder's input files beside it; the program is built once before
+    OUT.npz), with the config and tokenizer beside it; the program is built once before
     anything is written. Returns the lines that say what was written."""
     out = Path(out)
     if out.suffix != ".dl":
         raise DlcError(f"-o takes the .dl file to write, got '{out}'")
     weights = Path(weights) if weights else out.with_suffix(".npz")
     init_from = os.path.relpath(weights.resolve(), out.resolve().parent)
-    imported = import_folder(folder, model_name(out.stem), as_def, weights=init_from, stem=out.stem)
+    imported = import_folder(folder, model_name(out.stem), as_def, weights=init_from)
     try:
         model = load_text(imported.text, str(out)).build(None, training=False)
     except DlcError as e:  # a config dlc's checks refuse
@@ -64,16 +63,16 @@ def save_import(folder, out, weights=None, as_def: bool = False) -> list:
         f"wrote {weights} ({plural(len(params), 'array')})",
         f"wrote {config_path(out)} (the config dlc export --format huggingface writes back)",
     ]
-    for name, path in imported.files.items():
-        _copy(path, beside(out, name))
-        said.append(f"wrote {beside(out, name)}")
+    if TOKENIZER in imported.files:
+        _copy(imported.files[TOKENIZER], tokenizer_path(out))
+        said.append(f"wrote {tokenizer_path(out)}")
     return said
 
 
 def save_folder(program: Path, params: dict, folder) -> list:
     """The parameters of the program imported as `program` as a Hugging Face folder: config.json
     (the import's, from PROGRAM.config.json) and model.safetensors in transformers' names and
-    layouts, and the input files kept beside the program. Returns the files written."""
+    layouts, and the tokenizer beside the program. Returns the files written."""
     source = config_path(program)
     if not source.is_file():
         raise DlcError(
@@ -101,10 +100,9 @@ def save_folder(program: Path, params: dict, folder) -> list:
         raise DlcError(f"cannot write {folder / WEIGHTS}: {e}") from None
     _write_text(folder / CONFIG, json.dumps(dict(config), indent=2))
     written = [folder / CONFIG, folder / WEIGHTS]
-    for name in INPUT_FILES:
-        if beside(program, name).is_file():
-            _copy(beside(program, name), folder / name)
-            written.append(folder / name)
+    if tokenizer_path(program).is_file():
+        _copy(tokenizer_path(program), folder / TOKENIZER)
+        written.append(folder / TOKENIZER)
     return written
 
 

@@ -139,32 +139,16 @@ def tokenizer(words: int):
     return tok
 
 
-def test_the_input_files_are_kept_beside_the_program_and_exported_back(saved, tmp_path, capsys):
-    """tokenizer.json (named in the train block) and preprocessor_config.json are copied beside the
-    program under its file's stem, and `dlc export --format huggingface` puts them back."""
+def test_the_tokenizer_is_copied_beside_the_program_and_named_in_its_train_block(saved, tmp_path, capsys):
     pytest.importorskip("tokenizers")
     from dlc.runtime.cli import main
 
     folder = copy(saved, tmp_path)
     tokenizer(100).save(str(folder / "tokenizer.json"))
-    (folder / "preprocessor_config.json").write_text('{"size": 32}')
-    assert main(["import", str(folder), "-o", str(tmp_path / "my-bert.dl")]) == 0
-    said = capsys.readouterr().out
-    assert "model my_bert:" in said
-    for name in ("tokenizer.json", "preprocessor_config.json"):
-        assert f"wrote {tmp_path / ('my-bert.' + name)}" in said
-        assert (tmp_path / f"my-bert.{name}").read_bytes() == (folder / name).read_bytes()
-    assert "# the tokenizer: my-bert.tokenizer.json" in (tmp_path / "my-bert.dl").read_text()
-    args = ["export", str(tmp_path / "my-bert.dl"), "--weights", str(tmp_path / "my-bert.npz")]
-    assert main(args + ["--format", "huggingface", "-o", str(tmp_path / "back")]) == 0
-    for name in ("tokenizer.json", "preprocessor_config.json"):
-        assert (tmp_path / "back" / name).read_bytes() == (folder / name).read_bytes()
-
-
-def test_a_preprocessor_config_that_is_not_json(saved, tmp_path, capsys):
-    folder = copy(saved, tmp_path)
-    (folder / "preprocessor_config.json").write_text("{size: 32")
-    assert "preprocessor_config.json is not readable JSON" in refused(folder, tmp_path, capsys)
+    assert main(["import", str(folder), "-o", str(tmp_path / "m.dl")]) == 0
+    assert f"wrote {tmp_path / 'm.tokenizer.json'}" in capsys.readouterr().out
+    assert (tmp_path / "m.tokenizer.json").read_bytes() == (folder / "tokenizer.json").read_bytes()
+    assert "m.tokenizer.json" in (tmp_path / "m.dl").read_text()
 
 
 def test_a_tokenizer_that_does_not_fit_the_vocabulary_is_refused(saved, tmp_path, capsys):
