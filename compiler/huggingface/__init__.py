@@ -100,17 +100,20 @@ class ImportedFolder:
     files: dict = field(default_factory=dict)
 
 
-def import_folder(path, name: str, as_def: bool = False, weights: str | None = None) -> ImportedFolder:
+def import_folder(
+    path, name: str, as_def: bool = False, weights: str | None = None, stem: str | None = None
+) -> ImportedFolder:
     """The `.dl` program and parameters of the Hugging Face model folder at `path`, the model
     named `name`; `as_def`: the model's body as a def another file calls (`--def`); `weights`:
-    the checkpoint's file name, which the train block starts from (`init_from`)."""
+    the checkpoint's file name, which the train block starts from (`init_from`); `stem`: the
+    program file's (default `name`), which names the input files kept beside it (STEM.tokenizer.json)."""
     from dlc.compiler.huggingface.folder import TOKENIZER, read_folder
 
     folder = read_folder(path)
     module = family(folder.config)
     architecture, head = head_of(folder.config, module)
     asked = inspect.signature(module.program).parameters
-    tokenizer = f"{name}.{TOKENIZER}" if TOKENIZER in folder.files else None
+    tokenizer = f"{stem or name}.{TOKENIZER}" if TOKENIZER in folder.files else None
     given = {"name": name, "as_def": as_def, "source": folder.path.name, "weights": weights, "tokenizer": tokenizer}
     if as_def and "as_def" not in asked:
         raise DlcError(f"--def is not available for {folder.config['model_type']} models yet")

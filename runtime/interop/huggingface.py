@@ -45,7 +45,7 @@ def save_import(folder, out, weights=None, as_def: bool = False) -> list:
         raise DlcError(f"-o takes the .dl file to write, got '{out}'")
     weights = Path(weights) if weights else out.with_suffix(".npz")
     init_from = os.path.relpath(weights.resolve(), out.resolve().parent)
-    imported = import_folder(folder, model_name(out.stem), as_def, weights=init_from)
+    imported = import_folder(folder, model_name(out.stem), as_def, weights=init_from, stem=out.stem)
     try:
         model = load_text(imported.text, str(out)).build(None, training=False)
     except DlcError as e:  # a config dlc's checks refuse

@@ -140,15 +140,20 @@ def tokenizer(words: int):
 
 
 def test_the_tokenizer_is_copied_beside_the_program_and_named_in_its_train_block(saved, tmp_path, capsys):
+    """As STEM.tokenizer.json, the program file's stem (my-bert), not the model's name (my_bert)."""
     pytest.importorskip("tokenizers")
     from dlc.runtime.cli import main
 
     folder = copy(saved, tmp_path)
     tokenizer(100).save(str(folder / "tokenizer.json"))
-    assert main(["import", str(folder), "-o", str(tmp_path / "m.dl")]) == 0
-    assert f"wrote {tmp_path / 'm.tokenizer.json'}" in capsys.readouterr().out
-    assert (tmp_path / "m.tokenizer.json").read_bytes() == (folder / "tokenizer.json").read_bytes()
-    assert "m.tokenizer.json" in (tmp_path / "m.dl").read_text()
+    assert main(["import", str(folder), "-o", str(tmp_path / "my-bert.dl")]) == 0
+    said = capsys.readouterr().out
+    assert "model my_bert:" in said and f"wrote {tmp_path / 'my-bert.tokenizer.json'}" in said
+    assert (tmp_path / "my-bert.tokenizer.json").read_bytes() == (folder / "tokenizer.json").read_bytes()
+    assert "# the tokenizer: my-bert.tokenizer.json" in (tmp_path / "my-bert.dl").read_text()
+    args = ["export", str(tmp_path / "my-bert.dl"), "--weights", str(tmp_path / "my-bert.npz")]
+    assert main(args + ["--format", "huggingface", "-o", str(tmp_path / "back")]) == 0
+    assert (tmp_path / "back" / "tokenizer.json").read_bytes() == (folder / "tokenizer.json").read_bytes()
 
 
 def test_a_tokenizer_that_does_not_fit_the_vocabulary_is_refused(saved, tmp_path, capsys):
