@@ -112,7 +112,7 @@ def safetensors_package():
 
 def _read_safetensors(path: Path) -> dict:
     st = safetensors_package()
-    tensors = {}
+    tensors, bfloat16 = {}, []
     try:
         with st.safe_open(str(path), "np") as f:
             for key in f.keys():
@@ -120,12 +120,20 @@ def _read_safetensors(path: Path) -> dict:
                     array = f.get_tensor(key)
                 except TypeError:  # a type numpy has not: bfloat16, float8
                     array = None
+                if array is None and f.get_slice(key).get_dtype() == "BF16":
+                    bfloat16.append(key)
+                    continue
                 if array is None or array.dtype.kind not in "biuf":
                     raise DlcError(
                         f"{path}: the tensor '{key}' holds {f.get_slice(key).get_dtype()} numbers, which dlc "
                         "cannot read without PyTorch; save the model in float32 (model.float().save_pretrained)"
                     )
                 tensors[key] = array.astype(np.float32) if array.dtype.kind == "f" else array
+        if bfloat16:  # the top half of a float32's bits: exact in float32, from the file's bytes
+            raw = dict(st.deserialize(path.read_bytes()))
+            for key in bfloat16:
+                bits = np.frombuffer(raw[key]["data"], "<u2").astype(np.uint32) << 16
+                tensors[key] = bits.view(np.float32).reshape(raw[key]["shape"])
     except st.SafetensorError as e:
         raise DlcError(f"{path} is not a readable safetensors file ({e}): it is damaged or truncated") from None
     except OSError as e:

@@ -162,3 +162,19 @@ def test_a_tokenizer_that_does_not_fit_the_vocabulary_is_refused(saved, tmp_path
     tokenizer(150).save(str(folder / "tokenizer.json"))
     err = refused(folder, tmp_path, capsys)
     assert "tokenizer.json gives token ids up to 149, but config.json's vocab_size is 100" in err
+
+
+def test_bfloat16_and_float16_weights_import_as_float32_exactly(tmp_path):
+    """The Hub keeps many models in bfloat16 or float16: each number is read exactly as float32."""
+    import torch
+
+    from dlc.compiler.huggingface import import_folder
+
+    model = tiny_folder(tmp_path / "f32", "BertForSequenceClassification")
+    for dtype in (torch.bfloat16, torch.float16):
+        half = model.to(dtype)
+        half.save_pretrained(str(tmp_path / str(dtype)), safe_serialization=True)
+        weights = import_folder(tmp_path / str(dtype), "m").weights
+        expected = half.bert.encoder.layer[0].attention.self.query.weight.float().detach().numpy()
+        assert weights["layer.0.attention.Wq"].dtype == "float32"
+        assert (weights["layer.0.attention.Wq"] == expected.T).all(), dtype
