@@ -2,6 +2,7 @@
 what is wrong (exit 1, no traceback), and nothing is written."""
 
 import json
+import sys
 
 import pytest
 
@@ -178,3 +179,16 @@ def test_bfloat16_and_float16_weights_import_as_float32_exactly(tmp_path):
         expected = half.bert.encoder.layer[0].attention.self.query.weight.float().detach().numpy()
         assert weights["layer.0.attention.Wq"].dtype == "float32"
         assert (weights["layer.0.attention.Wq"] == expected.T).all(), dtype
+
+
+def test_without_the_extra_import_names_it(saved, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    err = refused(saved, tmp_path, capsys)
+    assert 'pip install "dlc[onnx]"' in err and "safetensors" in err
+
+
+def test_export_to_a_folder_named_as_a_file_is_a_usage_error(saved, tmp_path, capsys):
+    from helpers.cli import usage_error
+
+    args = ["export", str(tmp_path / "m.dl"), "--format", "huggingface", "-o", str(tmp_path / "w.safetensors")]
+    assert "--format huggingface writes a folder, not a .safetensors file" in usage_error(args, capsys)
