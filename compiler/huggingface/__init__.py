@@ -98,6 +98,7 @@ class ImportedFolder:
     config: dict
     class_names: list | None = None
     files: dict = field(default_factory=dict)
+    unused: list = field(default_factory=list, kw_only=True)  # the folder's tensors the program has no place for
 
 
 def import_folder(
@@ -120,7 +121,9 @@ def import_folder(
     text = module.program(folder.config, head, **{k: v for k, v in given.items() if k in asked})
     weights = module.weights(folder.config, folder.tensors, head)
     config = dict(folder.config) | {"architectures": [architecture]}
-    return ImportedFolder(name, architecture, text, weights, config, class_names(folder.config, head), folder.files)
+    names = class_names(folder.config, head)
+    unused = folder.tensors.unread()
+    return ImportedFolder(name, architecture, text, weights, config, names, folder.files, unused=unused)
 
 
 def class_names(config, head: str) -> list | None:

@@ -406,16 +406,17 @@ def weights(config, tensors: dict, head: str) -> dict:
     The base model's tensors are read with the head's prefix (`bert.`) or without it, as the
     folder has them; a tensor missing or of a shape the config does not make is an error."""
     d = dims(config)
-    tensors = {_renamed(k): v for k, v in tensors.items()}
-    prefix = d.prefix if d.prefix + "embeddings.word_embeddings.weight" in tensors else ""
+    names = {_renamed(k): k for k in tensors}  # today's name -> the folder's
+    prefix = d.prefix if d.prefix + "embeddings.word_embeddings.weight" in names else ""
     if d.kind != "distilbert":  # RoBERTa's and BERT's MLM bias may be saved as the decoder's
         bias = "lm_head.bias" if d.kind == "roberta" else "cls.predictions.bias"
         decoder_bias = bias.rsplit(".", 1)[0] + ".decoder.bias"
-        if bias not in tensors and decoder_bias in tensors:
-            tensors[bias] = tensors[decoder_bias]
+        if bias not in names and decoder_bias in names:
+            names[bias] = names[decoder_bias]
     params = {}
     for dlc, hf, transposed, shape in _table(d, head):
-        array = take(tensors, _name(hf, prefix), shape)
+        name = _name(hf, prefix)
+        array = take(tensors, names.get(name, name), shape)
         params[dlc] = (array.T if transposed else array).astype("float32", order="C")
     return params
 

@@ -85,12 +85,28 @@ def read_config(path: Path) -> Config:
     return Config(settings, str(path))
 
 
-def read_tensors(folder: Path) -> dict:
+class Tensors(dict):
+    """The folder's tensors by name, and which of them a family has read (by `tensors[name]`)."""
+
+    def __init__(self, arrays: dict):
+        super().__init__(arrays)
+        self.read = set()
+
+    def __getitem__(self, name):
+        self.read.add(name)
+        return super().__getitem__(name)
+
+    def unread(self) -> list:
+        """The tensors the import left out (a head the architecture has not, a tied copy), sorted."""
+        return sorted(name for name in self if name not in self.read)
+
+
+def read_tensors(folder: Path) -> Tensors:
     """Every tensor of the folder by name: model.safetensors, or the shards of its index."""
     if (folder / WEIGHTS).is_file():
-        return _read_safetensors(folder / WEIGHTS)
+        return Tensors(_read_safetensors(folder / WEIGHTS))
     if (folder / INDEX).is_file():
-        return _read_shards(folder, folder / INDEX)
+        return Tensors(_read_shards(folder, folder / INDEX))
     other = [p.name for p in sorted(folder.iterdir()) if p.suffix in (".bin", ".pt", ".h5", ".msgpack")]
     raise DlcError(
         f"{folder} has no {WEIGHTS} nor {INDEX}"

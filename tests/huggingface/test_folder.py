@@ -192,3 +192,16 @@ def test_export_to_a_folder_named_as_a_file_is_a_usage_error(saved, tmp_path, ca
 
     args = ["export", str(tmp_path / "m.dl"), "--format", "huggingface", "-o", str(tmp_path / "w.safetensors")]
     assert "--format huggingface writes a folder, not a .safetensors file" in usage_error(args, capsys)
+
+
+def test_tensors_the_architecture_does_not_read_are_named_in_a_note(tmp_path, capsys):
+    """bert-base-uncased's folder says BertForMaskedLM but holds BertForPreTraining's weights: the
+    pooler and the next-sentence head are left out, and said to be."""
+    from dlc.runtime.cli import main
+
+    tiny_folder(tmp_path / "folder", "BertForPreTraining")
+    edit_config(tmp_path / "folder", architectures=["BertForMaskedLM"])
+    assert main(["import", str(tmp_path / "folder"), "-o", str(tmp_path / "m.dl")]) == 0
+    err = capsys.readouterr().err
+    assert "note: 4 tensors of" in err and "not in BertForMaskedLM, left out: bert.pooler.dense.bias" in err
+    assert "cls.seq_relationship.weight" in err
