@@ -10,8 +10,9 @@ translation between the folder's config and tensors and a `.dl` program and its 
     def tensors(config, params, head) -> dict            # the inverse, to export back to a folder
 
 `program` may take keywords too, which it is given when it declares them: `name` (the model's
-name, the output file's stem), `as_def` (`--def`: the model's body as a def another file calls)
-and `source` (the folder's name, for the program's first comment). The registry is the
+name, the output file's stem), `as_def` (`--def`: the model's body as a def another file calls),
+`source` (the folder's name, for the program's first comment), `weights` (the checkpoint the
+train block starts from) and `tokenizer` (the tokenizer file beside the program). The registry is the
 package's modules that declare MODEL_TYPES, found when first asked for: a family is added by
 adding its module.
 """
