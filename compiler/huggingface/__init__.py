@@ -10,8 +10,9 @@ translation between the folder's config and tensors and a `.dl` program and its 
     def tensors(config, params, head) -> dict            # the inverse, to export back to a folder
 
 `program` may take keywords too, which it is given when it declares them: `name` (the model's
-name, the output file's stem), `as_def` (`--def`: the model's body as a def another file calls)
-and `source` (the folder's name, for the program's first comment). The registry is the
+name, the output file's stem), `as_def` (`--def`: the model's body as a def another file calls),
+`source` (the folder's name, for the program's first comment), `weights` (the checkpoint the
+train block starts from) and `tokenizer` (the tokenizer file beside the program). The registry is the
 package's modules that declare MODEL_TYPES, found when first asked for: a family is added by
 adding its module.
 """
@@ -50,6 +51,9 @@ def family(config) -> object:
     known = families()
     if model_type not in known:
         shown = f"the model_type '{model_type}'" if isinstance(model_type, str) else "no model_type"
+        named = config.get("architectures")
+        if isinstance(named, list) and named and isinstance(named[0], str):
+            shown += f" ({named[0]})"
         raise DlcError(f"{source} has {shown}; dlc imports {', '.join(sorted(known))} ({', '.join(architectures())})")
     return known[model_type]
 
@@ -58,7 +62,10 @@ def head_of(config, module) -> tuple[str, str]:
     """(the architecture, its head): config["architectures"][0], or the family's base model when
     the config names none; an architecture of the family dlc has no head for is refused by name."""
     source = getattr(config, "source", "config.json")
-    names = config.get("architectures") or [next(a for a, h in module.HEADS.items() if h == "base")]
+    base = [a for a, h in module.HEADS.items() if h == "base"]
+    names = config.get("architectures") or base
+    if not names:
+        raise DlcError(f"{source} names no architecture; dlc imports {', '.join(module.HEADS)}")
     if not isinstance(names, list) or not isinstance(names[0], str):
         raise DlcError(f"{source}: 'architectures' is {names!r}, not a list of class names")
     if names[0] not in module.HEADS:
@@ -92,26 +99,32 @@ class ImportedFolder:
     config: dict
     class_names: list | None = None
     files: dict = field(default_factory=dict)
+    unused: list = field(default_factory=list, kw_only=True)  # the folder's tensors the program has no place for
 
 
-def import_folder(path, name: str, as_def: bool = False, weights: str | None = None) -> ImportedFolder:
+def import_folder(
+    path, name: str, as_def: bool = False, weights: str | None = None, stem: str | None = None
+) -> ImportedFolder:
     """The `.dl` program and parameters of the Hugging Face model folder at `path`, the model
     named `name`; `as_def`: the model's body as a def another file calls (`--def`); `weights`:
-    the checkpoint's file name, which the train block starts from (`init_from`)."""
+    the checkpoint's file name, which the train block starts from (`init_from`); `stem`: the
+    program file's (default `name`), which names the input files kept beside it (STEM.tokenizer.json)."""
     from dlc.compiler.huggingface.folder import TOKENIZER, read_folder
 
     folder = read_folder(path)
     module = family(folder.config)
     architecture, head = head_of(folder.config, module)
     asked = inspect.signature(module.program).parameters
-    tokenizer = f"{name}.{TOKENIZER}" if TOKENIZER in folder.files else None
+    tokenizer = f"{stem or name}.{TOKENIZER}" if TOKENIZER in folder.files else None
     given = {"name": name, "as_def": as_def, "source": folder.path.name, "weights": weights, "tokenizer": tokenizer}
     if as_def and "as_def" not in asked:
         raise DlcError(f"--def is not available for {folder.config['model_type']} models yet")
     text = module.program(folder.config, head, **{k: v for k, v in given.items() if k in asked})
     weights = module.weights(folder.config, folder.tensors, head)
     config = dict(folder.config) | {"architectures": [architecture]}
-    return ImportedFolder(name, architecture, text, weights, config, class_names(folder.config, head), folder.files)
+    names = class_names(folder.config, head)
+    unused = folder.tensors.unread()
+    return ImportedFolder(name, architecture, text, weights, config, names, folder.files, unused=unused)
 
 
 def class_names(config, head: str) -> list | None:

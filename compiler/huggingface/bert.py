@@ -203,8 +203,9 @@ def _encoder(d: Dims, head: str) -> list:
     return lines
 
 
-def _head(d: Dims, head: str) -> tuple[list, list]:
-    """(the target declarations, the lines of the head with its outputs, loss and metric)."""
+def _head(d: Dims, head: str, table: str = "words.W") -> tuple[list, list]:
+    """(the target declarations, the lines of the head with its outputs, loss and metric);
+    `table`: the word embeddings' table, which a tied masked-LM decoder reads."""
     r = d.classifier_rate
     if head == "base":
         return [], ["output hidden = h"] + (["output pooled = pooler"] if _has_pooler(d, head) else [])
@@ -238,10 +239,10 @@ def _head(d: Dims, head: str) -> tuple[list, list]:
     act = "gelu_exact" if d.kind == "roberta" else d.act  # RobertaLMHead's gelu is fixed
     eps = 1e-12 if d.kind == "distilbert" else d.eps
     lines = [f"transform = dense(h, {d.hidden}, {act})", f"transform_norm = layernorm(transform, eps = {eps!r})"]
-    if _tied(d):
+    if d.tied:
         lines += [
             f"param decoder_bias: f32[{d.vocab}] = zeros",
-            "decoder = transform_norm @ transpose(words.W) + decoder_bias  # tied to the word embeddings",
+            f"decoder = transform_norm @ transpose({table}) + decoder_bias  # tied to the word embeddings",
         ]
     else:
         lines.append(f"decoder = dense(transform_norm, {d.vocab})")
@@ -250,10 +251,6 @@ def _head(d: Dims, head: str) -> tuple[list, list]:
         f"loss sparse_cross_entropy(decoder, labels, {ignore})",
         f"metric accuracy = accuracy(decoder, labels, {ignore})",
     ]
-
-
-def _tied(d: Dims) -> bool:
-    return d.tied
 
 
 def program(
@@ -270,7 +267,6 @@ def program(
     d = dims(config)
     inputs = _inputs(d)
     declared = [f"input {i}: i32[B, T]" for i in inputs]
-    targets, head_lines = _head(d, head)
     encoder = _encoder(d, head)
     comment = [
         f"# imported from {source} by dlc import (Hugging Face {d.kind}: {_architecture(d, head)})",
@@ -278,21 +274,19 @@ def program(
         "positions",
     ]
     text = comment + [""] + _layer_def(d) + [""]
-    if as_def:
-        results = ["h", "pooler"] if _has_pooler(d, head) else ["h"]
-        if head == "masked_lm" and _tied(d):
-            raise DlcError(
-                "--def writes the encoder as a def, whose word embeddings the tied masked-LM decoder cannot read: "
-                "import this folder without --def"
-            )
+    if as_def:  # the def returns the base model's results, and the word embeddings' table a tied decoder reads
+        results = {"h": "h"} | ({"pooler": "pooler"} if _has_pooler(d, head) else {})
+        if head == "masked_lm" and d.tied:
+            results["words_table"] = "words.W"
+        targets, head_lines = _head(d, head, "words_table")
         text += _block(
-            f"def {name}({', '.join(f'{i}: i32[B, T]' for i in inputs)})", encoder + ["return " + ", ".join(results)]
+            f"def {name}({', '.join(f'{i}: i32[B, T]' for i in inputs)})",
+            encoder + ["return " + ", ".join(results.values())],
         )
-        text += [""] + _block(
-            f"model {name}",
-            declared + targets + [f"{', '.join(results)} = {name}({', '.join(inputs)}, name = \"\")"] + head_lines,
-        )
+        call = f"{', '.join(results)} = {name}({', '.join(inputs)}, name = \"\")"
+        text += [""] + _block(f"model {name}", declared + targets + [call] + head_lines)
     else:
+        targets, head_lines = _head(d, head)
         text += _block(f"model {name}", declared + targets + encoder + head_lines)
     if head != "base":
         columns = ", ".join(inputs + [targets[0].split()[1].rstrip(":")])
@@ -384,7 +378,7 @@ def _table(d: Dims, head: str) -> list:
         }[d.kind]
         linear("transform", "/" + transform, D, D)
         norm("transform_norm", "/" + transform_norm)
-        if _tied(d):
+        if d.tied:
             rows.append(("decoder_bias", "/" + bias, False, (V,)))
         else:
             rows.append(("decoder.W", f"/{decoder}.weight", True, (V, D)))
@@ -412,16 +406,17 @@ def weights(config, tensors: dict, head: str) -> dict:
     The base model's tensors are read with the head's prefix (`bert.`) or without it, as the
     folder has them; a tensor missing or of a shape the config does not make is an error."""
     d = dims(config)
-    tensors = {_renamed(k): v for k, v in tensors.items()}
-    prefix = d.prefix if d.prefix + "embeddings.word_embeddings.weight" in tensors else ""
+    names = {_renamed(k): k for k in tensors}  # today's name -> the folder's
+    prefix = d.prefix if d.prefix + "embeddings.word_embeddings.weight" in names else ""
     if d.kind != "distilbert":  # RoBERTa's and BERT's MLM bias may be saved as the decoder's
         bias = "lm_head.bias" if d.kind == "roberta" else "cls.predictions.bias"
         decoder_bias = bias.rsplit(".", 1)[0] + ".decoder.bias"
-        if bias not in tensors and decoder_bias in tensors:
-            tensors[bias] = tensors[decoder_bias]
+        if bias not in names and decoder_bias in names:
+            names[bias] = names[decoder_bias]
     params = {}
     for dlc, hf, transposed, shape in _table(d, head):
-        array = take(tensors, _name(hf, prefix), shape)
+        name = _name(hf, prefix)
+        array = take(tensors, names.get(name, name), shape)
         params[dlc] = (array.T if transposed else array).astype("float32", order="C")
     return params
 
@@ -431,8 +426,16 @@ def tensors(config, params: dict, head: str) -> dict:
     of `weights` (a head's base model under its prefix, as save_pretrained writes it)."""
     d = dims(config)
     prefix = "" if head == "base" else d.prefix
+    table = _table(d, head)
+    extra = sorted(set(params) - {row[0] for row in table})
+    if extra:
+        raise DlcError(
+            f"the program has parameters that {_architecture(d, head)} has no place for: {', '.join(extra[:8])}"
+            + (f" and {len(extra) - 8} more" if len(extra) > 8 else "")
+            + "; a model of its own layers is exported as safetensors or ONNX"
+        )
     out = {}
-    for dlc, hf, transposed, shape in _table(d, head):
+    for dlc, hf, transposed, shape in table:
         dlc_shape = tuple(reversed(shape)) if transposed else shape
         array = take(params, dlc, dlc_shape, "the weights")
         out[_name(hf, prefix)] = (array.T if transposed else array).astype("float32", order="C")

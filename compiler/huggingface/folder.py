@@ -47,7 +47,27 @@ def read_folder(path) -> Folder:
         raise DlcError(f"no such folder: {path}" if not path.exists() else f"{path} is not a folder")
     config = read_config(path / CONFIG)
     files = {name: path / name for name in (TOKENIZER,) if (path / name).is_file()}
+    if TOKENIZER in files and isinstance(config.get("vocab_size"), int):
+        check_tokenizer(files[TOKENIZER], config["vocab_size"])
     return Folder(path, config, read_tensors(path), files)
+
+
+def check_tokenizer(path: Path, vocab_size: int):
+    """Refuse a tokenizer.json that gives ids the model's embedding has no row for."""
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        vocab = spec["model"]["vocab"]
+        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # Unigram: a list
+        ids += [token["id"] for token in spec.get("added_tokens") or []]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DlcError(f"{path} is not a tokenizer of the tokenizers library ({type(e).__name__}: {e})") from None
+    if not all(isinstance(i, int) for i in ids):
+        raise DlcError(f"{path} is not a tokenizer of the tokenizers library: its ids are not all whole numbers")
+    if ids and max(ids) >= vocab_size:
+        raise DlcError(
+            f"{path} gives token ids up to {max(ids)}, but config.json's vocab_size is {vocab_size}: "
+            "the tokenizer is not the model's"
+        )
 
 
 def read_config(path: Path) -> Config:
@@ -65,12 +85,28 @@ def read_config(path: Path) -> Config:
     return Config(settings, str(path))
 
 
-def read_tensors(folder: Path) -> dict:
+class Tensors(dict):
+    """The folder's tensors by name, and which of them a family has read (by `tensors[name]`)."""
+
+    def __init__(self, arrays: dict):
+        super().__init__(arrays)
+        self.read = set()
+
+    def __getitem__(self, name):
+        self.read.add(name)
+        return super().__getitem__(name)
+
+    def unread(self) -> list:
+        """The tensors the import left out (a head the architecture has not, a tied copy), sorted."""
+        return sorted(name for name in self if name not in self.read)
+
+
+def read_tensors(folder: Path) -> Tensors:
     """Every tensor of the folder by name: model.safetensors, or the shards of its index."""
     if (folder / WEIGHTS).is_file():
-        return _read_safetensors(folder / WEIGHTS)
+        return Tensors(_read_safetensors(folder / WEIGHTS))
     if (folder / INDEX).is_file():
-        return _read_shards(folder, folder / INDEX)
+        return Tensors(_read_shards(folder, folder / INDEX))
     other = [p.name for p in sorted(folder.iterdir()) if p.suffix in (".bin", ".pt", ".h5", ".msgpack")]
     raise DlcError(
         f"{folder} has no {WEIGHTS} nor {INDEX}"
@@ -92,7 +128,7 @@ def safetensors_package():
 
 def _read_safetensors(path: Path) -> dict:
     st = safetensors_package()
-    tensors = {}
+    tensors, bfloat16 = {}, []
     try:
         with st.safe_open(str(path), "np") as f:
             for key in f.keys():
@@ -100,12 +136,20 @@ def _read_safetensors(path: Path) -> dict:
                     array = f.get_tensor(key)
                 except TypeError:  # a type numpy has not: bfloat16, float8
                     array = None
+                if array is None and f.get_slice(key).get_dtype() == "BF16":
+                    bfloat16.append(key)
+                    continue
                 if array is None or array.dtype.kind not in "biuf":
                     raise DlcError(
                         f"{path}: the tensor '{key}' holds {f.get_slice(key).get_dtype()} numbers, which dlc "
                         "cannot read without PyTorch; save the model in float32 (model.float().save_pretrained)"
                     )
                 tensors[key] = array.astype(np.float32) if array.dtype.kind == "f" else array
+        if bfloat16:  # the top half of a float32's bits: exact in float32, from the file's bytes
+            raw = dict(st.deserialize(path.read_bytes()))
+            for key in bfloat16:
+                bits = np.frombuffer(raw[key]["data"], "<u2").astype(np.uint32) << 16
+                tensors[key] = bits.view(np.float32).reshape(raw[key]["shape"])
     except st.SafetensorError as e:
         raise DlcError(f"{path} is not a readable safetensors file ({e}): it is damaged or truncated") from None
     except OSError as e:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def save_import(folder, out, weights=None, as_def: bool = False) -> list:
         raise DlcError(f"-o takes the .dl file to write, got '{out}'")
     weights = Path(weights) if weights else out.with_suffix(".npz")
     init_from = os.path.relpath(weights.resolve(), out.resolve().parent)
-    imported = import_folder(folder, model_name(out.stem), as_def, weights=init_from)
+    imported = import_folder(folder, model_name(out.stem), as_def, weights=init_from, stem=out.stem)
     try:
         model = load_text(imported.text, str(out)).build(None, training=False)
     except DlcError as e:  # a config dlc's checks refuse
@@ -63,6 +64,13 @@ def save_import(folder, out, weights=None, as_def: bool = False) -> list:
         f"wrote {weights} ({plural(len(params), 'array')})",
         f"wrote {config_path(out)} (the config dlc export --format huggingface writes back)",
     ]
+    if imported.unused:  # what the folder holds that the architecture does not read: said, not dropped silently
+        print(
+            f"note: {plural(len(imported.unused), 'tensor')} of {folder} not in {imported.architecture}, left out: "
+            + ", ".join(imported.unused[:6])
+            + (f" and {len(imported.unused) - 6} more" if len(imported.unused) > 6 else ""),
+            file=sys.stderr,
+        )
     if TOKENIZER in imported.files:
         _copy(imported.files[TOKENIZER], tokenizer_path(out))
         said.append(f"wrote {tokenizer_path(out)}")

@@ -121,3 +121,22 @@ def test_import_from_the_command_line_writes_the_program_its_weights_and_the_con
     assert meta["meta"]["class_names"] == ["negative", "positive"]
     assert (tmp_path / "bert.config.json").is_file()
     assert main(["check", str(out)]) == 0
+
+
+@pytest.mark.parametrize("architecture", ["BertForSequenceClassification", "DistilBertModel", "BertForMaskedLM"])
+def test_def_writes_the_encoder_as_a_def_with_the_same_parameters_and_outputs(tmp_path, architecture):
+    """--def: the encoder a def that the model calls with name = "", so the checkpoint's names
+    (and a file that imports it and calls it so) are the inline program's."""
+    hf = tiny_folder(tmp_path / "folder", architecture)
+    inline = import_folder(tmp_path / "folder", "m")
+    as_def = import_folder(tmp_path / "folder", "m", as_def=True)
+    assert "def m(input_ids: i32[B, T], attention_mask: i32[B, T]" in as_def.text
+    models = [load_text(r.text, "m.dl").build(None, training=False) for r in (inline, as_def)]
+    assert [p.name for p in models[0].params] == [p.name for p in models[1].params]
+    feeds = batch(hf) | ({"label": np.zeros(3, np.int32)} if "Sequence" in architecture else {})
+    feeds |= {"labels": np.zeros((3, 7), np.int32)} if "Masked" in architecture else {}
+    a, b = (interpreter.run(m.graph, feeds, inline.weights, float_dtype="f32") for m in models)
+    assert [k for k in a if k.startswith("output:")] == [k for k in b if k.startswith("output:")]
+    for k in a:
+        if k.startswith("output:"):
+            np.testing.assert_array_equal(a[k], b[k])

@@ -3,6 +3,8 @@ Python API, and exported back: `dlc export --format huggingface` writes a folder
 transformers loads and that computes what dlc computes with the trained weights."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,30 +42,21 @@ def imported(tmp_path, capsys):
 
 
 def test_the_imported_classifier_fine_tunes_from_the_command_line_and_exports_back(imported, capsys):
+    """Dropout on, on both engines: the same losses (the engines draw the same masks)."""
     tmp = imported
-    code = main(
-        [
-            "train",
-            str(tmp / "bert.dl"),
-            "--data",
-            str(tmp / "train.npz"),
-            "--epochs",
-            "2",
-            "--batch",
-            "16",
-            "--backend",
-            "reference",
-            "--out",
-            str(tmp / "run"),
-        ]
-    )
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    assert "bert.npz: 41 matched, 0 new" in out.err
-    trained, _, meta = checkpoint.load(tmp / "run" / "last.npz")
+    histories = {}
+    for backend in ("native", "reference"):
+        args = ["train", str(tmp / "bert.dl"), "--data", str(tmp / "train.npz"), "--epochs", "2", "--batch", "16"]
+        code = main(args + ["--backend", backend, "--out", str(tmp / backend)])
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        assert "bert.npz: 41 matched, 0 new" in out.err
+        trained, _, meta = checkpoint.load(tmp / backend / "last.npz")
+        histories[backend] = [row["loss"] for row in meta["history"]]
     start, _, _ = checkpoint.load(tmp / "bert.npz")
     assert not np.array_equal(trained["classifier.W"], start["classifier.W"])  # it trained
-    assert len(meta["history"]) == 2 and all(np.isfinite(row["loss"]) for row in meta["history"])
+    assert len(histories["native"]) == 2 and all(np.isfinite(histories["native"]))
+    np.testing.assert_allclose(histories["native"], histories["reference"], rtol=1e-4)
 
     assert (
         main(
@@ -71,7 +64,7 @@ def test_the_imported_classifier_fine_tunes_from_the_command_line_and_exports_ba
                 "export",
                 str(tmp / "bert.dl"),
                 "--weights",
-                str(tmp / "run" / "last.npz"),
+                str(tmp / "native" / "last.npz"),
                 "--format",
                 "huggingface",
                 "-o",
@@ -87,7 +80,7 @@ def test_the_imported_classifier_fine_tunes_from_the_command_line_and_exports_ba
     assert config["architectures"] == ["BertForSequenceClassification"] and config["id2label"]["1"] == "present"
     back = transformers.BertForSequenceClassification.from_pretrained(str(tmp / "back")).eval()
     batch = task(5, 1)
-    ours = dlc.load(str(tmp / "bert.dl"), weights=str(tmp / "run" / "last.npz")).predict(
+    ours = dlc.load(str(tmp / "bert.dl"), weights=str(tmp / "native" / "last.npz")).predict(
         {k: v for k, v in batch.items() if k != "label"}
     )["logits"]
     with torch.no_grad():
@@ -129,3 +122,47 @@ def test_export_back_needs_the_imported_config_beside_the_program(imported, caps
         == 1
     )
     assert "was not imported from a Hugging Face folder: there is no bert.config.json" in capsys.readouterr().err
+
+
+def test_export_back_refuses_a_program_whose_parameters_the_architecture_has_no_place_for(imported, capsys):
+    """A head changed after the import (a layer added) is not the folder's architecture any more."""
+    program = imported / "bert.dl"
+    program.write_text(
+        program.read_text().replace(
+            "    output logits = classifier", "    extra = dense(classifier, 2)\n    output logits = extra"
+        )
+    )
+    assert main(["export", str(program), "--format", "huggingface", "-o", str(imported / "back")]) == 1
+    err = capsys.readouterr().err
+    assert "the program has parameters that BertForSequenceClassification has no place for: extra.W, extra.b" in err
+
+
+def test_a_new_head_on_an_imported_masked_lm_trains_as_interop_md_writes_it(tmp_path, capsys):
+    """docs/interop.md's recipe, its classifier read from the page: a BertForMaskedLM imported with
+    --def, a file that calls it and adds a head, trained from the encoder's weights."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "interop.md").read_text()
+    section = page.split("## Hugging Face models\n", 1)[1].split("\n## ", 1)[0]
+    (tmp_path / "classifier.dl").write_text(re.search(r"^```dl\n(.*?)^```$", section, re.S | re.M).group(1))
+    tiny_folder(tmp_path / "mlm", "BertForMaskedLM")
+    assert main(["import", str(tmp_path / "mlm"), "-o", str(tmp_path / "encoder.dl"), "--def"]) == 0
+    np.savez(tmp_path / "train.npz", **task(32, 0))
+    capsys.readouterr()
+    code = main(
+        [
+            "train",
+            str(tmp_path / "classifier.dl"),
+            "--epochs",
+            "1",
+            "--backend",
+            "reference",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    said = re.search(r"init_from \S*encoder.npz: (.*)", err).group(1)
+    assert said in section.replace("\n", " ")
+    trained, _, _ = checkpoint.load(tmp_path / "run" / "last.npz")
+    start, _, _ = checkpoint.load(tmp_path / "encoder.npz")
+    assert not np.array_equal(trained["layer.0.attention.Wq"], start["layer.0.attention.Wq"])  # the encoder trains too

@@ -2,6 +2,7 @@
 what is wrong (exit 1, no traceback), and nothing is written."""
 
 import json
+import sys
 
 import pytest
 
@@ -52,7 +53,11 @@ def test_an_unknown_model_type_lists_what_dlc_imports(saved, tmp_path, capsys):
     folder = copy(saved, tmp_path)
     edit_config(folder, model_type="albert", architectures=["AlbertForMaskedLM"])
     err = refused(folder, tmp_path, capsys)
-    assert "the model_type 'albert'" in err and "bert, distilbert, roberta" in err and "BertForMaskedLM" in err
+    assert (
+        "the model_type 'albert' (AlbertForMaskedLM)" in err
+        and "bert, distilbert, roberta" in err
+        and "BertForMaskedLM" in err
+    )
 
 
 def test_an_architecture_of_the_family_without_a_head_is_named(saved, tmp_path, capsys):
@@ -123,3 +128,80 @@ def test_a_folder_of_pytorch_pickles_only_is_told_to_save_safetensors(saved, tmp
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
     err = refused(folder, tmp_path, capsys)
     assert "it holds pytorch_model.bin, which dlc does not read" in err and "safe_serialization=True" in err
+
+
+def tokenizer(words: int):
+    """A WordPiece tokenizer of `words` tokens ([PAD], [UNK], [CLS], [SEP] and w4, w5, ...)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(4, words)])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok
+
+
+def test_the_tokenizer_is_copied_beside_the_program_and_named_in_its_train_block(saved, tmp_path, capsys):
+    """As STEM.tokenizer.json, the program file's stem (my-bert), not the model's name (my_bert)."""
+    pytest.importorskip("tokenizers")
+    from dlc.runtime.cli import main
+
+    folder = copy(saved, tmp_path)
+    tokenizer(100).save(str(folder / "tokenizer.json"))
+    assert main(["import", str(folder), "-o", str(tmp_path / "my-bert.dl")]) == 0
+    said = capsys.readouterr().out
+    assert "model my_bert:" in said and f"wrote {tmp_path / 'my-bert.tokenizer.json'}" in said
+    assert (tmp_path / "my-bert.tokenizer.json").read_bytes() == (folder / "tokenizer.json").read_bytes()
+    assert "# the tokenizer: my-bert.tokenizer.json" in (tmp_path / "my-bert.dl").read_text()
+    args = ["export", str(tmp_path / "my-bert.dl"), "--weights", str(tmp_path / "my-bert.npz")]
+    assert main(args + ["--format", "huggingface", "-o", str(tmp_path / "back")]) == 0
+    assert (tmp_path / "back" / "tokenizer.json").read_bytes() == (folder / "tokenizer.json").read_bytes()
+
+
+def test_a_tokenizer_that_does_not_fit_the_vocabulary_is_refused(saved, tmp_path, capsys):
+    pytest.importorskip("tokenizers")
+    folder = copy(saved, tmp_path)
+    tokenizer(150).save(str(folder / "tokenizer.json"))
+    err = refused(folder, tmp_path, capsys)
+    assert "tokenizer.json gives token ids up to 149, but config.json's vocab_size is 100" in err
+
+
+def test_bfloat16_and_float16_weights_import_as_float32_exactly(tmp_path):
+    """The Hub keeps many models in bfloat16 or float16: each number is read exactly as float32."""
+    import torch
+
+    from dlc.compiler.huggingface import import_folder
+
+    model = tiny_folder(tmp_path / "f32", "BertForSequenceClassification")
+    for dtype in (torch.bfloat16, torch.float16):
+        half = model.to(dtype)
+        half.save_pretrained(str(tmp_path / str(dtype)), safe_serialization=True)
+        weights = import_folder(tmp_path / str(dtype), "m").weights
+        expected = half.bert.encoder.layer[0].attention.self.query.weight.float().detach().numpy()
+        assert weights["layer.0.attention.Wq"].dtype == "float32"
+        assert (weights["layer.0.attention.Wq"] == expected.T).all(), dtype
+
+
+def test_without_the_extra_import_names_it(saved, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    err = refused(saved, tmp_path, capsys)
+    assert 'pip install "dlc[onnx]"' in err and "safetensors" in err
+
+
+def test_export_to_a_folder_named_as_a_file_is_a_usage_error(saved, tmp_path, capsys):
+    from helpers.cli import usage_error
+
+    args = ["export", str(tmp_path / "m.dl"), "--format", "huggingface", "-o", str(tmp_path / "w.safetensors")]
+    assert "--format huggingface writes a folder, not a .safetensors file" in usage_error(args, capsys)
+
+
+def test_tensors_the_architecture_does_not_read_are_named_in_a_note(tmp_path, capsys):
+    """bert-base-uncased's folder says BertForMaskedLM but holds BertForPreTraining's weights: the
+    pooler and the next-sentence head are left out, and said to be."""
+    from dlc.runtime.cli import main
+
+    tiny_folder(tmp_path / "folder", "BertForPreTraining")
+    edit_config(tmp_path / "folder", architectures=["BertForMaskedLM"])
+    assert main(["import", str(tmp_path / "folder"), "-o", str(tmp_path / "m.dl")]) == 0
+    err = capsys.readouterr().err
+    assert "note: 4 tensors of" in err and "not in BertForMaskedLM, left out: bert.pooler.dense.bias" in err
+    assert "cls.seq_relationship.weight" in err
