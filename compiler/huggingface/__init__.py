@@ -1,0 +1,1 @@
+"""Hugging Face model folders as .dl programs and checkpoints (`dlc import FOLDER`)."""
