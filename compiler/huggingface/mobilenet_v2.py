@@ -164,6 +164,10 @@ def program(config: dict, head: str, preprocessor: dict | None = None, weights: 
     return "\n".join(lines) + "\n"
 
 
+def meta(config: dict, head: str, preprocessor: dict | None = None) -> dict:
+    return vision.checkpoint_meta(config, head, preprocessor, vision.image_size(preprocessor, Shape(config).size))
+
+
 def names(config: dict, head: str) -> list:
     """(dlc name, Hugging Face name, how) of every tensor (vision.py)."""
     s = Shape(config)

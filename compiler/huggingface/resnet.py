@@ -87,7 +87,7 @@ def program(config: dict, head: str, preprocessor: dict | None = None, weights: 
     """The .dl program: the defs of the blocks, the model, and for a classifier a train block that
     fine-tunes it on a folder of photos."""
     shape = Shape(config)
-    size = vision.image_size(preprocessor, key(config, "image_size", 224, low=1))
+    size = image_size(config, preprocessor)
     stride_where = "the first 1x1" if shape.stride_in_1x1 else "the 3x3"
     defs = [CONV_BN.format(act=shape.act)]
     if shape.block == "bottleneck":
@@ -137,6 +137,15 @@ def program(config: dict, head: str, preprocessor: dict | None = None, weights: 
     else:
         lines += [f"    output last_hidden_state = {previous}", "    output pooler_output = features", "}"]
     return "\n".join(lines) + "\n"
+
+
+def image_size(config: dict, preprocessor: dict | None) -> int:
+    """The side of the photos the model reads: the preprocessor's, else config.json's image_size, else 224."""
+    return vision.image_size(preprocessor, key(config, "image_size", 224, low=1))
+
+
+def meta(config: dict, head: str, preprocessor: dict | None = None) -> dict:
+    return vision.checkpoint_meta(config, head, preprocessor, image_size(config, preprocessor))
 
 
 def _architecture(head: str) -> str:

@@ -71,12 +71,7 @@ def program(config: dict, head: str, preprocessor: dict | None = None, weights: 
     """The .dl program: the embeddings and the block as defs, the model, and for a classifier a train
     block that fine-tunes it on a folder of photos."""
     s = Shape(config)
-    given = vision.image_size(preprocessor, s.size)
-    if given != s.size:
-        raise DlcError(
-            f"preprocessor_config.json reads photos of {given} x {given}, but config.json's image_size is "
-            f"{s.size}, which the position embeddings are for"
-        )
+    image_size(config, preprocessor)
     architecture = next(a for a, h in HEADS.items() if h == head)
     head_text = "a linear classifier of the class token" if head == "image" else "a tanh pooler of the class token"
     lines = [
@@ -116,6 +111,22 @@ def program(config: dict, head: str, preprocessor: dict | None = None, weights: 
             "}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def image_size(config: dict, preprocessor: dict | None) -> int:
+    """config.json's image_size, which the position embeddings are for; the preprocessor must agree."""
+    size = key(config, "image_size", 224, low=1)
+    given = vision.image_size(preprocessor, size)
+    if given != size:
+        raise DlcError(
+            f"preprocessor_config.json reads photos of {given} x {given}, but config.json's image_size is "
+            f"{size}, which the position embeddings are for"
+        )
+    return size
+
+
+def meta(config: dict, head: str, preprocessor: dict | None = None) -> dict:
+    return vision.checkpoint_meta(config, head, preprocessor, image_size(config, preprocessor))
 
 
 def names(config: dict, head: str) -> list:
