@@ -578,3 +578,20 @@ def load(
     run the model), "native" or "reference"."""
     m = DlcModel(path, model, backend)
     return m.load_weights(weights) if weights is not None else m
+
+
+def import_folder(
+    folder: str | Path,
+    output: str | Path,
+    weights: str | Path | None = None,
+    as_def: bool = False,
+    backend: str = "auto",
+) -> DlcModel:
+    """`dlc import FOLDER -o OUTPUT`: the Hugging Face model folder at `folder` written as the
+    program `output` (.dl), its checkpoint (`weights`, default OUTPUT.npz), the config that
+    export writes back and the folder's tokenizer beside it; the imported model, with its weights."""
+    from dlc.runtime.interop.huggingface import save_import
+
+    weights = Path(weights) if weights else Path(output).with_suffix(".npz")
+    save_import(folder, output, weights, as_def)
+    return load(output, weights=weights, backend=backend)
