@@ -114,7 +114,9 @@ class Shape:
         self.last = 1280 if finegrained and multiplier < 1.0 else scaled(1280)
 
 
-def program(config: dict, head: str, preprocessor: dict | None = None, weights: str | None = None) -> str:
+def program(
+    config: dict, head: str, name: str = "mobilenet_v2", preprocessor: dict | None = None, weights: str | None = None
+) -> str:
     """The .dl program: the layers as defs, the model, and for a classifier a train block that
     fine-tunes it on a folder of photos."""
     s = Shape(config)
@@ -137,7 +139,7 @@ def program(config: dict, head: str, preprocessor: dict | None = None, weights: 
         f"# {head_text}.",
         "",
         (TF_PAD if s.tf_padding else "") + defs,
-        "model mobilenet_v2 {",
+        f"model {name} {{",
         f"    input  x: f32[B, {s.channels}, {size}, {size}]",
     ]
     if head == "image":
@@ -157,15 +159,16 @@ def program(config: dict, head: str, preprocessor: dict | None = None, weights: 
             "    output logits",
             "}",
             "",
-            vision.train_block("mobilenet_v2", preprocessor, size, weights),
+            vision.train_block(name, preprocessor, size, weights),
         ]
     else:
         lines += ["    output last_hidden_state = last", "    output pooler_output = features", "}"]
     return "\n".join(lines) + "\n"
 
 
-def meta(config: dict, head: str, preprocessor: dict | None = None) -> dict:
-    return vision.checkpoint_meta(config, head, preprocessor, vision.image_size(preprocessor, Shape(config).size))
+def image(config: dict, preprocessor: dict | None) -> dict:
+    """The photos' settings the checkpoint keeps, which `dlc predict` reads photos with."""
+    return vision.image_settings(preprocessor, vision.image_size(preprocessor, Shape(config).size))
 
 
 def names(config: dict, head: str) -> list:

@@ -83,7 +83,9 @@ class Shape:
         return f"stage{stage}.{j}" if depth > 1 else f"stage{stage}"
 
 
-def program(config: dict, head: str, preprocessor: dict | None = None, weights: str | None = None) -> str:
+def program(
+    config: dict, head: str, name: str = "resnet", preprocessor: dict | None = None, weights: str | None = None
+) -> str:
     """The .dl program: the defs of the blocks, the model, and for a classifier a train block that
     fine-tunes it on a folder of photos."""
     shape = Shape(config)
@@ -109,7 +111,7 @@ def program(config: dict, head: str, preprocessor: dict | None = None, weights: 
         f"global average pooling, {head_text}.",
         "",
         *defs,
-        "model resnet {",
+        f"model {name} {{",
         f"    input  x: f32[B, {shape.channels}, {size}, {size}]",
     ]
     if head == "image":
@@ -132,7 +134,7 @@ def program(config: dict, head: str, preprocessor: dict | None = None, weights: 
             "    output logits",
             "}",
             "",
-            vision.train_block("resnet", preprocessor, size, weights),
+            vision.train_block(name, preprocessor, size, weights),
         ]
     else:
         lines += [f"    output last_hidden_state = {previous}", "    output pooler_output = features", "}"]
@@ -144,8 +146,9 @@ def image_size(config: dict, preprocessor: dict | None) -> int:
     return vision.image_size(preprocessor, key(config, "image_size", 224, low=1))
 
 
-def meta(config: dict, head: str, preprocessor: dict | None = None) -> dict:
-    return vision.checkpoint_meta(config, head, preprocessor, image_size(config, preprocessor))
+def image(config: dict, preprocessor: dict | None) -> dict:
+    """The photos' settings the checkpoint keeps, which `dlc predict` reads photos with."""
+    return vision.image_settings(preprocessor, image_size(config, preprocessor))
 
 
 def _architecture(head: str) -> str:

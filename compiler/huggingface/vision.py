@@ -137,19 +137,13 @@ def per_channel(preprocessor: dict | None, name: str) -> list | None:
     return [float(x) for x in v]
 
 
-def checkpoint_meta(config: dict, head: str, preprocessor: dict | None, size: int) -> dict:
-    """What an imported checkpoint keeps of the folder (its "meta", as a run on images(...) keeps):
-    the photos' size and normalization, which `dlc predict` reads photos with, and a classifier's
-    class names by id."""
-    image = {
+def image_settings(preprocessor: dict | None, size: int) -> dict:
+    """The photos' size and normalization, as a run on images(...) keeps them in its checkpoint."""
+    return {
         "size": size,
         "mean": per_channel(preprocessor, "image_mean"),
         "std": per_channel(preprocessor, "image_std"),
     }
-    if head != "image":
-        return {"image": image}
-    names = class_names(config)
-    return {"classes": len(names), "class_names": names, "image": image}
 
 
 def number_list(v: list) -> str:

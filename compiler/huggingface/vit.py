@@ -67,7 +67,9 @@ class Shape:
         self.positions = (self.size // self.patch) ** 2 + 1
 
 
-def program(config: dict, head: str, preprocessor: dict | None = None, weights: str | None = None) -> str:
+def program(
+    config: dict, head: str, name: str = "vit", preprocessor: dict | None = None, weights: str | None = None
+) -> str:
     """The .dl program: the embeddings and the block as defs, the model, and for a classifier a train
     block that fine-tunes it on a folder of photos."""
     s = Shape(config)
@@ -80,7 +82,7 @@ def program(config: dict, head: str, preprocessor: dict | None = None, weights: 
         f"# {s.layers} encoder blocks of {s.heads} heads ({s.hidden} wide, MLP {s.mlp}), layernorm, {head_text}.",
         "",
         DEFS.format(positions=s.positions, act=s.act),
-        "model vit {",
+        f"model {name} {{",
         f"    input  x: f32[B, {s.channels}, {s.size}, {s.size}]",
     ]
     if head == "image":
@@ -101,7 +103,7 @@ def program(config: dict, head: str, preprocessor: dict | None = None, weights: 
             "    output logits",
             "}",
             "",
-            vision.train_block("vit", preprocessor, s.size, weights),
+            vision.train_block(name, preprocessor, s.size, weights),
         ]
     else:
         lines += [
@@ -125,8 +127,9 @@ def image_size(config: dict, preprocessor: dict | None) -> int:
     return size
 
 
-def meta(config: dict, head: str, preprocessor: dict | None = None) -> dict:
-    return vision.checkpoint_meta(config, head, preprocessor, image_size(config, preprocessor))
+def image(config: dict, preprocessor: dict | None) -> dict:
+    """The photos' settings the checkpoint keeps, which `dlc predict` reads photos with."""
+    return vision.image_settings(preprocessor, image_size(config, preprocessor))
 
 
 def names(config: dict, head: str) -> list:

@@ -37,7 +37,7 @@ def imported(family, folder: Path, head: str, size: int, training: bool = False)
     """(the built dlc model, its parameters) of the folder imported by `family`, reading photos of
     `size` x `size` (as a preprocessor_config.json says)."""
     config, tensors = read(folder)
-    model = build(family.program(config, head, {"size": {"height": size, "width": size}}), training)
+    model = build(family.program(config, head, preprocessor={"size": {"height": size, "width": size}}), training)
     params = family.weights(config, tensors, head)
     check_params_given(model, params)
     return model, params

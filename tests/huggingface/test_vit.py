@@ -71,4 +71,4 @@ def test_a_config_dlc_cannot_express_is_refused_naming_the_key():
         with pytest.raises(DlcError, match=message):
             vit.program(written | change, "image")
     with pytest.raises(DlcError, match="reads photos of 64 x 64, but config.json's image_size is 32"):
-        vit.program(written, "image", {"size": {"height": 64, "width": 64}})
+        vit.program(written, "image", preprocessor={"size": {"height": 64, "width": 64}})
