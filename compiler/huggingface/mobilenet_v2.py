@@ -134,7 +134,7 @@ def program(
     architecture = next(a for a, h in HEADS.items() if h == head)
     head_text = "dropout and a linear classifier" if head == "image" else "no head (the features)"
     lines = [
-        f'# MobileNetV2 imported from a Hugging Face folder (config.json: model_type "mobilenet_v2", {architecture}):',
+        f'# MobileNetV2 imported from a Hugging Face folder (model_type "mobilenet_v2", {architecture}):',
         f"# a stem, 16 inverted residual blocks, a 1x1 convolution to {s.last} channels, global average pooling,",
         f"# {head_text}.",
         "",
@@ -163,7 +163,7 @@ def program(
         ]
     else:
         lines += ["    output last_hidden_state = last", "    output pooler_output = features", "}"]
-    return "\n".join(lines) + "\n"
+    return vision.laid_out(lines)
 
 
 def image(config: dict, preprocessor: dict | None) -> dict:

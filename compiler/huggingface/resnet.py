@@ -106,7 +106,7 @@ def program(
     blocks = ", ".join(str(d) for d in shape.depths)
     head_text = "a linear classifier" if head == "image" else "no head (the features)"
     lines = [
-        f'# ResNet imported from a Hugging Face folder (config.json: model_type "resnet", {_architecture(head)}):',
+        f'# ResNet imported from a Hugging Face folder (model_type "resnet", {_architecture(head)}):',
         f"# a {shape.stem}-channel 7x7 stem, {len(shape.depths)} stages of {shape.block} blocks ({blocks}), "
         f"global average pooling, {head_text}.",
         "",
@@ -138,7 +138,7 @@ def program(
         ]
     else:
         lines += [f"    output last_hidden_state = {previous}", "    output pooler_output = features", "}"]
-    return "\n".join(lines) + "\n"
+    return vision.laid_out(lines)
 
 
 def image_size(config: dict, preprocessor: dict | None) -> int:

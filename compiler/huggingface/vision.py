@@ -9,6 +9,7 @@ import json
 import numpy as np
 
 from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend.format import format_text
 
 # transformers' ACT2FN names -> the standard library's activations (compiler/stdlib/activations.dl)
 ACTIVATIONS = {
@@ -108,7 +109,7 @@ def transform_notes(preprocessor: dict | None, size: int) -> list:
     if isinstance(s, dict) and "height" in s and not p.get("do_center_crop", False):
         notes.append(
             f"it resizes a photo to {s['height']} x {s['width']}, images(...) its short side to "
-            f"{int(size / CENTER_FRACTION)}, then crops the centre"
+            f"{int(size / CENTER_FRACTION)}, then crops the centre {size} x {size}"
         )
     elif "crop_pct" in p and short is not None and short < 384 and p["crop_pct"] != CENTER_FRACTION:
         notes.append(f"its crop_pct is {p['crop_pct']}, images(...) crops {CENTER_FRACTION}")
@@ -146,6 +147,11 @@ def image_settings(preprocessor: dict | None, size: int) -> dict:
     }
 
 
+def laid_out(lines: list) -> str:
+    """The program of `lines` as `dlc fmt` lays it out (a long pipe of blocks broken at the line width)."""
+    return format_text("\n".join(lines) + "\n")
+
+
 def number_list(v: list) -> str:
     return "[" + ", ".join(f"{x:g}" for x in v) + "]"
 
@@ -161,7 +167,8 @@ def train_block(name: str, preprocessor: dict | None, size: int, weights: str | 
     lines = [f"train {name} {{", "    # photos in a folder per class (as many classes as the classifier has)"]
     if preprocessor is None:
         lines.append("    # (the folder has no preprocessor_config.json: the photos are not normalized)")
-    lines += [f"    # unlike preprocessor_config.json: {note}" for note in transform_notes(preprocessor, size)]
+    notes = transform_notes(preprocessor, size)
+    lines += ["    # unlike preprocessor_config.json:"] * bool(notes) + [f"    #   {note}" for note in notes]
     lines.append(f"    data       = images({', '.join(settings)})")
     lines += [
         "    validation = split(0.1)",

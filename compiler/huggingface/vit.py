@@ -77,8 +77,7 @@ def program(
     architecture = next(a for a, h in HEADS.items() if h == head)
     head_text = "a linear classifier of the class token" if head == "image" else "a tanh pooler of the class token"
     lines = [
-        f'# ViT imported from a Hugging Face folder (config.json: model_type "vit", {architecture}): '
-        f"{s.patch}x{s.patch} patches,",
+        f'# ViT imported from a Hugging Face folder (model_type "vit", {architecture}): {s.patch}x{s.patch} patches,',
         f"# {s.layers} encoder blocks of {s.heads} heads ({s.hidden} wide, MLP {s.mlp}), layernorm, {head_text}.",
         "",
         DEFS.format(positions=s.positions, act=s.act),
@@ -112,7 +111,7 @@ def program(
             "    output pooler_output = pooler",
             "}",
         ]
-    return "\n".join(lines) + "\n"
+    return vision.laid_out(lines)
 
 
 def image_size(config: dict, preprocessor: dict | None) -> int:

@@ -52,7 +52,11 @@ def test_an_unknown_model_type_lists_what_dlc_imports(saved, tmp_path, capsys):
     folder = copy(saved, tmp_path)
     edit_config(folder, model_type="albert", architectures=["AlbertForMaskedLM"])
     err = refused(folder, tmp_path, capsys)
-    assert "the model_type 'albert'" in err and "bert, distilbert, mobilenet_v2, resnet, roberta, vit" in err and "BertForMaskedLM" in err
+    assert (
+        "the model_type 'albert'" in err
+        and "bert, distilbert, mobilenet_v2, resnet, roberta, vit" in err
+        and "BertForMaskedLM" in err
+    )
 
 
 def test_an_architecture_of_the_family_without_a_head_is_named(saved, tmp_path, capsys):
