@@ -1,6 +1,7 @@
 """Tiny random-weight Hugging Face image models against their import: a folder written by
-`save_pretrained`, read back as `dlc import` reads it (config.json, model.safetensors), and the
-outputs and gradients of both compared (tests/huggingface/test_resnet.py, test_vit.py, test_mobilenet_v2.py)."""
+`save_pretrained` (and a preprocessor_config.json of the photos' size), imported as `dlc import`
+imports it, and the outputs and gradients of both compared (tests/huggingface/test_resnet.py,
+test_vit.py, test_mobilenet_v2.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: parity tests skipped")
 pytest.importorskip("transformers", reason="transformers is not installed: parity tests skipped")
-safetensors_numpy = pytest.importorskip("safetensors.numpy")
+pytest.importorskip("safetensors")
 
+from dlc.compiler.huggingface import import_folder  # noqa: E402
+from dlc.compiler.huggingface.folder import read_folder  # noqa: E402
 from dlc.compiler.passes.autodiff import train_step  # noqa: E402
 from helpers.numeric import assert_close, build, check_params_given, forward  # noqa: E402
 from dlc.runtime.engines import interpreter  # noqa: E402
@@ -21,35 +24,36 @@ from dlc.runtime.engines import interpreter  # noqa: E402
 RTOL = 1e-5
 
 
-def saved(model, folder: Path) -> Path:
-    """`model` (a transformers model) written as a folder: config.json and model.safetensors."""
+def saved(model, folder: Path, size: int | None = None) -> Path:
+    """`model` (a transformers model) written as a folder: config.json and model.safetensors, and with
+    `size` a preprocessor_config.json that reads photos of size x size."""
     model.save_pretrained(folder, safe_serialization=True)
+    if size is not None:
+        (folder / "preprocessor_config.json").write_text(json.dumps({"size": {"height": size, "width": size}}))
     return folder
 
 
 def read(folder: Path) -> tuple:
-    """(config, tensors) of a folder, as numpy arrays."""
-    config = json.loads((folder / "config.json").read_text())
-    return config, safetensors_numpy.load_file(str(folder / "model.safetensors"))
+    """(config, tensors) of a folder, as dlc import reads them."""
+    read_ = read_folder(folder)
+    return read_.config, read_.tensors
 
 
-def imported(family, folder: Path, head: str, size: int, training: bool = False) -> tuple:
-    """(the built dlc model, its parameters) of the folder imported by `family`, reading photos of
-    `size` x `size` (as a preprocessor_config.json says)."""
-    config, tensors = read(folder)
-    model = build(family.program(config, head, preprocessor={"size": {"height": size, "width": size}}), training)
-    params = family.weights(config, tensors, head)
-    check_params_given(model, params)
-    return model, params
+def imported(folder: Path, training: bool = False) -> tuple:
+    """(the built dlc model, its parameters) of the folder imported as dlc import imports it."""
+    result = import_folder(folder, "m")
+    model = build(result.text, training)
+    check_params_given(model, result.weights)
+    return model, result.weights
 
 
 def pixels(batch: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, 3, size, size)).astype(np.float32)
 
 
-def check_forward(family, hf_model, folder: Path, head: str, size: int, outputs: dict):
+def check_forward(hf_model, folder: Path, head: str, size: int, outputs: dict):
     """The import's outputs (dlc name -> transformers' output name) equal transformers' in eval mode."""
-    model, params = imported(family, saved(hf_model, folder), head, size)
+    model, params = imported(saved(hf_model, folder, size))
     x = pixels(3, size)
     hf_model.eval()
     with torch.no_grad():
@@ -64,8 +68,8 @@ def check_forward(family, hf_model, folder: Path, head: str, size: int, outputs:
 def check_gradients(family, hf_model, folder: Path, size: int, classes: int):
     """The gradient of the mean cross-entropy of a batch with respect to every parameter equals
     torch's (in training mode: batchnorm on the batch's statistics), both in float64."""
-    config, tensors = read(saved(hf_model, folder))
-    model, params = imported(family, folder, "image", size, training=True)
+    config, _ = read(saved(hf_model, folder, size))
+    model, params = imported(folder, training=True)
     x = pixels(4, size, seed=1)
     y = np.arange(4, dtype=np.int32) % classes
     step = interpreter.run(

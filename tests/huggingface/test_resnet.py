@@ -36,14 +36,13 @@ def trained_statistics(model):
 def test_a_classifier_gives_transformers_logits(tmp_path, changes):
     torch.manual_seed(0)
     model = trained_statistics(ResNetForImageClassification(config(**changes)))
-    check_forward(resnet, model, tmp_path, "image", SIZE, {"logits": "logits"})
+    check_forward(model, tmp_path, "image", SIZE, {"logits": "logits"})
 
 
 def test_the_base_model_gives_transformers_features(tmp_path):
     torch.manual_seed(0)
     model = trained_statistics(ResNetModel(config()))
     check_forward(
-        resnet,
         model,
         tmp_path,
         "base",
