@@ -71,7 +71,7 @@ def make_divisible(value: float, divisor: int, min_value: int) -> int:
     return int(new + divisor if new < 0.9 * value else new)
 
 
-class Shape:
+class MobileNetV2Dims:
     """The facts of a config the program and the tensors' names follow."""
 
     def __init__(self, config: dict):
@@ -119,7 +119,7 @@ def program(
 ) -> str:
     """The .dl program: the layers as defs, the model, and for a classifier a train block that
     fine-tunes it on a folder of photos."""
-    s = Shape(config)
+    s = MobileNetV2Dims(config)
     size = vision.image_size(preprocessor, s.size)
     defs = CONV_BN.format(
         padding='TensorFlow\'s "same" padding' if s.tf_padding else "padded by (kernel - 1) / 2 times the dilation",
@@ -168,12 +168,12 @@ def program(
 
 def image(config: dict, preprocessor: dict | None) -> dict:
     """The photos' settings the checkpoint keeps, which `dlc predict` reads photos with."""
-    return vision.image_settings(preprocessor, vision.image_size(preprocessor, Shape(config).size))
+    return vision.image_settings(preprocessor, vision.image_size(preprocessor, MobileNetV2Dims(config).size))
 
 
 def names(config: dict, head: str) -> list:
     """(dlc name, Hugging Face name, how) of every tensor (vision.py)."""
-    s = Shape(config)
+    s = MobileNetV2Dims(config)
     out = conv_bn("h0.first", "conv_stem.first_conv")
     if not s.first_is_expansion:
         out += conv_bn("h0.expand", "conv_stem.expand_1x1")

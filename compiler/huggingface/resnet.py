@@ -52,7 +52,7 @@ def basic(x: f32[N, C, height, width], filters: int, stride: int = 1) {{
 """
 
 
-class Shape:
+class ResNetDims:
     """The facts of a config the program and the tensors' names follow."""
 
     def __init__(self, config: dict):
@@ -88,7 +88,7 @@ def program(
 ) -> str:
     """The .dl program: the defs of the blocks, the model, and for a classifier a train block that
     fine-tunes it on a folder of photos."""
-    shape = Shape(config)
+    shape = ResNetDims(config)
     size = image_size(config, preprocessor)
     stride_where = "the first 1x1" if shape.stride_in_1x1 else "the 3x3"
     defs = [CONV_BN.format(act=shape.act)]
@@ -157,13 +157,13 @@ def _architecture(head: str) -> str:
 
 def names(config: dict, head: str) -> list:
     """(dlc name, Hugging Face name, how) of every tensor (vision.py)."""
-    shape = Shape(config)
+    shape = ResNetDims(config)
     out = conv_bn("stem", "embedder.embedder")
     layers = ("a", "b", "c") if shape.block == "bottleneck" else ("a", "b")
     previous = shape.stem
     for s, channels, depth, stride in shape.stages():
         for j in range(depth):
-            dlc, hf = Shape.block_name(s, j, depth), f"encoder.stages.{s - 1}.layers.{j}"
+            dlc, hf = ResNetDims.block_name(s, j, depth), f"encoder.stages.{s - 1}.layers.{j}"
             for k, layer in enumerate(layers):
                 out += conv_bn(f"{dlc}.{layer}", f"{hf}.layer.{k}")
             if j == 0 and (previous != channels or stride != 1):

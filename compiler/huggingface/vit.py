@@ -39,7 +39,7 @@ def vit_block(x: f32[B, T, D], heads: int, mlp: int, rate, attention_rate, eps) 
 """
 
 
-class Shape:
+class ViTDims:
     """The facts of a config the program and the tensors' names follow."""
 
     def __init__(self, config: dict):
@@ -72,7 +72,7 @@ def program(
 ) -> str:
     """The .dl program: the embeddings and the block as defs, the model, and for a classifier a train
     block that fine-tunes it on a folder of photos."""
-    s = Shape(config)
+    s = ViTDims(config)
     image_size(config, preprocessor)
     architecture = next(a for a, h in HEADS.items() if h == head)
     head_text = "a linear classifier of the class token" if head == "image" else "a tanh pooler of the class token"
@@ -133,7 +133,7 @@ def image(config: dict, preprocessor: dict | None) -> dict:
 
 def names(config: dict, head: str) -> list:
     """(dlc name, Hugging Face name, how) of every tensor (vision.py)."""
-    s = Shape(config)
+    s = ViTDims(config)
     out = [
         ("embeddings.projection.W", "embeddings.patch_embeddings.projection.weight", "same"),
         ("embeddings.projection.b", "embeddings.patch_embeddings.projection.bias", "same"),
