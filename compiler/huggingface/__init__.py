@@ -83,7 +83,7 @@ def model_name(stem: str) -> str:
 
 
 @dataclass
-class Imported:
+class ImportedFolder:
     """A folder imported: the program, its parameters by dlc name, the config export writes
     back (the folder's, with `architectures` the imported one), the class names of a
     classifier's labels (id2label), the folder's input files by name, and an image model's
@@ -99,7 +99,7 @@ class Imported:
     image: dict | None = None
 
 
-def import_folder(path, name: str, as_def: bool = False, weights: str | None = None) -> Imported:
+def import_folder(path, name: str, as_def: bool = False, weights: str | None = None) -> ImportedFolder:
     """The `.dl` program and parameters of the Hugging Face model folder at `path`, the model
     named `name`; `as_def`: the model's body as a def another file calls (`--def`); `weights`:
     the checkpoint's file name, which the train block starts from (`init_from`)."""
@@ -120,7 +120,7 @@ def import_folder(path, name: str, as_def: bool = False, weights: str | None = N
     config = dict(folder.config) | {"architectures": [architecture]}
     image = module.image(folder.config, preprocessor) if hasattr(module, "image") else None
     names = class_names(folder.config, head)
-    return Imported(name, architecture, text, weights, config, names, folder.files, image)
+    return ImportedFolder(name, architecture, text, weights, config, names, folder.files, image)
 
 
 def class_names(config, head: str) -> list | None:
