@@ -10,6 +10,7 @@ import numpy as np
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.format import format_text
+from dlc.compiler.huggingface.folder import setting
 
 # transformers' ACT2FN names -> the standard library's activations (compiler/stdlib/activations.dl)
 ACTIVATIONS = {
@@ -29,25 +30,18 @@ CENTER_FRACTION = 0.875  # images(...)'s evaluation crop: the centre `size` of t
 
 
 def key(config: dict, name: str, default, kind=int, low=None):
-    """config[name] (or `default` when absent) checked to be a `kind` at least `low`: a config dlc
-    cannot read is an error naming the key and its value."""
-    v = config.get(name, default)
-    ok = isinstance(v, kind) and not (kind in (int, float) and isinstance(v, bool))
-    if kind is float and isinstance(v, int) and not isinstance(v, bool):
-        v, ok = float(v), True
-    if not ok or (low is not None and v < low):
-        want = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}[kind]
-        bound = f" of at least {low}" if low is not None else ""
-        raise DlcError(f"config.json: {name} must be {want}{bound}, got {json.dumps(v)}")
-    return v
+    """config[name] (or `default` when absent) checked to be a `kind` at least `low` (folder.setting)."""
+    what = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", list: "a list"}[kind]
+    why = f"{what} of at least {low}" if low is not None else what
+    v = setting(config, name, kind, default, check=None if low is None else (lambda x: x >= low), why=why)
+    return float(v) if kind is float else v
 
 
 def ints(config: dict, name: str, default: list, low: int = 1) -> list:
     """config[name]: a non-empty list of integers of at least `low`."""
-    v = key(config, name, default, list)
-    if not v or not all(isinstance(x, int) and not isinstance(x, bool) and x >= low for x in v):
-        raise DlcError(f"config.json: {name} must be a list of integers of at least {low}, got {json.dumps(v)}")
-    return v
+    why = f"a list of whole numbers of at least {low}"
+    ok = lambda v: v and all(isinstance(x, int) and not isinstance(x, bool) and x >= low for x in v)  # noqa: E731
+    return setting(config, name, list, default, check=ok, why=why)
 
 
 def activation(config: dict, name: str, default: str) -> str:
@@ -59,12 +53,6 @@ def activation(config: dict, name: str, default: str) -> str:
             f"{', '.join(sorted(ACTIVATIONS))})"
         )
     return ACTIVATIONS[act]
-
-
-def refuse(config: dict, name: str, supported, why: str):
-    """An error for config[name] unless it is absent or `supported` (a value or a tuple of them)."""
-    if name in config and config[name] not in (supported if isinstance(supported, tuple) else (supported,)):
-        raise DlcError(f"config.json: {name} = {json.dumps(config[name])} is not supported: {why}")
 
 
 def class_names(config: dict) -> list:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.huggingface import vision
+from dlc.compiler.huggingface.folder import refuse
 from dlc.compiler.huggingface.vision import dense, key
 
 MODEL_TYPES = ("vit",)
@@ -60,7 +61,8 @@ class ViTDims:
         self.rate = key(config, "hidden_dropout_prob", 0.0, float, low=0)
         self.attention_rate = key(config, "attention_probs_dropout_prob", 0.0, float, low=0)
         self.eps = key(config, "layer_norm_eps", 1e-12, float, low=0)
-        vision.refuse(config, "qkv_bias", True, "dlc's multi_head_attention has biases on all its projections or none")
+        if config.get("qkv_bias", True) is not True:  # multi_head_attention has biases on every projection or none
+            refuse(config, "qkv_bias", config["qkv_bias"], "no biases on the query, key and value projections")
         given = config.get("pooler_output_size") is not None  # none: the hidden size
         self.pooler = key(config, "pooler_output_size", 0, low=1) if given else self.hidden
         self.pooler_act = vision.activation(config, "pooler_act", "tanh")

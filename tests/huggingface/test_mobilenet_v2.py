@@ -76,9 +76,9 @@ def test_a_config_dlc_cannot_express_is_refused_naming_the_key():
     written = config().to_dict()
     for change, message in [
         ({"depth_multiplier": 0}, "depth_multiplier must be above 0, got 0"),
-        ({"min_depth": "8"}, 'min_depth must be an integer of at least 1, got "8"'),
+        ({"min_depth": "8"}, '\'min_depth\' is "8"; dlc needs a whole number of at least 1'),
         ({"hidden_act": "hardswish"}, 'hidden_act "hardswish" is not an activation dlc imports'),
-        ({"tf_padding": "yes"}, 'tf_padding must be true or false, got "yes"'),
+        ({"tf_padding": "yes"}, '\'tf_padding\' is "yes"; dlc needs true or false'),
     ]:
         with pytest.raises(DlcError, match=message):
             mobilenet_v2.program(written | change, "image")

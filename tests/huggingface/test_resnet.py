@@ -2,6 +2,8 @@
 transformers' in eval mode (the batchnorms' running statistics imported), gradients equal in
 training mode, the weights written back under their names."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -72,7 +74,28 @@ def test_a_config_dlc_cannot_express_is_refused_naming_the_key():
         ({"layer_type": "wide"}, 'layer_type must be "bottleneck" or "basic", got "wide"'),
         ({"hidden_act": "mish"}, 'hidden_act "mish" is not an activation dlc imports'),
         ({"depths": [1, 1, 1]}, "hidden_sizes has 2 stages and depths 3"),
-        ({"embedding_size": "8"}, 'embedding_size must be an integer of at least 1, got "8"'),
+        ({"embedding_size": "8"}, '\'embedding_size\' is "8"; dlc needs a whole number of at least 1'),
     ]:
         with pytest.raises(DlcError, match=message):
             resnet.program(written | change, "image")
+
+
+def test_a_hostile_image_folder_is_refused_by_dlc_import_naming_the_file(tmp_path, capsys):
+    from helpers.cli import failure
+
+    torch.manual_seed(0)
+    folder = saved(ResNetForImageClassification(config()), tmp_path / "folder")
+    out = str(tmp_path / "m.dl")
+    for preprocessor, message in [
+        ("{", "preprocessor_config.json is not readable JSON"),
+        ('{"image_mean": "red"}', 'preprocessor_config.json: image_mean must be a number per channel, got "red"'),
+        ('{"crop_size": {"height": 32, "width": 48}}', "preprocessor_config.json: crop_size must be a square"),
+    ]:
+        (folder / "preprocessor_config.json").write_text(preprocessor)
+        assert message in failure(["import", str(folder), "-o", out], capsys)
+    (folder / "preprocessor_config.json").unlink()
+    written = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(written | {"hidden_sizes": [16, 32]}))
+    err = failure(["import", str(folder), "-o", out], capsys)
+    assert "does not match the model" in err and "stage2.b.norm.beta is [6] in the checkpoint but [8]" in err
+    assert not (tmp_path / "m.dl").exists() and not (tmp_path / "m.npz").exists()

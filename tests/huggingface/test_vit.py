@@ -63,9 +63,9 @@ def test_the_weights_go_back_under_their_names(tmp_path):
 def test_a_config_dlc_cannot_express_is_refused_naming_the_key():
     written = config().to_dict()
     for change, message in [
-        ({"qkv_bias": False}, "qkv_bias = false is not supported"),
+        ({"qkv_bias": False}, "'qkv_bias' is false \\(no biases on the query, key and value projections\\)"),
         ({"hidden_size": 30}, "hidden_size 30 is not a multiple of num_attention_heads 4"),
-        ({"image_size": [32, 48]}, "image_size must be an integer of at least 1, got \\[32, 48\\]"),
+        ({"image_size": [32, 48]}, "'image_size' is \\[32, 48\\]; dlc needs a whole number of at least 1"),
     ]:
         with pytest.raises(DlcError, match=message):
             vit.program(written | change, "image")
