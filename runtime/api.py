@@ -8,6 +8,7 @@ model.train(data={"x": X, "y": Y}, validation=0.1, callbacks=[...])   # on array
 result.history["val_loss"]                     # a column of the history
 model.evaluate()                               # dlc eval
 model.predict({"x": images})                   # dlc predict
+model.predict(text=["a fine film"])            # dlc predict --text, by the checkpoint's tokenizer
 model.generate("In the beginning", 200)        # dlc generate
 model.generate("In the beginning", 200, beam=4)
 model.save("m.npz")                            # a dlc checkpoint: dlc.load(path, weights="m.npz")
@@ -33,6 +34,8 @@ from dlc.runtime.data.streamed import first_rows, is_streamed
 from dlc.runtime.data.files import read_text
 from dlc.runtime.data.synthetic import BOS, EOS, PAD
 from dlc.runtime.data.text import decode, encode
+from dlc.runtime.data.text_tables import encoded_dataset
+from dlc.runtime.data.tokenizer import Tokenizer
 from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
 from dlc.runtime.engines.int8 import Int8Engine, calibrate_arrays
@@ -45,6 +48,7 @@ from dlc.runtime.training.summarize import summary_settings, summary_text
 from dlc.runtime.training.config import make_config
 from dlc.runtime.training.inputs import (
     array_data,
+    context_limit,
     data_settings,
     evaluation_data,
     fit_input,
@@ -176,7 +180,7 @@ class DlcModel:
         }
         more = {}
         if self.quantization is not None:
-            meta["quantization"] = quantized.describe(self.quantization, self.quantized)
+            meta["quantization"] = quantized.describe(self.quantization, self.quantized, self.eval_model)
             more = quantized.arrays(self.quantization)
         checkpoint.save(path, self.params, {}, meta, more)
         return path
@@ -298,18 +302,26 @@ class DlcModel:
         )
         return mean_metrics(engine, self.params, arrays, batch)
 
-    def predict(self, data: Any, batch: int = 256, int8: bool = False) -> dict:
+    def predict(
+        self, data: Any = None, batch: int = 256, int8: bool = False, *, text: str | list | None = None
+    ) -> dict:
         """Outputs for `data`: a dict of arrays by input name (an unknown name is refused), an
         array (the first input; numpy's or anything with __array__), a source such as
         "digits()", a path to an npz / csv / text file or a table (inputs.input_arrays binds it,
         a table read as the training data was), or photos: an image file, a folder of them or a
         list of image files, read with the evaluation transform of the images(...) the weights
-        were trained on (`top_classes` names their classes). `int8`: with the integer products
-        of the quantization, as `evaluate`."""
+        were trained on (`top_classes` names their classes). Or `text`: a string or a list of
+        them, encoded by the tokenizer the weights were trained with, as long as its texts were
+        (`tokenizer`; its ids, mask and lengths bound as the columns of texts(...) are). `int8`:
+        with the integer products of the quantization, as `evaluate`."""
         self._require_weights()
+        if (data is None) == (text is None):
+            raise DlcError("predict takes data or text=, one of them")
         engine = self.engine_for(int8)
-        paths = photo_paths(data)
-        if paths is not None:
+        paths = photo_paths(data) if text is None else None
+        if text is not None:
+            ds = encoded_dataset(self.tokenizer().encode(text), {})
+        elif paths is not None:
             column = photo_column(paths, self.meta.get("meta", {}).get("image"))
             ds = Dataset({self.eval_model.inputs[0].name: column}, named=True)
         elif isinstance(data, (str, Path)):
@@ -363,6 +375,13 @@ class DlcModel:
         named = self.meta.get("meta", {}).get("class_names") or (self.classes() or (None, None))[1]
         return top_classes(np.asarray(scores), named, k)
 
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer the weights were trained with (runtime/data/tokenizer.py), which the checkpoint keeps."""
+        meta = self.meta.get("meta", {}).get("tokenizer")
+        if meta is None:
+            raise DlcError("this checkpoint has no tokenizer: it was not trained on tokenized text (texts(...))")
+        return Tokenizer.from_meta(meta, f"the tokenizer of {self._weights_path or 'the trained weights'}")
+
     def vocab(self) -> str:
         """The characters of the text the weights were trained on, an id each."""
         vocab = self.meta.get("meta", {}).get("vocab")
@@ -404,7 +423,8 @@ class DlcModel:
         top_p: float | None = None,
         length_penalty: float | None = None,
     ) -> str | list:
-        """Continue a character model's `prompt` (text) by `length` characters, or decode an
+        """Continue a character model's `prompt` (text) by `length` characters (a model trained
+        with a tokenizer: by `length` tokens of it, `tokenizer`), or decode an
         encoder-decoder's source (`prompt`: token ids) into at most `length` tokens, up to
         EOS: greedily (the default), by sampling (a temperature above 0, top_k or top_p;
         seeded by `seed`) or by beam search (runtime/decoding.py says how). Returns the
@@ -426,22 +446,29 @@ class DlcModel:
         return found if beam is not None else found[0].sequence
 
     def _character_steps(self, prompt: str):
-        """The next-character log-probabilities after the prompt and each prefix (the
-        callback of runtime/decoding.py), and the text of a continuation."""
-        vocab = self.vocab()
-        start = list(encode(prompt, vocab)) if prompt else [0]  # no prompt: start from character 0
+        """The next-token log-probabilities after the prompt and each prefix (the callback of
+        runtime/decoding.py), and the text of a continuation: of characters, or of the tokens
+        of the checkpoint's tokenizer."""
+        if "tokenizer" in self.meta.get("meta", {}):
+            tok = self.tokenizer()
+            first = next((t for t in (tok.bos, tok.eos) if t is not None), 0)  # no prompt: the start of a text
+            start, size, spell = (list(tok.corpus(prompt)) or [first]), tok.vocab_size, tok.decode
+        else:
+            vocab = self.vocab()
+            start = list(encode(prompt, vocab)) if prompt else [0]  # no prompt: start from character 0
+            size, spell = len(vocab), lambda ids: decode(ids, vocab)
         inp = self.eval_model.inputs[0]
-        context = _context_limit(self.eval_model)
+        context = context_limit(self.eval_model)
 
         def next_log_probs(prefixes):
             contexts = [start + list(p) for p in prefixes]
             windows = np.array([ids[-context:] if context else ids for ids in contexts], np.int32)
             probs = self._next_probs({inp.name: windows})
-            if probs.shape[1] < len(vocab):
-                raise DlcError(f"the model's output has {probs.shape[1]} classes, the vocabulary {len(vocab)}")
-            return _log(probs[:, : len(vocab)])
+            if probs.shape[1] < size:
+                raise DlcError(f"the model's output has {probs.shape[1]} classes, the vocabulary {size}")
+            return _log(probs[:, :size])
 
-        return next_log_probs, lambda ids: decode(np.array(ids, np.int64), vocab)
+        return next_log_probs, lambda ids: spell(np.array(ids, np.int64))
 
     def _decoder_steps(self, source):
         """The next-token log-probabilities after the source and BOS + each prefix."""
@@ -523,19 +550,6 @@ def _sequence_inputs(model):
     if len(inputs) == 2 and all(i.type.dtype in ("i32", "i64") for i in inputs):
         return inputs
     return None
-
-
-def _context_limit(model) -> int:
-    """The longest sequence the model accepts: a parameter sliced to the sequence
-    length (learned positions, P[0:T]) bounds it; 0 means no limit."""
-    g = model.graph
-    for n in g.nodes_with("slice"):
-        src = g.inputs(n)[0]
-        if g.op(src.node) == "param":
-            for axis, stop in enumerate(g.attrs(n)["stops"]):
-                if not isinstance(stop, int):
-                    return src.shape[axis]
-    return 0
 
 
 class Text(str):

@@ -475,20 +475,21 @@ def _where(span: Span) -> str:
     return f"{span.place()}:{span.col}"
 
 
-def to_text(graph: Graph, indent: str = "") -> str:
+def to_text(graph: Graph, indent: str = "", spans: bool = True) -> str:
+    """The graph as text, a node a line; `spans`: each with the place in the source that made it."""
     lines = []
     for n in graph.order():
         d = graph.nx.nodes[n]
         types = ", ".join(str(t) for t in d["types"])
         args = ", ".join(_ref(t) for t in graph.inputs(n))
         attrs = attrs_text(d["attrs"])
-        loc = f"  @{_where(d['span'])}" if d["span"] else ""
+        loc = f"  @{_where(d['span'])}" if d["span"] and spans else ""
         call = d["op"] + (f"({args})" if args else "") + (f" {{{attrs}}}" if attrs else "")
         lines.append(f"{indent}%{n} = {call} : {types}{loc}")
         for k, v in d["attrs"].items():
             if isinstance(v, Graph):
                 lines.append(f"{indent}  {k} {v.name}(" + ", ".join(_ref(a) + f":{a.type}" for a in v.args) + ") {")
-                lines.append(to_text(v, indent + "    "))
+                lines.append(to_text(v, indent + "    ", spans))
                 lines.append(f"{indent}  }}")
     for name, t in graph.outputs.items():
         lines.append(f"{indent}output {name} = {_ref(t)} : {t.type}")

@@ -561,15 +561,24 @@ def _from_end(v, size, end: bool):
 def _slice(b, n, xs, starts, stops, steps):
     shape = b.graph.inputs(n)[0].shape
     axes = [i for i, (a, z, s, d) in enumerate(zip(starts, stops, steps, shape)) if (a, z, s) != (0, d, 1)]
+    # an axis of a fixed size cut to a symbolic length (a table of 64 positions cut to T): a
+    # Gather of the Range, whose length onnxruntime's symbolic shape inference knows as T, where
+    # it takes a Slice's as min(64, T) and then cannot add it to an axis of T
+    ranged = [i for i in axes if isinstance(shape[i], int) and not isinstance(stops[i] - starts[i], int)]
+    x = xs[0]
+    for i in ranged:
+        bounds = [b.op("Squeeze", [b.export.size(v), b.const([0], "i64")]) for v in (starts[i], stops[i])]
+        x = b.op("Gather", [x, b.op("Range", [*bounds, b.const(steps[i], "i64")])], axis=i)
+    axes = [i for i in axes if i not in ranged]
     if not axes:
-        return xs
+        return [x]
     lo = [_from_end(starts[i], shape[i], False) for i in axes]
     hi = [_from_end(stops[i], shape[i], True) for i in axes]
     return [
         b.op(
             "Slice",
             [
-                xs[0],
+                x,
                 b.export.vector(lo),
                 b.export.vector(hi),
                 b.const(axes, "i64"),
@@ -610,21 +619,38 @@ def _gather(b, n, xs):
 
 
 # ---- reductions and contraction --------------------------------------------------------------------------
-def _reduce(op_type: str):
+def _reduce(combine: Callable):
+    """The rule of a reduction whose ONNX nodes `combine(b, x, axes)` gives."""
+
     def rule(b, n, xs, axes):
         if not axes:  # nothing to reduce (an empty axes input would reduce every axis)
             return xs
         x, dtype = xs[0], _dtype(b, n)
         if dtype == "bool":  # ONNX reduces numbers: count, then any
             x = b.op("Cast", [x], to=b.export.elem_type("i32"))
-        out = b.op(op_type, [x, b.const(list(axes), "i64")], keepdims=0)
+        out = combine(b, x, list(axes))
         return [b.op("Cast", [out], to=b.export.elem_type("bool")) if dtype == "bool" else out]
 
     return rule
 
 
-export_rule("reduce_sum")(_reduce("ReduceSum"))
-export_rule("reduce_max")(_reduce("ReduceMax"))
+def _sum(b, x: str, axes: list) -> str:
+    return b.op("ReduceSum", [x, b.const(axes, "i64")], keepdims=0)
+
+
+def _largest(b, x: str, axes: list) -> str:
+    """The maximum over `axes`, those axes dropped: along each axis in turn the entry ArgMax
+    finds (GatherElements), then a Squeeze. Not ReduceMax: its axes are an input from opset
+    18 on, and onnxruntime's symbolic shape inference (its quant_pre_process) leaves its
+    output without a shape; nor TopK, whose output ONNX's own shape inference gives made-up
+    dims for B and T. The maximum is the same value either way."""
+    for axis in axes:
+        x = b.op("GatherElements", [x, b.op("ArgMax", [x], axis=axis, keepdims=1)], axis=axis)
+    return b.op("Squeeze", [x, b.const(axes, "i64")])
+
+
+export_rule("reduce_sum")(_reduce(_sum))
+export_rule("reduce_max")(_reduce(_largest))
 
 
 @export_rule("argmax")
@@ -647,7 +673,8 @@ def _matmul(b, n, xs, ta=False, tb=False):
 @export_rule("attention")
 def _attention(b, n, xs, scale):
     """As the primitive's definition: the scores, masked, their softmax times v, and the
-    log-sum-exp of each row (ONNX runtimes have no fused attention at opset 18)."""
+    log-sum-exp of each row where the graph reads it (ONNX runtimes have no fused attention at
+    opset 18)."""
     q, k, v = xs[:3]
     dtype, rank = _dtype(b, n), b.graph.inputs(n)[0].rank
     kt = b.op("Transpose", [k], perm=list(range(rank - 2)) + [rank - 1, rank - 2])
@@ -660,6 +687,8 @@ def _attention(b, n, xs, scale):
             else b.op("Add", [scores, xs[3]])
         )
     o = b.op("MatMul", [b.op("Softmax", [scores], axis=-1), v])
+    if not b.graph.uses(b.graph.outputs_of(n)[1]):  # the training's: a prediction reads o alone
+        return [o]
     return [o, b.op("ReduceLogSumExp", [scores, b.const([-1], "i64")], keepdims=0)]
 
 

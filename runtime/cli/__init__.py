@@ -41,6 +41,7 @@ COMMANDS = (
     "build",
     "import",
     "data",
+    "tokenizer",
     "completion",
     "lsp",
 )

@@ -16,6 +16,8 @@ import os
 import pathlib
 import re
 
+import numpy as np
+
 from dlc.compiler.errors import DlcError, Span
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.download import hint
@@ -65,6 +67,35 @@ def read_text(path, base_dir, src: str) -> str:
     """The text of a UTF-8 file (optionally gzipped) named relative to `base_dir`; `src` names
     the reader in errors (a missing file, bytes that are not UTF-8)."""
     return read_utf8(src, resolve(src, "path", path, pathlib.Path(base_dir)))
+
+
+def class_folders(root: pathlib.Path, src: str, noun: str, member, kinds: str, example: str, instead: str) -> tuple:
+    """(files, class ids int32, class names) of a folder of class folders: the sorted folder names are
+    the classes 0..K-1, every file below each that `member(name)` accepts its examples, sorted. Errors
+    name the `noun` of its files (`kinds`: their extensions), an `example` of their places and what
+    the source reads `instead` of class folders."""
+    names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    loose = sorted(f.name for f in root.iterdir() if f.is_file() and member(f.name))
+    if not names:
+        found = f" (it holds {len(loose)} {noun} but no class folders)" if loose else ""
+        raise DlcError(
+            f"{src}: {root} has no class folders{found}: put each class's {noun} in a folder of its "
+            f"name ({example}), or give {instead}"
+        )
+    if loose:
+        raise DlcError(f"{src}: {root / loose[0]} is not in a class folder: each file goes in the folder of its class")
+    files, labels = [], []
+    for k, name in enumerate(names):
+        found = sorted(
+            os.path.join(d, f) for d, _, fs in os.walk(root / name, followlinks=True) for f in fs if member(f)
+        )
+        if not found:
+            raise DlcError(
+                f"{src}: the class folder {root / name} holds no {noun} ({kinds}): add its {noun} or remove it"
+            )
+        files += found
+        labels += [k] * len(found)
+    return files, np.array(labels, np.int32), names
 
 
 # ---- the sources ------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import numpy as np
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.settings import REQUIRED, Args, flag, integer, number, show
 from dlc.runtime.data.dataset import Dataset
+from dlc.runtime.data.files import class_folders
 from dlc.runtime.data.source import source
 from dlc.runtime.data.streamed import Streamed, row_indices
 from dlc.runtime.data.transforms import (
@@ -113,31 +114,15 @@ def is_image_name(name: str) -> bool:
 
 def folder_examples(root: pathlib.Path) -> tuple[list, np.ndarray, list]:
     """(files, class ids, class names) of a folder of class folders, every image below each."""
-    names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    loose = sorted(f.name for f in root.iterdir() if f.is_file() and is_image_name(f.name))
-    if not names:
-        found = f" (it holds {len(loose)} images but no class folders)" if loose else ""
-        raise DlcError(
-            f"images: {root} has no class folders{found}: put each class's images in a folder of its "
-            "name (photos/cat/1.jpg, photos/dog/2.jpg), or give a listing of file,label rows"
-        )
-    if loose:
-        raise DlcError(
-            f"images: {root / loose[0]} is not in a class folder: each image goes in the folder of its class"
-        )
-    files, labels = [], []
-    for k, name in enumerate(names):
-        found = sorted(
-            os.path.join(d, f) for d, _, fs in os.walk(root / name, followlinks=True) for f in fs if is_image_name(f)
-        )
-        if not found:
-            raise DlcError(
-                f"images: the class folder {root / name} holds no images ({', '.join(EXTENSIONS)}): "
-                "add its images or remove it"
-            )
-        files += found
-        labels += [k] * len(found)
-    return files, np.array(labels, np.int32), names
+    return class_folders(
+        root,
+        "images",
+        "images",
+        is_image_name,
+        ", ".join(EXTENSIONS),
+        "photos/cat/1.jpg, photos/dog/2.jpg",
+        "a listing of file,label rows",
+    )
 
 
 def listing_examples(listing: pathlib.Path) -> tuple[list, np.ndarray, list]:

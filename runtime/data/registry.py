@@ -22,6 +22,7 @@ error points at it. The sources, each in the module of its kind:
     files.py       npz, csv, idx
     tables.py      parquet, arrow
     text.py        text, sentences
+    text_tables.py texts (labelled texts of tables and class folders, tokenized)
     images.py      digits, mnist, fashion_mnist, cifar10, cifar100
     photos.py      images (photos in class folders, streamed)
     synthetic.py   xor, spirals, blobs, sine, copy, reverse, sort
@@ -33,7 +34,7 @@ import os
 import pathlib
 
 from dlc.compiler.errors import DlcError, Span, did_you_mean
-from dlc.runtime.data import files, images, photos, synthetic, tables, text
+from dlc.runtime.data import files, images, photos, synthetic, tables, text, text_tables
 from dlc.runtime.data.dataset import Dataset
 from dlc.compiler.frontend.settings import Call, Symbol, show
 
@@ -48,6 +49,7 @@ SOURCES: dict = {
         text.text,
         text.sentences,
         text.skipgram,
+        text_tables.texts,
         images.digits,
         images.mnist,
         images.fashion_mnist,

@@ -102,6 +102,33 @@ def _read(args: Args, base_dir: pathlib.Path) -> Dataset:
     return Dataset(numbers(src, p, data), meta, stacked=stacked)
 
 
+def read_columns(args: Args, base_dir: pathlib.Path, chosen: dict) -> tuple[dict, dict]:
+    """({column: its values as a Python list}, {column: a datasets folder's ClassLabel names}) of
+    the columns of a table that `chosen` names ({argument: the column's name}, each an error at its
+    argument when the table lacks it), for a source that reads values other than numbers (texts).
+    A null is an error naming the column and the row."""
+    src = args.src
+    p = _locate(args, base_dir)
+    pa = _pyarrow(src)
+    try:
+        opened = _open(pa, src, p, args)
+        for arg, name in chosen.items():
+            _known_column(args, arg, name, opened.schema.names)
+        table = opened.read(list(chosen.values()))
+    except (pa.ArrowException, OSError) as e:
+        raise DlcError(
+            f"{src}: {p} is not a Parquet or Arrow table that pyarrow reads ({reason(e)})", args.span("path")
+        ) from None
+    values = {}
+    for name in chosen.values():
+        col = table.column(name)
+        _no_nulls(pa, f"{src}: {p}:", name, col)
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        values[name] = col.to_pylist()
+    return values, {name: opened.classes[name] for name in chosen.values() if name in opened.classes}
+
+
 def as_trained(ds: Dataset, trained: dict, label: bool = True) -> Dataset:
     """`ds` with the columns the data a model was trained on gave it (`trained`: that data's
     meta): "x" stacks the trained features in their order (whatever other columns the data

@@ -1,9 +1,10 @@
 """Text: characters and words as ids, and the sources of text data.
 
-    text(path, seq = 100, vocab = none, lines = false, windows = "fixed")   character ids: "x" windows,
-                                                     "y" next characters (lines: one line each, padded, and
-                                                     "lengths"; windows = "random": a window at every offset,
-                                                     drawn at random by the trainer)
+    text(path, seq = 100, vocab = none, lines = false, windows = "fixed", tokenizer = none)
+                                                     character ids: "x" windows, "y" next characters (lines:
+                                                     one line each, padded, and "lengths"; windows = "random":
+                                                     a window at every offset, drawn at random by the trainer;
+                                                     a tokenizer: windows of its token ids)
     sentences(path, vocab, length = none, lower = true)   word ids of labelled sentences, "vocab" a word
                                                      vector file, and "lengths"
     skipgram(path, words = 1000, window = 2, negatives = 5)   word2vec's pairs and negative samples
@@ -19,7 +20,7 @@ import re
 import numpy as np
 
 from dlc.compiler.errors import DlcError, Span
-from dlc.runtime.data import vectors
+from dlc.runtime.data import tokenizer, vectors
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.files import path_arg
 from dlc.runtime.data.formats import label_column, read_utf8
@@ -78,9 +79,10 @@ def decode(ids, vocab: str) -> str:
     return "".join(np.array(list(vocab), dtype=object)[a])
 
 
-@source(path=REQUIRED, seq=100, vocab=None, lines=False, windows="fixed")
+@source(path=REQUIRED, seq=100, vocab=None, lines=False, windows="fixed", tokenizer=None)
 def text(base_dir, args: Args) -> Dataset:
-    """Character windows of a text: "x" [N, seq] ids, "y" the same windows one character later.
+    """Character windows of a text: "x" [N, seq] ids, "y" the same windows one character later;
+    with a `tokenizer` (runtime/data/tokenizer.py), windows of its tokens instead.
     With `lines`, one example per non-empty line instead (`line_examples`). `windows`:
     "fixed", the windows side by side; "random", the window at every offset (views of the
     text, no copy), of which the trainer draws a batch at random every step (meta "windows")."""
@@ -98,6 +100,16 @@ def text(base_dir, args: Args) -> Dataset:
     s = read_utf8("text", p)
     if not s:
         raise DlcError(f"text: {p} is empty")
+    if args["tokenizer"] is not None:
+        if vocab is not None or lines:
+            other = "vocab" if vocab is not None else "lines"
+            raise DlcError(
+                f"text: '{other}' is of character ids; with a tokenizer, leave it out (texts(...) reads a text a line)",
+                args.span(other),
+            )
+        tok = tokenizer.load(args["tokenizer"], base_dir, args.span("tokenizer"))
+        meta = {"tokenizer": tok.to_meta(), "vocab_size": tok.vocab_size, "token_columns": ["x", "y"]}
+        return _windows(tok.corpus(s), seq, windows, meta, p, "tokens")
     if vocab is None:
         vocab = "".join(sorted(set(s)))
     try:
@@ -106,21 +118,23 @@ def text(base_dir, args: Args) -> Dataset:
         raise DlcError(f"text: {p}: {e.message[len('encode: ') :]}") from None
     if lines:
         return line_examples(s, ids, seq, vocab)
+    return _windows(ids, seq, windows, {"vocab": vocab, "vocab_size": len(vocab)}, p, "characters")
+
+
+def _windows(ids: np.ndarray, seq: int, windows: str, meta: dict, p, unit: str) -> Dataset:
+    """The windows of `seq` ids of a text (`unit`: what an id is) and the next ids: side by side,
+    or with windows = "random" the one at every offset."""
     n = (len(ids) - 1) // seq
     if n < 1:
         raise DlcError(
-            f"text: seq = {seq} is too long for {p}: it has {len(ids)} characters and one window"
-            f" needs seq + 1 = {seq + 1}"
+            f"text: seq = {seq} is too long for {p}: it has {len(ids)} {unit} and one window needs seq + 1 = {seq + 1}"
         )
     if windows == "random":
         view = np.lib.stride_tricks.sliding_window_view
-        return Dataset(
-            {"x": view(ids[:-1], seq), "y": view(ids[1:], seq)},
-            {"vocab": vocab, "vocab_size": len(vocab), "windows": seq},
-        )
+        return Dataset({"x": view(ids[:-1], seq), "y": view(ids[1:], seq)}, meta | {"windows": seq})
     x = ids[: n * seq].reshape(n, seq)
     y = ids[1 : n * seq + 1].reshape(n, seq)
-    return Dataset({"x": x, "y": y}, {"vocab": vocab, "vocab_size": len(vocab)})
+    return Dataset({"x": x, "y": y}, meta)
 
 
 def line_examples(s: str, ids: np.ndarray, seq: int, vocab: str) -> Dataset:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shlex
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import dlc
@@ -81,6 +81,21 @@ CHECKED = (
 )
 
 
+def _checked(features: list) -> list:
+    """The features among `features` (LLVM's "+name") that a library checks at create."""
+    return [f for f in CHECKED if f"+{f}" in features]
+
+
+def _machine_targets() -> list:
+    """(name, checked features) of the targets for the machine the code is compiled for
+    (jit.target_triple), the most capable first: a CPU that refuses a library names the first
+    whose every feature it has as the one to build for."""
+    targets = [
+        (t, _checked(spec[2].split(","))) for t, spec in TARGETS.items() if spec and spec[0] == jit.target_triple()
+    ]
+    return sorted(targets, key=lambda t: -len(t[1]))
+
+
 @dataclass
 class Built:
     """What `dlc build` wrote, and with what."""
@@ -94,6 +109,8 @@ class Built:
     transform: bool = False
     int8: int = 0  # its integer products (dlc build --int8)
     level: int = jit.OPT_LEVEL  # LLVM's level of its code: O3, or quick (jit.settled_level)
+    # what dlc build says of its input besides the build (a float32 build of a quantized checkpoint)
+    notes: list = field(default_factory=list)
 
 
 def build(
@@ -155,11 +172,15 @@ def build(
     _refuse_host_calls(program)
     inputs, outputs = [t for t in face.inputs if t.name in program.inputs], face.outputs
     params = {p.name: p for p in eval_model.params}
-    arrays = None
+    arrays, notes = None, []
     if weights:
         from dlc.runtime.interop.weights import load as load_weights
 
-        arrays, _ = load_weights(weights, eval_model.params)
+        arrays, meta = load_weights(weights, eval_model.params)
+        if not int8 and "quantization" in meta:
+            from dlc.runtime.interop import quantized
+
+            notes.append(quantized.read_in_float32(weights))
     from dlc.compiler.native.codegen.driver import build_module
 
     built = build_module(program, "dlc_step")
@@ -173,7 +194,8 @@ def build(
         *_checks(graph, program),
         step=f"{name}__dlc_step",
         target=target,
-        features=[f for f in CHECKED if f"+{f}" in features],
+        features=_checked(features),
+        machine_targets=_machine_targets(),
         uses_amx="+amx-tile" in features,
         param_shapes={k: tuple(int(d) for d in params[k].type.shape) for k in program.params},
         weights={k: arrays[k] for k in program.params} if embed else None,
@@ -211,7 +233,7 @@ def build(
     (out / f"{name}.pc").write_text(_pkg_config(lib, tools))
     (out / "README.md").write_text(_readme(lib, tools, out))
     files = [out / f for f in (f"lib{name}{tools.suffix}", f"lib{name}.a", f"{name}.h", f"{name}.pc", "README.md")]
-    return Built(name, files, tools.name, target, embed, train, transform, len(quantization or ()), level)
+    return Built(name, files, tools.name, target, embed, train, transform, len(quantization or ()), level, notes=notes)
 
 
 def _trainer(lib: Library, file: str, model: str | None, weights: str | None, overrides: dict, scales: dict) -> Library:
@@ -244,6 +266,7 @@ def _trainer(lib: Library, file: str, model: str | None, weights: str | None, ov
         step=f"{name}__dlc_step",
         target=lib.target,
         features=lib.features,
+        machine_targets=lib.machine_targets,
         uses_amx=lib.uses_amx,
         param_shapes=shapes,
         weights=arrays,
@@ -366,6 +389,32 @@ def _pkg_config(lib: Library, tools) -> str:
     )
 
 
+def _readme_cross(tools, cc: str) -> str:
+    """What the README says of a library for another machine: the compiler of its programs,
+    and on Linux how to run them here under qemu."""
+    if not tools.cross:
+        return ""
+    arch = tools.cross.split("-")[0]
+    if tools.macos:
+        return f"""
+The library is for {tools.cross}, not this machine: the lines above cross-compile with zig cc, from
+the ziglang package (`pip install ziglang` puts no `zig` on PATH: it runs as `python -m ziglang`,
+with the Python it is installed in).
+"""
+    return f"""
+The library is for {arch} Linux, not this machine: the lines above cross-compile with zig cc, from
+the ziglang package (`pip install ziglang` puts no `zig` on PATH: it runs as `python -m ziglang`,
+with the Python it is installed in). A GCC cross compiler does the same: `{tools.cross}-gcc` in
+place of `{cc}` (Debian: apt install gcc-{arch}-linux-gnu).
+
+Run here, under emulation, the program needs qemu-user and the {arch} C library (Debian's
+libc6-arm64-cross for aarch64), and qemu is told where that library is, by `-L` or
+QEMU_LD_PREFIX (without it: `Could not open '/lib/ld-linux-{arch}.so.1'`):
+
+    qemu-{arch} -L /usr/{tools.cross} ./main
+"""
+
+
 def _readme(lib: Library, tools, out: Path) -> str:
     n, folder = lib.name, shlex.quote(str(out.resolve()))
     weights = (
@@ -379,6 +428,7 @@ def _readme(lib: Library, tools, out: Path) -> str:
         if lib.trainer is not None
         else ""
     )
+    cc = shlex.join(tools.cc)
     return f"""# {n}: a dlc library
 
 Built by dlc {dlc.__version__} (`dlc build`, target {lib.target}, {tools.name}). The API is in `{n}.h`;
@@ -389,14 +439,14 @@ this folder's absolute path, so the program finds the library from any working f
 with `-Wl,-rpath,'$ORIGIN/PATH'`, PATH the library's folder relative to the program's,
 the two can move together):
 
-    cc -O2 main.c -I{folder} -L{folder} -l{n} -Wl,-rpath,{folder} -o main
+    {cc} -O2 main.c -I{folder} -L{folder} -l{n} -Wl,-rpath,{folder} -o main
 
 or against the static one (which needs libm and libpthread):
 
-    cc -O2 main.c -I{folder} {folder}/lib{n}.a {' '.join(tools.libs)} -o main
+    {cc} -O2 main.c -I{folder} {folder}/lib{n}.a {' '.join(tools.libs)} -o main
 
 or with pkg-config: `PKG_CONFIG_PATH={folder} pkg-config --cflags --libs {n}`.
-
+{_readme_cross(tools, cc)}
 What the inputs mean (the training data and its scale) is in `{n}.h` and `{n}_describe()`.
 
 At run time the library needs libc, libm and libpthread,

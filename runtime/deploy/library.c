@@ -43,6 +43,7 @@ typedef struct { int kind, itemsize; int64_t size, data; } dlc_buffer;
 typedef struct { int64_t dim, least; const char *where, *op, *text, *word; } dlc_constraint;
 typedef struct { const char *where, *what; int64_t count; } dlc_fault_site;
 typedef struct { int64_t bound; int ignored; const int64_t *values; } dlc_limit;
+typedef struct { const char *name; const char *const *features; } dlc_target;   /* features: NULL-ended */
 
 struct DLC_INSTANCE {
     char message[1024];
@@ -196,23 +197,37 @@ static int cpu_features(cpu_feature *table) {
 }
 #endif
 
-#if defined(__aarch64__)
-#define BASELINE "aarch64"
-#else
-#define BASELINE "avx2"
-#endif
+/* the first of `features` (NULL-ended) that the CPU's table lacks; NULL when it has them all */
+static const char *lacking(const char *const *features, const cpu_feature *table, int n) {
+    for (int i = 0; features[i]; i++) {
+        int has = 0;
+        for (int k = 0; k < n; k++) has |= !strcmp(table[k].name, features[i]) && table[k].has;
+        if (!has) return features[i];
+    }
+    return NULL;
+}
 
+/* A library whose features the CPU lacks names the target for its machine that would run
+ * (the first of MACHINE_TARGETS, the most capable first, whose every feature the CPU has), or
+ * says that none would: the least of them needs a feature the CPU lacks too. */
 static int check_cpu(struct DLC_INSTANCE *m) {
     cpu_feature table[32];
     int n = cpu_features(table);
-    for (int i = 0; CPU_FEATURES[i]; i++) {
-        int has = 0;
-        for (int k = 0; k < n; k++) has |= !strcmp(table[k].name, CPU_FEATURES[i]) && table[k].has;
-        if (!has)       /* a host library met another CPU: --target host is not the cure */
+    const char *missing = lacking(CPU_FEATURES, table, n);
+    if (missing) {
+        int i = 0;
+        while (MACHINE_TARGETS[i].name && lacking(MACHINE_TARGETS[i].features, table, n)) i++;
+        if (MACHINE_TARGETS[i].name)
             return fail(m, DLC_ERROR_CPU, "this library was built for %s (dlc build --target %s), and this CPU "
-                        "lacks %s: build it %s", DLC_TARGET, DLC_TARGET, CPU_FEATURES[i],
-                        strcmp(DLC_TARGET, "host") ? "for this machine (--target host)"
-                        : "on this machine, or for a target this CPU has (--target " BASELINE ")");
+                        "lacks %s: build it for --target %s, which this CPU runs", DLC_TARGET, DLC_TARGET, missing,
+                        MACHINE_TARGETS[i].name);
+        if (i == 0)     /* no target of dlc build is for this machine to name */
+            return fail(m, DLC_ERROR_CPU, "this library was built for %s (dlc build --target %s), and this CPU "
+                        "lacks %s", DLC_TARGET, DLC_TARGET, missing);
+        return fail(m, DLC_ERROR_CPU, "this library was built for %s (dlc build --target %s), and this CPU "
+                    "lacks %s: none of dlc build's targets runs on it (the least, %s, needs %s); a build on this "
+                    "machine (--target host) compiles for what it has", DLC_TARGET, DLC_TARGET, missing,
+                    MACHINE_TARGETS[i - 1].name, lacking(MACHINE_TARGETS[i - 1].features, table, n));
     }
 #if DLC_USES_AMX
     /* Linux grants the AMX tile state on request; without it the first tile instruction is SIGILL */
@@ -448,12 +463,14 @@ static int refuse_extra(struct DLC_INSTANCE *m, const char *extra) {
 }
 
 /* whether a zip member is one dlc's checkpoint may hold besides the parameters this unit
- * reads: "meta.npy", an optimizer state "opt:...", a parameter of the model this unit
- * does not read ("param:NAME.npy", NAME in KNOWN) */
+ * reads: "meta.npy", an optimizer state "opt:...", an integer product's array "int8:..." (a
+ * quantized checkpoint: a float32 library reads its float32 parameters, as dlc predict does), a
+ * parameter of the model this unit does not read ("param:NAME.npy", NAME in KNOWN) */
 static int member_allowed(const zip_entry *e) {
     const unsigned char *s = e->name;
     if (e->nlen == 8 && !memcmp(s, "meta.npy", 8)) return 1;
     if (e->nlen >= 4 && !memcmp(s, "opt:", 4)) return 1;
+    if (e->nlen >= 5 && !memcmp(s, "int8:", 5)) return 1;   /* a quantized checkpoint's: its float32 ones read */
     return e->nlen > 10 && !memcmp(s, "param:", 6) && !memcmp(s + e->nlen - 4, ".npy", 4) &&
            known_elsewhere(s + 6, (size_t)(e->nlen - 10));
 }

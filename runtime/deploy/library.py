@@ -99,6 +99,7 @@ class Library:
     step: str
     target: str
     features: list
+    machine_targets: list = field(default_factory=list)  # (target, its features) for its machine, best first
     uses_amx: bool = False
     param_shapes: dict = field(default_factory=dict)  # parameter name -> shape
     weights: dict | None = None
@@ -348,6 +349,14 @@ def c_source(lib: Library) -> str:
     body.append(f"static const int64_t ARGUMENTS[] = {{{', '.join(map(str, lib.arguments)) or '0'}}};")
     features = ", ".join(_c_string(f) for f in lib.features)
     body.append(f"static const char *const CPU_FEATURES[] = {{{features + ', ' if features else ''}NULL}};")
+    body.append(
+        "static const dlc_target MACHINE_TARGETS[] = {"
+        + "".join(
+            f"{{{_c_string(t)}, (const char *const[]){{{''.join(_c_string(f) + ', ' for f in needs)}NULL}}}}, "
+            for t, needs in lib.machine_targets
+        )
+        + "{0}};"
+    )
     # POLYS is filled as the tables above ask for polynomials: it goes before them
     tables = [f"static const int64_t POLYS[] = {{{', '.join(map(str, polys.values)) or '0'}}};"] + body
     crc = Path(__file__).with_name("library_crc32.c").read_text()

@@ -25,6 +25,7 @@ class Toolchain:
     ar: list
     libs: list  # what a program linking the static library adds: libm, libpthread
     macos: bool = False  # it links a macOS .dylib (Mach-O), not an ELF .so
+    cross: str = ""  # zig's name of the other machine it compiles for ("aarch64-linux-gnu"); "": this one
 
     def run(self, args: list, what: str):
         try:
@@ -87,5 +88,10 @@ def find(choice: str = "auto", triple: str = "") -> Toolchain:
     from importlib.metadata import version
 
     return Toolchain(
-        f"zig cc (ziglang {version('ziglang')})", zig + ["cc", "-target", system], zig + ["ar"], libs, macos
+        f"zig cc (ziglang {version('ziglang')})",
+        zig + ["cc", "-target", system],
+        zig + ["ar"],
+        libs,
+        macos,
+        "" if native else system,
     )

@@ -237,6 +237,10 @@ def _texts(v) -> bool:
     return isinstance(v, list) and all(map(_text, v))
 
 
+def _tokenizer(v) -> bool:
+    return isinstance(v, dict) and _text(v.get("json")) and _count(v.get("pad"))
+
+
 META_SCHEMA = {
     "format": _text,
     "dlc_version": _text,
@@ -264,10 +268,13 @@ META_SCHEMA = {
         v is None or (isinstance(v, dict) and (v.get("best") is None or _number(v["best"])) and _count(v.get("bad", 0)))
     ),
     # facts of the data: the vocabulary of a text or its words, the padded length of a sequence task
-    # and a table's: its features stacked as x, its label column, each categorical column's names by id
+    # and a table's: its features stacked as x, its label column, each categorical column's names by id;
+    # a tokenizer (runtime/data/tokenizer.py: its tokenizer.json and padding id) and the classes' names
     "meta": lambda v: (
         isinstance(v, dict)
         and _text(v.get("vocab", ""))
+        and _tokenizer(v.get("tokenizer", {"json": "", "pad": 0}))
+        and _texts(v.get("class_names", []))
         and _count(v.get("max_len", 0))
         and _texts(v.get("vocab_words", []))
         and _texts(v.get("features", []))

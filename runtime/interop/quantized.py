@@ -13,6 +13,7 @@ import numpy as np
 from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.ir import int8
+from dlc.compiler.ir.graph import to_text
 from dlc.compiler.passes.int8 import products
 from dlc.runtime.interop import checkpoint
 
@@ -25,9 +26,26 @@ def arrays(quantization: dict) -> dict:
     return {f"int8:{name}:{part}": np.asarray(getattr(q, part)) for name, q in quantization.items() for part in PARTS}
 
 
-def describe(quantization: dict, settings: dict) -> dict:
-    """The checkpoint metadata's `quantization`: the format, how it was calibrated, the products."""
-    return {"format": FORMAT, **settings, "products": list(quantization)}
+def describe(quantization: dict, settings: dict, model: Model) -> dict:
+    """The checkpoint metadata's `quantization`: the format, how it was calibrated, the products,
+    and the stamp of the graph they were calibrated in (`stamp`)."""
+    return {"format": FORMAT, **settings, "products": list(quantization), "graph": stamp(model)}
+
+
+def stamp(model: Model) -> str:
+    """What the scales depend on, as a hash: the evaluation graph of `model` (its operations in
+    order, their shapes and settings, the parameters' names), not the text it was written in:
+    a comment or a blank line leaves it as it is."""
+    return checkpoint.source_hash(to_text(model.graph, spans=False))
+
+
+def read_in_float32(path) -> str:
+    """What dlc says where a quantized checkpoint is read without --int8 (dlc predict, eval and
+    build alike): its float32 parameters are the weights, its integer products go unused."""
+    return (
+        f"{path} is a quantized checkpoint: without --int8 its float32 parameters are the weights, "
+        "and every product is computed in float32"
+    )
 
 
 def load(path, model: Model, source: str) -> tuple[dict, dict]:
@@ -44,10 +62,16 @@ def load(path, model: Model, source: str) -> tuple[dict, dict]:
         )
     if meta.get("model") not in (None, model.name):
         raise DlcError(f"{path} is a quantization of model '{meta.get('model')}', not '{model.name}'")
-    if meta.get("source_hash") != checkpoint.source_hash(source):
+    if (
+        "graph" in info
+        and info["graph"] != stamp(model)
+        or (
+            "graph" not in info and meta.get("source_hash") != checkpoint.source_hash(source)  # a dlc before the stamp
+        )
+    ):
         raise DlcError(
-            f"{path} was quantized from another version of the model's .dl file (the scales were "
-            "calibrated for other products): quantize again"
+            f"{path} was quantized from another version of model {model.name}, which computes otherwise now "
+            "(the scales were calibrated for other products): quantize again"
         )
     found: dict = {}
     for key, value in saved.items():

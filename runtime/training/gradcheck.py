@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import networkx as nx
 import numpy as np
 
 from dlc.compiler.passes.autodiff import hvp_graph, train_step
@@ -33,7 +32,7 @@ def index_bound(graph: Graph, node: int) -> int | None:
     """The number of valid values of an integer input: the rows of the table it
     gathers from, or the classes of the one_hot it feeds (compared with an iota)."""
     bounds = []
-    for n in nx.descendants(graph.nx, node):
+    for n in _reached_by_values(graph, node):
         prim = PRIMITIVES[graph.op(n)]
         if prim.index_count is not None:
             bounds.append(prim.index_count([x.type for x in graph.inputs(n)]))
@@ -50,6 +49,20 @@ def index_bound(graph: Graph, node: int) -> int | None:
                     bounds.append(b)
     concrete = [b for b in bounds if isinstance(b, int)]
     return min(concrete) if concrete else None
+
+
+def _reached_by_values(graph: Graph, node: int) -> set:
+    """The nodes that the values of `node` reach: its descendants, but for those reached only
+    through an argmax, whose output holds positions, not the values it compared (a token's
+    logits' argmax one-hot encoded bounds no token id)."""
+    seen, todo = set(), [node]
+    while todo:
+        for n in graph.nx.successors(todo.pop()):
+            if n not in seen:
+                seen.add(n)
+                if graph.op(n) != "argmax":
+                    todo.append(n)
+    return seen
 
 
 def _under_broadcast(graph: Graph, t):

@@ -158,6 +158,51 @@ def bindings(model: Model, ds: Dataset, need_targets: bool = True, said: set | N
     return chosen
 
 
+def context_limit(model: Model) -> int:
+    """The longest sequence the model accepts: a parameter sliced to the sequence
+    length (learned positions, P[0:T]) bounds it; 0 means no limit."""
+    g = model.graph
+    for n in g.nodes_with("slice"):
+        src = g.inputs(n)[0]
+        if g.op(src.node) == "param":
+            for axis, stop in enumerate(g.attrs(n)["stops"]):
+                if not isinstance(stop, int):
+                    return src.shape[axis]
+    return 0
+
+
+def check_tokens(model: Model, ds: Dataset, chosen: dict, span=None):
+    """Token ids fit the model (the columns meta "token_columns" names, of a tokenizer's
+    "vocab_size"): each input bound to one takes every id of the vocabulary, and its texts are
+    as long as a fixed sequence axis, and no longer than the positions the model has."""
+    size = ds.meta.get("vocab_size")
+    for inp in model.inputs:
+        if inp.name not in chosen or not ds.reads([chosen[inp.name]]) & set(ds.meta.get("token_columns") or ()):
+            continue
+        bound, _ = index_limits(model, inp.name)
+        if bound is not None and size is not None and bound < size:
+            raise DlcError(
+                f"the tokenizer has a vocabulary of {size} tokens, but {inp.name} takes ids 0 to {bound - 1} "
+                f"({bound} rows of the model): give the model {size} (an embedding's rows, a classifier's classes), "
+                f"or train a tokenizer of at most {bound} tokens",
+                span,
+            )
+        width, seq = ds.column(chosen[inp.name]).shape[1], inp.type.shape[1] if len(inp.type.shape) == 2 else None
+        limit = context_limit(model)
+        if isinstance(seq, int) and seq != width:
+            raise DlcError(
+                f"the texts are {width} tokens long, but {inp.name}: {inp.type} takes {seq}: make them {seq} "
+                f"(texts(..., length = {seq}), text(..., seq = {seq}))",
+                span,
+            )
+        if limit and width > limit:
+            raise DlcError(
+                f"the texts are {width} tokens long, but the model has positions for {limit}: cut them to {limit} "
+                f"(texts(..., length = {limit}), text(..., seq = {limit})), or give the model more positions",
+                span,
+            )
+
+
 def index_limits(model: Model, name: str) -> tuple:
     """(index_bound, the ignored values as a list) of integer input `name`, found in the
     graph once per model."""
@@ -268,7 +313,9 @@ def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
     split = any(is_split(spec) for spec in (cfg.test, cfg.validation))
     empty["data"] = "the training data has no examples" + (" left after the splits" if split else "")
     said: set = set()
-    meta = kept_meta(full.meta, full.reads(bindings(model, full, said=said, span=cfg.span("data")).values()))
+    chosen = bindings(model, full, said=said, span=cfg.span("data"))
+    check_tokens(model, full, chosen, cfg.span("data"))
+    meta = kept_meta(full.meta, full.reads(chosen.values()))
     bound = {
         name: input_arrays(model, ds, said=said, span=cfg.span(name), trained=None if name == "data" else meta)
         if ds is not None

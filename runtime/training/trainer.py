@@ -472,7 +472,7 @@ class Trainer:
         quantization, settings = calibrate_arrays(
             self.eval_model.graph, params, train, batch=self.cfg.batch, data=to_text(self.cfg.data), **options
         )
-        meta = self.checkpoint_meta() | {"quantization": quantized.describe(quantization, settings)}
+        meta = self.checkpoint_meta() | {"quantization": quantized.describe(quantization, settings, self.eval_model)}
         checkpoint.save(self.out / "int8.npz", params, {}, meta, quantized.arrays(quantization))
 
     def end_row(

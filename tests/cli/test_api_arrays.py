@@ -235,18 +235,22 @@ def test_predict_takes_a_source_as_evaluate_does(tmp_path):
         m.predict("in.bin")
 
 
+def initialized(tmp_path, name: str, body: str) -> DlcModel:
+    """Model `name` of token ids (input ids: i32[B, 4]) and `body`, at its initial parameters, on
+    the reference engine."""
+    path = tmp_path / f"{name}.dl"
+    path.write_text(f"model {name} {{\n    input ids: i32[B, 4]\n    {body}\n}}\n")
+    m = DlcModel(str(path), backend="reference")
+    m.params = init_params(m.train_model, 0)
+    return m
+
+
 def test_predict_finds_an_index_inputs_bounds_once_and_checks_every_call(tmp_path, monkeypatch):
     """The bounds of token ids (the embedding's rows) come from the graph once per model, not
     at every call (a prediction of one example is µs), and every call is still checked."""
     from dlc.runtime.training import inputs
 
-    path = tmp_path / "tokens.dl"
-    path.write_text(
-        "model tokens {\n    input ids: i32[B, 4]\n    h = embedding(ids, 10, 3)\n"
-        "    output scores = sum(h, axis = 2)\n}\n"
-    )
-    m = DlcModel(str(path), backend="reference")
-    m.params = init_params(m.train_model, 0)
+    m = initialized(tmp_path, "tokens", "h = embedding(ids, 10, 3)\n    output scores = sum(h, axis = 2)")
     walks = []
     monkeypatch.setattr(inputs, "index_bound", lambda *a: walks.append(a) or 10)
     ids = np.arange(4, dtype=np.int32)[None, :]
@@ -255,3 +259,17 @@ def test_predict_finds_an_index_inputs_bounds_once_and_checks_every_call(tmp_pat
     assert len(walks) == 1
     with pytest.raises(DlcError, match=r"ids has values from 8 to 11, but the model takes 0 to 9 there"):
         m.predict(ids + 8)
+
+
+def test_an_argmax_downstream_of_token_ids_bounds_them_by_no_one_hot_of_its(tmp_path):
+    """A one_hot of the logits' argmax is of positions among the logits, not of the token ids
+    the logits came from: the ids are bounded by their embedding's rows alone (not by the 2
+    classes of the one-hot)."""
+    m = initialized(
+        tmp_path,
+        "hard",
+        "logits = sum(embedding(ids, 10, 2), axis = 1)\n    output picked = one_hot(argmax(logits, axis = 1), 2)",
+    )
+    assert m.predict(np.array([[9, 0, 5, 7]], np.int32))["picked"].shape == (1, 2)
+    with pytest.raises(DlcError, match=r"ids has values from 0 to 10, but the model takes 0 to 9 there"):
+        m.predict(np.array([[10, 0, 5, 7]], np.int32))

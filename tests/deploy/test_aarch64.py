@@ -4,9 +4,14 @@ keeps packed) cross-built with zig cc and run under qemu-aarch64 (Debian's qemu-
 AArch64 C library of libc6-arm64-cross): their predictions are the x86-64 JIT's bit for bit at
 batch 1 and 64;
 a script of hostile calls and checkpoints gets the same answers, word for word, from the
-x86-64 library and the AArch64 one; a CPU without the ARMv8.2-A baseline is refused at create;
+x86-64 library and the AArch64 one; a CPU without the ARMv8.2-A baseline is refused at create,
+told that no target runs on it, and one without i8mm is told the target that does; docs/deploy.md's
+lines for a program of the user's, cross-built and run from another folder, as written;
 the CRC-32 of the CRC32 instructions is zlib's; `--target macos-arm64` gives a Mach-O dylib (never run)."""
 
+import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -49,8 +54,10 @@ def model_inputs(model: str, batch: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, 32, 9, 11)).astype(np.float32)
 
 
-def dlc(*args):
-    r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", *map(str, args)], capture_output=True, text=True)
+def dlc(*args, cwd=None):
+    r = subprocess.run(
+        [sys.executable, "-m", "dlc.runtime.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd
+    )
     assert r.returncode == 0, r.stderr
     return r
 
@@ -224,13 +231,60 @@ def test_a_bf16_library_sums_bfdot_pairs_within_the_float64_bound(tmp_path):
         assert (np.abs(got - x.astype(np.float64) @ w) > bound).any(), batch
 
 
-def test_a_cpu_without_i8mm_refuses_its_library_and_runs_the_dotprod_one(built):
+def test_the_pages_cross_build_runs_under_qemu_from_another_folder(built, tmp_path):
+    """docs/deploy.md's lines for an ARM program, run as written (dlc build --target aarch64, zig
+    cc through `python -m ziglang`, qemu-aarch64 with -L) on the page's C program, with the venv
+    of this Python active: from another folder, the AArch64 program prints the x86-64 JIT's
+    probabilities of the same digits bit for bit; without -L, qemu finds no AArch64 loader."""
+    from dlc.runtime.data.images import digits
+
+    page = (ROOT / "docs" / "deploy.md").read_text()
+    blocks = re.findall(r"```(\w*)\n(.*?)```", page, re.S)
+    lines = next(b for k, b in blocks if not k and b.startswith("dlc build examples/digits_cnn.dl --target aarch64"))
+    lines = lines.splitlines()
+    assert [line.split()[0] for line in lines] == ["dlc", "python", "cd"], lines
+    (tmp_path / "main.c").write_text(next(b for k, b in blocks if k == "c" and "int main(" in b))
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    (tmp_path / "runs" / "digits").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    ckpt = tmp_path / "runs" / "digits" / "best.npz"
+    checkpoint.save(
+        ckpt, initial_parameters(load(ROOT / "examples" / "digits_cnn.dl").build(None, training=False), 7), {}, {}
+    )
+    dlc(*shlex.split(lines[0])[1:], cwd=tmp_path)
+    active = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["bash", "-c", lines[1]], cwd=tmp_path, env=active, check=True)
+    raw = digits(ROOT, scale=1).columns["x"][:5]
+    stdin = "".join(" ".join(str(int(v)) for v in image.ravel()) + "\n" for image in raw)
+    ran = subprocess.run(["bash", "-c", lines[2]], cwd=tmp_path, input=stdin, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
+    want = np.ascontiguousarray(engine.predict({"x": raw * np.float32(1 / 16)}, 5)["probs"], np.float32)
+    got = np.array([[float(v) for v in row.split()] for row in ran.stdout.splitlines()], np.float32)
+    assert got.tobytes() == want.tobytes()
+    assert "aarch64" in subprocess.run(["file", str(tmp_path / "main-arm")], capture_output=True, text=True).stdout
+    # the build folder's README.md: its compile lines (shared, static) and its qemu line, as written
+    readme = (tmp_path / "build" / "digits-arm" / "README.md").read_text()
+    *compiles, qemu = [line.strip() for line in readme.splitlines() if line.startswith("    ")]
+    assert len(compiles) == 2 and qemu == "qemu-aarch64 -L /usr/aarch64-linux-gnu ./main", readme
+    for line in compiles:
+        subprocess.run(["bash", "-c", line], cwd=tmp_path, check=True)
+        r = subprocess.run(["bash", "-c", f"{qemu} {ckpt}"], cwd=tmp_path, input=stdin, capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout == ran.stdout, (line, r.stderr)
+    bare = subprocess.run(
+        ["bash", "-c", lines[2].replace(" -L /usr/aarch64-linux-gnu", "")], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert bare.returncode != 0 and "Could not open '/lib/ld-linux-aarch64.so.1'" in bare.stderr, bare.stderr
+
+
+def test_a_cpu_without_i8mm_refuses_its_library_naming_the_dotprod_one_which_runs(built):
     """A Neoverse N1 (ARMv8.2-A with dotprod, no i8mm): create refuses the aarch64-i8mm
-    library, saying what the CPU lacks, and runs the aarch64-dotprod one."""
+    library, saying what the CPU lacks and naming aarch64-dotprod, and runs that one."""
     refused = run(built("digits_cnn", "aarch64-i8mm", int8=True)[0], "create -\n", cpu="neoverse-n1")
-    assert refused[0].startswith(
-        "4 this library was built for aarch64-i8mm (dlc build --target aarch64-i8mm), and this CPU lacks i8mm"
-    ), refused
+    assert refused == [
+        "4 this library was built for aarch64-i8mm (dlc build --target aarch64-i8mm), and this CPU lacks i8mm: "
+        "build it for --target aarch64-dotprod, which this CPU runs"
+    ], refused
     assert run(built("digits_cnn", "aarch64-dotprod", int8=True)[0], "create -\n", cpu="neoverse-n1") == ["0 "]
 
 
@@ -329,13 +383,20 @@ def test_an_index_out_of_range_is_refused_as_on_x86(built, tmp_path):
 
 def test_a_cpu_without_the_baseline_is_refused_at_create(built):
     """A Cortex-A53 (ARMv8.0-A: no LSE atomics) meets a library built for ARMv8.2-A: create
-    says which feature it lacks, and every call after returns that status; never SIGILL."""
+    says which feature it lacks and that no target of dlc build runs on it (an i8mm library
+    likewise: the least target needs LSE too), and every call after returns that status; never SIGILL."""
     program, ckpt = built("digits_cnn")
     answers = run(program, f"create {ckpt}\nthreads 2\n", cpu="cortex-a53")
-    assert answers[0].startswith(
-        "4 this library was built for aarch64 (dlc build --target aarch64), and this CPU lacks lse"
+    assert answers[0] == (
+        "4 this library was built for aarch64 (dlc build --target aarch64), and this CPU lacks lse: none of dlc "
+        "build's targets runs on it (the least, aarch64, needs lse); a build on this machine (--target host) "
+        "compiles for what it has"
     ), answers
     assert answers[1] == answers[0]
+    i8mm = run(built("digits_cnn", "aarch64-i8mm", int8=True)[0], "create -\n", cpu="cortex-a53")
+    assert (
+        i8mm[0].startswith("4 this library was built for aarch64-i8mm") and "(the least, aarch64, needs lse)" in i8mm[0]
+    )
 
 
 def test_the_crc32_instructions_give_zlibs_crc(tmp_path):

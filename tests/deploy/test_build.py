@@ -25,6 +25,7 @@ from helpers.session_once import session_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "tests" / "deploy" / "predict_main.c"
+CALLS = ROOT / "tests" / "deploy" / "calls_main.c"  # a script of calls on stdin, their answers on stdout
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")
 
 
@@ -55,10 +56,10 @@ def built():
     return get
 
 
-def compile_main(lib: Path, name: str, out: Path, static=False) -> Path:
+def compile_main(lib: Path, name: str, out: Path, static=False, main: Path = MAIN) -> Path:
     link = [str(lib / f"lib{name}.a"), "-lm", "-lpthread"] if static else [f"-L{lib}", f"-l{name}", f"-Wl,-rpath,{lib}"]
     subprocess.run(
-        ["cc", "-O2", f"-I{lib}", "-include", f"{name}.h", f"-DMODEL={name}", str(MAIN), *link, "-o", str(out)],
+        ["cc", "-O2", f"-I{lib}", "-include", f"{name}.h", f"-DMODEL={name}", str(main), *link, "-o", str(out)],
         check=True,
     )
     return out
@@ -844,10 +845,47 @@ def test_a_library_for_another_cpu_refuses_to_run(tmp_path, built):
     api = Api(tmp_path / "lib", "digits_cnn")
     status, model = api.create(ckpt)
     assert status == STATUS["DLC_ERROR_CPU"]
-    assert f"built for {missing}" in api.error(model) and "this CPU lacks" in api.error(model)
+    from dlc.runtime.deploy.build import CHECKED, TARGETS
+
+    runs = next(  # the most capable x86-64 target whose every feature this CPU has: what create names
+        t
+        for t in ("amx", "avx512bf16", "avx512", "avx2")
+        if all(jit.host_has(f[1:]) for f in TARGETS[t][2].split(",") if f[1:] in CHECKED)
+    )
+    assert api.error(model).startswith(f"this library was built for {missing} (dlc build --target {missing}), ")
+    assert api.error(model).endswith(f": build it for --target {runs}, which this CPU runs"), api.error(model)
     x = np.zeros((1, 1, 8, 8), np.float32)
     assert api.predict(model, x, x.shape, 10)[0] == STATUS["DLC_ERROR_CPU"]
     api.f("destroy")(model)
+
+
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="needs qemu-x86_64 (apt install qemu-user)")
+def test_an_emulated_cpu_is_told_the_target_that_runs_on_it(built, tmp_path):
+    """An avx512 library on an emulated Haswell (AVX2, no AVX-512) names avx2, whose library
+    runs there; on qemu64 (no SSSE3) it says that no target does, the least (avx2) lacking it too."""
+    _, ckpt = built("digits_cnn")
+    programs = {}
+    for target in ("avx512", "avx2"):
+        dlc("build", ROOT / "examples" / "digits_cnn.dl", "--target", target, "-o", tmp_path / target)
+        programs[target] = compile_main(tmp_path / target, "digits_cnn", tmp_path / target / "calls", main=CALLS)
+
+    def create(target: str, cpu: str) -> str:
+        r = subprocess.run(
+            ["qemu-x86_64", "-cpu", cpu, str(programs[target])],
+            input=f"create {ckpt}\n",
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    lead = "4 this library was built for avx512 (dlc build --target avx512), and this CPU lacks "
+    assert create("avx512", "Haswell") == lead + "avx512f: build it for --target avx2, which this CPU runs"
+    assert create("avx2", "Haswell") == "0"
+    assert create("avx512", "qemu64") == lead + (
+        "ssse3: none of dlc build's targets runs on it (the least, avx2, needs ssse3); a build on this machine "
+        "(--target host) compiles for what it has"
+    )
 
 
 def test_a_host_call_cannot_go_in_a_library():

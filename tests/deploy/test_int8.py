@@ -119,3 +119,31 @@ def test_build_int8_refuses_hostile_quantized_checkpoints_and_wrong_flags(librar
     ):
         r = dlc("build", DIGITS, *flags, "-o", tmp_path / "lib")
         assert r.returncode != 0 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_float32_build_of_a_quantized_checkpoint_reads_its_float32_parameters_as_predict_does(library, tmp_path):
+    """Without --int8 a quantized checkpoint's float32 parameters are the weights: dlc build,
+    the library's create and dlc predict and eval read them alike, the three commands saying so;
+    the library's outputs are dlc predict's, and those are the float32 checkpoint's."""
+    _, q = library
+    note = f"note: {q} is a quantized checkpoint: without --int8 its float32 parameters are the weights"
+    r = dlc("build", DIGITS, "--weights", q, "-o", tmp_path / "lib")
+    assert r.returncode == 0 and note in r.stderr, r.stderr
+    api = Api(tmp_path / "lib", "digits_cnn")
+    status, model = api.create(q)
+    assert status == 0, api.error(model)
+    x = inputs("digits_cnn", 5)
+    status, y, _ = api.predict(model, x, x.shape, 50)
+    assert status == 0, api.error(model)
+    api.f("destroy")(model)
+    np.savez(tmp_path / "x.npz", x=x)
+    r = dlc("predict", DIGITS, "--weights", q, "--data", tmp_path / "x.npz", "--output", tmp_path / "p.npz")
+    assert r.returncode == 0 and note in r.stderr, r.stderr
+    want = np.load(tmp_path / "p.npz")["probs"]
+    assert y[:50].tobytes() == want.tobytes()
+    float32 = DlcModel(str(DIGITS), backend="native").load_weights(q.parent / "weights.npz")
+    assert want.tobytes() == float32.predict({"x": x})["probs"].tobytes()
+    r = dlc("eval", DIGITS, "--weights", q)
+    assert r.returncode == 0 and note in r.stderr, r.stderr
+    r = dlc("eval", DIGITS, "--weights", q, "--int8")
+    assert r.returncode == 0 and "note:" not in r.stderr, r.stderr

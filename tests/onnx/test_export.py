@@ -355,6 +355,38 @@ def test_save_onnx_writes_a_file_onnxruntime_reads(tmp_path):
     assert run_onnx(proto, {"x": np.ones((3, 4, 3), np.float32)})["y"].shape == (3, 1)
 
 
+@pytest.mark.parametrize("example", ["digits_cnn", "transformer_classifier"])
+def test_onnxruntimes_quantization_preprocessing_reads_the_export(example, tmp_path, monkeypatch):
+    """onnxruntime's quant_pre_process (its symbolic shape inference, then its graph optimizer
+    and ONNX's shape inference), which its quantize_static asks for first, takes the export of a
+    CNN (a softmax's maximum) and of a transformer (positions cut to T, attention): every value
+    gets a shape, its dims B and T kept as the inputs name them, and the processed model gives
+    dlc's predictions at two sizes."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.tools.symbolic_shape_infer import get_shape_from_value_info
+
+    monkeypatch.chdir(tmp_path)  # where onnxruntime leaves the temporary file of a failed inference
+    m = DlcModel(str(Path(__file__).parents[2] / "examples" / f"{example}.dl"), backend="reference")
+    m.params = initial_params(m.train_model, m.eval_model)
+    save_onnx(m.eval_model, m.params, tmp_path / "model.onnx")
+    quant_pre_process(str(tmp_path / "model.onnx"), str(tmp_path / "pre.onnx"), skip_optimization=True)
+    graph = onnx.load(str(tmp_path / "pre.onnx")).graph
+    shapes = {v.name: get_shape_from_value_info(v) for v in list(graph.value_info) + list(graph.output)}
+    made = [o for node in graph.node for o in node.output]
+    assert made and all(shapes.get(o) is not None for o in made), [o for o in made if shapes.get(o) is None]
+    dims = {d for o in made for d in shapes[o] if isinstance(d, str)}
+    # polynomials of B and T (B*T), none that onnxruntime had to make up (unk__0) or bound (Min(64, T))
+    assert {"B", "T"} & dims and all(re.fullmatch(r"[BT0-9*+ -]+", d) for d in dims), dims
+    quant_pre_process(str(tmp_path / "model.onnx"), str(tmp_path / "optimized.onnx"))  # with the optimizer
+    for k, sizes in enumerate(SIZES):
+        feeds = float32_feeds(m.eval_model, sizes, seed=k)
+        ref = m.predict(feeds)
+        for processed in ("pre.onnx", "optimized.onnx"):
+            got = run_onnx(onnx.load(str(tmp_path / processed)), feeds)
+            for name in ref:
+                assert_close(got[name], ref[name], f"{example} {name} at {sizes}, {processed}")
+
+
 # ---- errors -----------------------------------------------------------------------------------------------------
 def test_a_random_draw_is_refused_at_its_line():
     program = load_text(

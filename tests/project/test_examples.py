@@ -144,6 +144,7 @@ def test_every_example_trains_one_epoch_offline(path, tmp_path, capsys, fake_fet
         ("bilstm_tagger", "val_accuracy", 0.93),
         ("transformer_classifier", "val_accuracy", 0.95),
         ("flowers_table", "val_accuracy", 0.9),
+        ("text_classifier", "val_accuracy", 0.93),
     ],
 )
 def test_example_reaches_the_result_its_header_states(name, metric, at_least, tmp_path, capsys):

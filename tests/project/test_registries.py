@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dlc.runtime.data import files, images, photos, registry, synthetic, tables, text
+from dlc.runtime.data import files, images, photos, registry, synthetic, tables, text, text_tables
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime import optim
 from dlc.runtime.optim.optimizer import Optimizer
@@ -47,7 +47,7 @@ def test_every_optimizer_is_documented_with_its_options(name):
 def source_functions() -> dict:
     """The functions of the source modules that make a data set from a call: (base_dir, args) -> Dataset."""
     found = {}
-    for module in (files, images, photos, synthetic, tables, text):
+    for module in (files, images, photos, synthetic, tables, text, text_tables):
         for name, f in inspect.getmembers(module, inspect.isfunction):
             if (
                 f.__module__ == module.__name__

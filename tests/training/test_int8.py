@@ -243,3 +243,31 @@ def test_the_train_block_quantizes_the_run_into_int8_npz(tmp_path, capsys):
     assert main(["eval", str(path), "--weights", str(tmp_path / "run" / "int8.npz"), "--int8"]) == 0
     path.write_text(SMALL.replace("observer = percentile", "observer = median"))
     assert "'observer' must be one of minmax, percentile" in failure(["check", str(path)], capsys)
+
+
+def test_a_comment_or_blank_line_keeps_a_quantization_and_a_layers_size_does_not(tmp_path):
+    """The quantized checkpoint is stamped with the graph its scales were calibrated in, not the
+    text: a file with comments, blank lines and other spacing added predicts in int8 with it,
+    the same bits; one whose dense layer is narrower is refused as another version of the model."""
+    from dlc.compiler.frontend.loader import load
+    from dlc.compiler.errors import DlcError
+    from dlc.runtime.interop import quantized
+    from dlc.runtime.training.trainer import initial_parameters
+
+    checkpoint.save(tmp_path / "w.npz", initial_parameters(load(DIGITS).build(None, training=False), 7), {}, {})
+    model = dlc.load(DIGITS, weights=tmp_path / "w.npz").quantize(calibrate=2)
+    model.save(tmp_path / "q.npz")
+    text = Path(DIGITS).read_text()
+    edited = tmp_path / "edited" / "digits_cnn.dl"
+    edited.parent.mkdir()
+    edited.write_text(
+        "# a comment line added above\n\n"
+        + text.replace("    s2 = maxpool2d(c1, 2)", "\n    # the first pooling\n    s2   =   maxpool2d( c1 , 2 )")
+    )
+    x = {"x": np.random.default_rng(0).uniform(0, 1, (5, 1, 8, 8)).astype(np.float32)}
+    again = dlc.load(str(edited), weights=tmp_path / "q.npz")
+    assert again.predict(x, int8=True)["probs"].tobytes() == model.predict(x, int8=True)["probs"].tobytes()
+    narrower = tmp_path / "narrower.dl"
+    narrower.write_text(text.replace("flatten(s4), 0.25), 64, relu)", "flatten(s4), 0.25), 48, relu)"))
+    with pytest.raises(DlcError, match="quantized from another version of model digits_cnn"):
+        quantized.load(tmp_path / "q.npz", load(narrower).build(None, training=False), narrower.read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from dlc.compiler.native.codegen import jit
@@ -92,6 +93,8 @@ def run(args):
         transform=args.transform,
         int8=args.int8,
     )
+    for note in built.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"wrote {', '.join(str(f) for f in built.files)}")
     print(
         f"target {built.target}, weights {'embedded' if built.embedded else 'read from a checkpoint at create'}, "

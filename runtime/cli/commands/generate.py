@@ -1,4 +1,5 @@
-"""`dlc generate`: continue a text prompt with a trained character model."""
+"""`dlc generate`: continue a text prompt with a trained character model, or a token model by the
+tokenizer its checkpoint keeps."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dlc.runtime.api import _sequence_inputs
 from dlc.runtime.cli.arguments import model_arguments, whole, positive, real, seed_number, WEIGHTS_HELP
 from dlc.runtime.cli.trained import weighted_model
 
-HELP = 'continue a text prompt with a trained character model'
+HELP = 'continue a text prompt with a trained character or token model'
 
 
 def arguments(p):
@@ -27,7 +28,8 @@ def arguments(p):
         type=whole(0),
         default=200,
         metavar="N",
-        help="characters to generate; an encoder-decoder's most tokens, EOS included (default 200)",
+        help="characters to generate (tokens, for a model trained with a tokenizer); an encoder-decoder's most "
+        "tokens, EOS included (default 200)",
     )
     p.add_argument(
         "--temperature",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +19,22 @@ HELP = 'run trained weights on inputs and write the outputs'
 def arguments(p):
     model_arguments(p, backend=True)
     p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
-    p.add_argument(
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument(
         "--data",
         "--input",
         dest="data",
-        required=True,
         metavar="PATH",
         help='a file path: .npz (arrays by input name), .csv, .txt, or a table (.parquet, .arrow, '
         '.feather, a folder of them); a photo (.jpg, .png, ...) or a folder of photos, whose top '
         'classes are printed; or a source, e.g. "digits()" (--input is the older name)',
+    )
+    given.add_argument(
+        "--text",
+        action="append",
+        metavar="TEXT",
+        help="a text to classify (repeat for more), encoded by the tokenizer the weights were trained with; "
+        "a classifier's best classes are printed by name",
     )
     p.add_argument(
         "--output",
@@ -44,11 +52,16 @@ def arguments(p):
 
 def run(args):
     model = weighted_model(args)
-    photos = photo_paths(args.data)
-    outputs = model.predict(photos or args.data, args.batch, int8=args.int8)
-    if photos:  # a classifier's first output: each photo's best classes by name
-        for photo, best in zip(photos, model.top_classes(next(iter(outputs.values())))):
-            print(f"{photo}: " + "  ".join(f"{name} {score:.3f}" for name, score in best))
+    photos = photo_paths(args.data) if args.text is None else None
+    if args.text is not None:
+        outputs = model.predict(text=args.text, batch=args.batch, int8=args.int8)
+    else:
+        outputs = model.predict(photos or args.data, args.batch, int8=args.int8)
+    named = args.text is not None and model.meta.get("meta", {}).get("class_names")
+    shown = [json.dumps(t, ensure_ascii=False) for t in args.text] if named else photos
+    if shown:  # a classifier's first output: each photo's or text's best classes by name
+        for item, best in zip(shown, model.top_classes(next(iter(outputs.values())))):
+            print(f"{item}: " + "  ".join(f"{name} {score:.3f}" for name, score in best))
     path = Path(args.output)
     label, classes = model.classes() or (None, [])
     by_class = [k for k, v in outputs.items() if classes and v.ndim == 2 and v.shape[1] == len(classes)]

@@ -1,0 +1,48 @@
+"""`dlc tokenizer train`: a subword tokenizer trained on a corpus, written as a tokenizer.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dlc.compiler.errors import DlcError
+from dlc.runtime.cli.arguments import positive
+from dlc.runtime.data.tokenizer import KINDS, train
+
+HELP = "train a subword tokenizer (BPE, WordPiece, Unigram) on text files: a tokenizer.json"
+
+
+def arguments(p):
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True, help="train")
+    t = actions.add_parser("train", help="train a tokenizer on UTF-8 text files and write its tokenizer.json")
+    t.add_argument("files", nargs="+", metavar="CORPUS", help="UTF-8 text files to learn the tokens of")
+    t.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="bpe",
+        help="bpe: byte-level BPE as GPT-2's (default); wordpiece: BERT's, with [CLS] ... [SEP]; "
+        "unigram: SentencePiece's, with <s> ... </s>",
+    )
+    t.add_argument("--vocab", type=positive, default=8000, metavar="N", help="at most N tokens (default 8000)")
+    t.add_argument(
+        "--min-frequency",
+        dest="min_frequency",
+        type=positive,
+        default=2,
+        metavar="N",
+        help="a merge (BPE, WordPiece) is learnt from pairs seen at least N times (default 2)",
+    )
+    t.add_argument("--lower", action="store_true", help="lowercase the text first (the tokenizer then always does)")
+    t.add_argument("-o", "--output", required=True, metavar="FILE", help="the tokenizer.json to write")
+
+
+def run(args):
+    for f in args.files:
+        if not Path(f).is_file():
+            raise DlcError(f"{f}: no such corpus file")
+    tok = train(args.files, args.kind, args.vocab, args.lower, args.min_frequency)
+    out = Path(args.output)
+    try:
+        tok.tok.save(str(out))
+    except Exception as e:  # the library's error writing the file
+        raise DlcError(f"cannot write {out}: {e}") from None
+    print(f"wrote {out}: a {args.kind} tokenizer of {tok.vocab_size} tokens, padding with {tok.pad_rule}")
