@@ -12,7 +12,9 @@ translation between the folder's config and tensors and a `.dl` program and its 
 `program` may take keywords too, which it is given when it declares them: `name` (the model's
 name, the output file's stem), `as_def` (`--def`: the model's body as a def another file calls),
 `source` (the folder's name, for the program's first comment), `weights` (the checkpoint the
-train block starts from) and `tokenizer` (the tokenizer file beside the program). The registry is the
+train block starts from), `tokenizer` (the tokenizer file beside the program) and `preprocessor`
+(preprocessor_config.json's settings, or None). An image family declares `image(config,
+preprocessor)` too: the photos' size and normalization the checkpoint keeps for `dlc predict`. The registry is the
 package's modules that declare MODEL_TYPES, found when first asked for: a family is added by
 adding its module.
 """
@@ -90,7 +92,8 @@ def model_name(stem: str) -> str:
 class ImportedFolder:
     """A folder imported: the program, its parameters by dlc name, the config export writes
     back (the folder's, with `architectures` the imported one), the class names of a
-    classifier's labels (id2label), and the folder's input files by name."""
+    classifier's labels (id2label), the folder's input files by name, and an image model's
+    photos' settings (images(...)'s size, mean and std)."""
 
     name: str
     architecture: str
@@ -99,6 +102,7 @@ class ImportedFolder:
     config: dict
     class_names: list | None = None
     files: dict = field(default_factory=dict)
+    image: dict | None = None
     unused: list = field(default_factory=list, kw_only=True)  # the folder's tensors the program has no place for
 
 
@@ -109,28 +113,31 @@ def import_folder(
     named `name`; `as_def`: the model's body as a def another file calls (`--def`); `weights`:
     the checkpoint's file name, which the train block starts from (`init_from`); `stem`: the
     program file's (default `name`), which names the input files kept beside it (STEM.tokenizer.json)."""
-    from dlc.compiler.huggingface.folder import TOKENIZER, read_folder
+    from dlc.compiler.huggingface.folder import PREPROCESSOR, TOKENIZER, read_folder, read_settings
 
     folder = read_folder(path)
     module = family(folder.config)
     architecture, head = head_of(folder.config, module)
     asked = inspect.signature(module.program).parameters
     tokenizer = f"{stem or name}.{TOKENIZER}" if TOKENIZER in folder.files else None
+    preprocessor = read_settings(folder.files[PREPROCESSOR]) if PREPROCESSOR in folder.files else None
     given = {"name": name, "as_def": as_def, "source": folder.path.name, "weights": weights, "tokenizer": tokenizer}
+    given["preprocessor"] = preprocessor
     if as_def and "as_def" not in asked:
         raise DlcError(f"--def is not available for {folder.config['model_type']} models yet")
     text = module.program(folder.config, head, **{k: v for k, v in given.items() if k in asked})
     weights = module.weights(folder.config, folder.tensors, head)
     config = dict(folder.config) | {"architectures": [architecture]}
+    image = module.image(folder.config, preprocessor) if hasattr(module, "image") else None
     names = class_names(folder.config, head)
     unused = folder.tensors.unread()
-    return ImportedFolder(name, architecture, text, weights, config, names, folder.files, unused=unused)
+    return ImportedFolder(name, architecture, text, weights, config, names, folder.files, image, unused=unused)
 
 
 def class_names(config, head: str) -> list | None:
     """A classifier's label names by id (id2label), or None for a model without labels or
     whose names are transformers' defaults (LABEL_0, ...)."""
-    if head not in ("sequence", "token") or not isinstance(config.get("id2label"), dict):
+    if head not in ("sequence", "token", "image") or not isinstance(config.get("id2label"), dict):
         return None
     labels = config["id2label"]
     names = [str(labels.get(str(i), labels.get(i, ""))) for i in range(len(labels))]

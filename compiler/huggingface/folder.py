@@ -20,6 +20,7 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 TOKENIZER = "tokenizer.json"
+PREPROCESSOR = "preprocessor_config.json"  # an image model's: the photos' size, crop, mean and std
 
 
 class Config(dict):
@@ -46,7 +47,7 @@ def read_folder(path) -> Folder:
     if not path.is_dir():
         raise DlcError(f"no such folder: {path}" if not path.exists() else f"{path} is not a folder")
     config = read_config(path / CONFIG)
-    files = {name: path / name for name in (TOKENIZER,) if (path / name).is_file()}
+    files = {name: path / name for name in (TOKENIZER, PREPROCESSOR) if (path / name).is_file()}
     if TOKENIZER in files and isinstance(config.get("vocab_size"), int):
         check_tokenizer(files[TOKENIZER], config["vocab_size"])
     return Folder(path, config, read_tensors(path), files)
@@ -76,13 +77,18 @@ def read_config(path: Path) -> Config:
             f"{path.parent} has no {CONFIG}: a Hugging Face model folder holds its config.json "
             "beside model.safetensors (save_pretrained writes both)"
         )
+    return Config(read_settings(path), str(path))
+
+
+def read_settings(path: Path) -> dict:
+    """The object of settings of a JSON file (config.json, preprocessor_config.json)."""
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DlcError(f"{path} is not readable JSON ({e})") from None
     if not isinstance(settings, dict):
         raise DlcError(f"{path} holds a JSON {type(settings).__name__}, not an object of settings")
-    return Config(settings, str(path))
+    return settings
 
 
 class Tensors(dict):

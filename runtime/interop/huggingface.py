@@ -3,11 +3,12 @@ written beside its program, and a model's weights written back as a folder that
 `transformers` loads.
 
 `dlc import FOLDER -o OUT.dl` writes OUT.dl, its checkpoint OUT.npz (the label names of a
-classifier in its metadata, as a data source's class names), OUT.config.json (the folder's
-config, which export writes back, with the imported architecture) and, when the folder has
-one, OUT.tokenizer.json. `dlc export OUT.dl --format huggingface -o FOLDER` reads
+classifier in its metadata, as a data source's class names, and an image model's photos'
+size and normalization), OUT.config.json (the folder's config, which export writes back, with
+the imported architecture) and, when the folder has them, OUT.tokenizer.json and
+OUT.preprocessor_config.json. `dlc export OUT.dl --format huggingface -o FOLDER` reads
 OUT.config.json beside the program and writes config.json and model.safetensors in the
-original names and layouts (and tokenizer.json).
+original names and layouts (and tokenizer.json, preprocessor_config.json).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from dlc.compiler.errors import DlcError, plural
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.huggingface import family, head_of, import_folder, model_name
-from dlc.compiler.huggingface.folder import CONFIG, TOKENIZER, WEIGHTS, Config, safetensors_package
+from dlc.compiler.huggingface.folder import CONFIG, PREPROCESSOR, TOKENIZER, WEIGHTS, Config, safetensors_package
 from dlc.runtime.interop import checkpoint
 
 CONFIG_SUFFIX = ".config.json"  # OUT.dl's config: OUT.config.json
@@ -33,8 +34,9 @@ def config_path(program: Path) -> Path:
     return program.with_name(program.stem + CONFIG_SUFFIX)
 
 
-def tokenizer_path(program: Path) -> Path:
-    return program.with_name(f"{program.stem}.{TOKENIZER}")
+def beside(program: Path, name: str) -> Path:
+    """PROGRAM.NAME: a folder's input file (tokenizer.json, preprocessor_config.json) beside the program."""
+    return program.with_name(f"{program.stem}.{name}")
 
 
 def save_import(folder, out, weights=None, as_def: bool = False) -> list:
@@ -55,8 +57,9 @@ def save_import(folder, out, weights=None, as_def: bool = False) -> list:
     params = checkpoint.conform(weights, imported.weights, model.params)
     _write_text(out, imported.text)
     meta = {"model": imported.name, "source_hash": checkpoint.source_hash(imported.text)}
-    if imported.class_names:
-        meta["meta"] = {"class_names": imported.class_names}
+    kept = {"class_names": imported.class_names, "image": imported.image}  # what predict names and reads photos by
+    if any(kept.values()):
+        meta["meta"] = {k: v for k, v in kept.items() if v}
     checkpoint.save(weights, params, {}, meta)
     _write_text(config_path(out), json.dumps(imported.config, indent=2))
     said = [
@@ -71,9 +74,9 @@ def save_import(folder, out, weights=None, as_def: bool = False) -> list:
             + (f" and {len(imported.unused) - 6} more" if len(imported.unused) > 6 else ""),
             file=sys.stderr,
         )
-    if TOKENIZER in imported.files:
-        _copy(imported.files[TOKENIZER], tokenizer_path(out))
-        said.append(f"wrote {tokenizer_path(out)}")
+    for name, path in imported.files.items():
+        _copy(path, beside(out, name))
+        said.append(f"wrote {beside(out, name)}")
     return said
 
 
@@ -108,9 +111,10 @@ def save_folder(program: Path, params: dict, folder) -> list:
         raise DlcError(f"cannot write {folder / WEIGHTS}: {e}") from None
     _write_text(folder / CONFIG, json.dumps(dict(config), indent=2))
     written = [folder / CONFIG, folder / WEIGHTS]
-    if tokenizer_path(program).is_file():
-        _copy(tokenizer_path(program), folder / TOKENIZER)
-        written.append(folder / TOKENIZER)
+    for name in (TOKENIZER, PREPROCESSOR):
+        if beside(program, name).is_file():
+            _copy(beside(program, name), folder / name)
+            written.append(folder / name)
     return written
 
 
