@@ -26,8 +26,14 @@ MODEL_TYPES = ("gpt2",)
 HEADS = {"GPT2Model": "base", "GPT2LMHeadModel": "causal_lm"}
 
 # the activations `transformers` names in `activation_function`, as the library's
-ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact", "relu": "relu", "silu": "silu",
-               "swish": "silu"}
+ACTIVATIONS = {
+    "gelu_new": "gelu",
+    "gelu_pytorch_tanh": "gelu",
+    "gelu": "gelu_exact",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
 
 # config keys whose other values change the computation in ways the program does not write
 UNSUPPORTED = {
