@@ -1,5 +1,6 @@
 """dlc: a compiler for neural networks written in the .dl language. The Python API
-(docs/api.md): `dlc.load` gives a model to train, evaluate, predict with, save and export;
+(docs/api.md): `dlc.load` gives a model to train, evaluate, predict with, save and export, `dlc.import_folder`
+one imported from a Hugging Face folder;
 `dlc.Callback` and `dlc.StopTraining` are for the callbacks of its training."""
 
 __version__ = "0.1.0"
@@ -9,6 +10,7 @@ __version__ = "0.1.0"
 # whose import first runs this one, is in an import cycle with the runtime
 PUBLIC = {
     "load": "dlc.runtime.api",
+    "import_folder": "dlc.runtime.api",
     "Callback": "dlc.runtime.training.callbacks",
     "StopTraining": "dlc.runtime.training.callbacks",
 }

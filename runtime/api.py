@@ -41,6 +41,7 @@ from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.engines.reference import predict_graph
 from dlc.runtime.interop import checkpoint, quantized
+from dlc.runtime.interop.huggingface import end_token, tokenizer_path
 from dlc.runtime.training.callbacks import Callback, StopTraining
 from dlc.runtime.training.summarize import summary_settings, summary_text
 from dlc.runtime.training.config import make_config
@@ -443,7 +444,7 @@ class DlcModel:
         prompts = list(prompt) if many else [prompt]
         tokenizer = self.tokenizer() if any(isinstance(p, str) for p in prompts) else None
         ids = [tokenizer.encode(p).ids if isinstance(p, str) else [int(t) for t in p] for p in prompts]
-        eos = self.meta.get("meta", {}).get("eos")
+        eos = end_token(Path(self.path))
         decoding.check(length, eos, **options)
         if len({len(i) for i in ids}) != 1 or not ids[0]:
             raise DlcError(
@@ -493,13 +494,13 @@ class DlcModel:
         return next_log_probs
 
     def tokenizer(self):
-        """The tokenizer of a token model's text: the tokenizer.json beside its program (`dlc import`
-        writes the Hugging Face folder's there), read by the `tokenizers` package."""
-        path = Path(self.path).with_name("tokenizer.json")
+        """The tokenizer of a token model's text: OUT.tokenizer.json beside its program OUT.dl (where
+        `dlc import` writes the Hugging Face folder's tokenizer.json), read by the `tokenizers` package."""
+        path = tokenizer_path(Path(self.path))
         if not path.is_file():
             raise DlcError(
-                f"{self.name} reads token ids and {path} does not exist: put the model's tokenizer.json there, "
-                "or give the prompt as token ids"
+                f"{self.name} reads token ids and {path} does not exist: put the model's tokenizer.json there "
+                "(dlc import FOLDER copies the folder's), or give the prompt as token ids"
             )
         tokenizers = optional_package("tokenizers", "text", "reading a tokenizer.json")
         try:
@@ -669,3 +670,20 @@ def load(
     run the model), "native" or "reference"."""
     m = DlcModel(path, model, backend)
     return m.load_weights(weights) if weights is not None else m
+
+
+def import_folder(
+    folder: str | Path,
+    output: str | Path,
+    weights: str | Path | None = None,
+    as_def: bool = False,
+    backend: str = "auto",
+) -> DlcModel:
+    """`dlc import FOLDER -o OUTPUT`: the Hugging Face model folder at `folder` written as the
+    program `output` (.dl), its checkpoint (`weights`, default OUTPUT.npz), the config that
+    export writes back and the folder's tokenizer beside it; the imported model, with its weights."""
+    from dlc.runtime.interop.huggingface import save_import
+
+    weights = Path(weights) if weights else Path(output).with_suffix(".npz")
+    save_import(folder, output, weights, as_def)
+    return load(output, weights=weights, backend=backend)

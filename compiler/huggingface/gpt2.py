@@ -21,96 +21,155 @@ from __future__ import annotations
 import numpy as np
 
 from dlc.compiler.errors import DlcError
+from dlc.compiler.huggingface.folder import ACTIVATIONS, refuse, setting, take
 
 MODEL_TYPES = ("gpt2",)
 HEADS = {"GPT2Model": "base", "GPT2LMHeadModel": "causal_lm"}
 
-# the activations `transformers` names in `activation_function`, as the library's
-ACTIVATIONS = {
-    "gelu_new": "gelu",
-    "gelu_pytorch_tanh": "gelu",
-    "gelu": "gelu_exact",
-    "relu": "relu",
-    "silu": "silu",
-    "swish": "silu",
+# config keys whose other values change the computation in ways the program does not write, and what they mean
+FIXED = {
+    "scale_attn_weights": (True, "attention scores not scaled by 1 / sqrt(head width)"),
+    "scale_attn_by_inverse_layer_idx": (False, "attention scores scaled by 1 / (layer + 1) too"),
+    "reorder_and_upcast_attn": (False, "the attention computed in another order"),
+    "add_cross_attention": (False, "cross-attention over an encoder's states"),
 }
 
-# config keys whose other values change the computation in ways the program does not write
-UNSUPPORTED = {
-    "scale_attn_by_inverse_layer_idx": False,
-    "reorder_and_upcast_attn": False,
-    "add_cross_attention": False,
-    "scale_attn_weights": True,
-}
-
-# the Hugging Face name of each parameter of a block, by its dlc name (under h.{i}.)
+# the Hugging Face name of each parameter of a block (under h.{i}.), by its dlc name, and its shape
 BLOCK = {
-    "ln_1.gamma": "ln_1.weight",
-    "ln_1.beta": "ln_1.bias",
-    "attn.c_attn.W": "attn.c_attn.weight",
-    "attn.c_attn.b": "attn.c_attn.bias",
-    "attn.c_proj.W": "attn.c_proj.weight",
-    "attn.c_proj.b": "attn.c_proj.bias",
-    "ln_2.gamma": "ln_2.weight",
-    "ln_2.beta": "ln_2.bias",
-    "mlp.c_fc.W": "mlp.c_fc.weight",
-    "mlp.c_fc.b": "mlp.c_fc.bias",
-    "mlp.c_proj.W": "mlp.c_proj.weight",
-    "mlp.c_proj.b": "mlp.c_proj.bias",
+    "ln_1.gamma": ("ln_1.weight", lambda s: (s.width,)),
+    "ln_1.beta": ("ln_1.bias", lambda s: (s.width,)),
+    "attn.c_attn.W": ("attn.c_attn.weight", lambda s: (s.width, 3 * s.width)),
+    "attn.c_attn.b": ("attn.c_attn.bias", lambda s: (3 * s.width,)),
+    "attn.c_proj.W": ("attn.c_proj.weight", lambda s: (s.width, s.width)),
+    "attn.c_proj.b": ("attn.c_proj.bias", lambda s: (s.width,)),
+    "ln_2.gamma": ("ln_2.weight", lambda s: (s.width,)),
+    "ln_2.beta": ("ln_2.bias", lambda s: (s.width,)),
+    "mlp.c_fc.W": ("mlp.c_fc.weight", lambda s: (s.width, s.inner)),
+    "mlp.c_fc.b": ("mlp.c_fc.bias", lambda s: (s.inner,)),
+    "mlp.c_proj.W": ("mlp.c_proj.weight", lambda s: (s.inner, s.width)),
+    "mlp.c_proj.b": ("mlp.c_proj.bias", lambda s: (s.width,)),
 }
 
 
 class Shape:
     """The numbers of a GPT-2 config the program is written with, checked."""
 
-    def __init__(self, config: dict):
-        def number(key, default=None, kind=int):
-            value = config.get(key, default)
-            if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise DlcError(f"config.json: '{key}' must be a whole number of at least 1, got {value!r}")
-            if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
-                raise DlcError(f"config.json: '{key}' must be a number of at least 0, got {value!r}")
-            return value
-
-        self.vocab = number("vocab_size")
-        self.positions = number("n_positions")
-        self.width = number("n_embd")
-        self.layers = number("n_layer")
-        self.heads = number("n_head")
-        inner = config.get("n_inner")
-        self.inner = 4 * self.width if inner is None else number("n_inner")
+    def __init__(self, config):
+        positive, rate = (lambda v: v > 0), (lambda v: 0 <= v < 1)
+        whole = dict(check=positive, why="a whole number of at least 1")
+        self.vocab = setting(config, "vocab_size", **whole)
+        self.positions = setting(config, "n_positions", **whole)
+        self.width = setting(config, "n_embd", **whole)
+        self.layers = setting(config, "n_layer", **whole)
+        self.heads = setting(config, "n_head", **whole)
+        self.inner = setting(config, "n_inner", default=4 * self.width, **whole)
         if self.width % self.heads:
-            raise DlcError(f"config.json: 'n_embd' ({self.width}) must be a multiple of 'n_head' ({self.heads})")
-        self.eps = number("layer_norm_epsilon", 1e-5, float)
-        self.rates = {key: number(key, 0.1, float) for key in ("embd_pdrop", "attn_pdrop", "resid_pdrop")}
-        for key, rate in self.rates.items():
-            if rate >= 1:
-                raise DlcError(f"config.json: '{key}' is a dropout rate, below 1, got {rate!r}")
-        act = config.get("activation_function", "gelu_new")
+            refuse(config, "n_embd", self.width, f"not a multiple of n_head, {self.heads}")
+        self.eps = setting(config, "layer_norm_epsilon", float, 1e-5, positive, "a number above 0")
+        self.rates = {
+            key: setting(config, key, float, 0.1, rate, "a dropout rate, from 0 to below 1")
+            for key in ("embd_pdrop", "attn_pdrop", "resid_pdrop")
+        }
+        act = setting(config, "activation_function", str, "gelu_new")
         if act not in ACTIVATIONS:
-            raise DlcError(
-                f"config.json: 'activation_function' {act!r} is not one dlc writes: {', '.join(ACTIVATIONS)}"
-            )
+            refuse(config, "activation_function", act, f"dlc imports the activations {', '.join(ACTIVATIONS)}")
         self.act = ACTIVATIONS[act]
-        for key, value in UNSUPPORTED.items():
+        for key, (value, meaning) in FIXED.items():
             if config.get(key, value) != value:
-                raise DlcError(f"config.json: '{key}': {config[key]!r} is not supported (only {value!r})")
-        self.tied = config.get("tie_word_embeddings", True) is not False
+                refuse(config, key, config[key], meaning)
+        self.tied = setting(config, "tie_word_embeddings", bool, True)
         self.head_width = self.width // self.heads
 
 
-def program(config: dict, head: str, name: str = "gpt2") -> str:
-    """The .dl program of a GPT-2 config: the block, the step model and the whole model."""
+# the blocks both models are made of; ACT is the config's activation
+BLOCKS = """
+# causal self-attention: queries, keys and values by one dense (c_attn), the heads, c_proj; with a
+# cache, the keys and values [B, HEADS, S, HEAD_WIDTH] of the positions before come first.
+# Returns the output and this call's keys and values
+def gpt2_attention(x: f32[B, T, D], mask, past_k = none, past_v = none) {
+    q, k, v = split(dense(x, 3 * D, name = "c_attn"), 3, axis = -1)
+    q = transpose(reshape(q, B, T, HEADS, HEAD_WIDTH), 0, 2, 1, 3)
+    k = transpose(reshape(k, B, T, HEADS, HEAD_WIDTH), 0, 2, 1, 3)
+    v = transpose(reshape(v, B, T, HEADS, HEAD_WIDTH), 0, 2, 1, 3)
+    keys = k
+    values = v
+    if not is_none(past_k) {
+        keys = concat(past_k, k, axis = 2)
+        values = concat(past_v, v, axis = 2)
+    }
+    o = scaled_dot_product_attention(q, keys, values, mask, ATTENTION_DROPOUT)
+    o = dense(reshape(transpose(o, 0, 2, 1, 3), B, T, D), D, name = "c_proj")
+    return dropout(o, RESIDUAL_DROPOUT), k, v
+}
+
+def gpt2_mlp(x: f32[B, T, D]) {
+    inner = dense(x, INNER, ACT, name = "c_fc")
+    return dense(inner, D, name = "c_proj")
+}
+
+# a pre-norm block: the attention and the MLP, each added to the residual stream
+def gpt2_block(x: f32[B, T, D], mask, past_k = none, past_v = none) {
+    a, k, v = gpt2_attention(layernorm(x, EPS, name = "ln_1"), mask, past_k, past_v, name = "attn")
+    x = x + a
+    m = gpt2_mlp(layernorm(x, EPS, name = "ln_2"), name = "mlp")
+    return x + dropout(m, RESIDUAL_DROPOUT), k, v
+}
+"""
+
+# the token of each row at position `length`, given the keys and values of the `length` positions
+# before it in a cache of S (runtime/kv_cache.py); LOGITS is the head's projection of h
+STEP = """
+# one new token per row: its logits, and its keys and values, which the cache takes at `length`
+model NAME_step {
+    input  ids: i32[B, 1]
+    input  length: i32[B]
+    input  past_k: f32[LAYERS, B, HEADS, S, HEAD_WIDTH]
+    input  past_v: f32[LAYERS, B, HEADS, S, HEAD_WIDTH]
+    wte = embedding(ids, VOCAB, WIDTH, init = normal_std(0.02))
+    param  wpe: f32[POSITIONS, WIDTH] = normal_std(0.02)
+    h = wte + gather(wpe, reshape(length, B, 1))
+    cached = select(reshape(arange(S), 1, S) < reshape(length, B, 1), 0.0, -1e9)
+    mask = reshape(concat(cached, zeros[B, 1], axis = 1), B, 1, 1, S + 1)
+    keys = ()
+    values = ()
+    repeat i in 0..LAYERS {
+        h, k, v = gpt2_block(h, mask, past_k[i], past_v[i], name = "h")
+        keys = keys + (expand_dims(k, 0),)
+        values = values + (expand_dims(v, 0),)
+    }
+    h = layernorm(h, EPS, name = "ln_f")[:, 0]
+HEAD_TABLE    output logits = LOGITS
+    output keys = concat(keys, axis = 0)
+    output values = concat(values, axis = 0)
+}
+"""
+
+
+def program(
+    config,
+    head: str,
+    name: str = "gpt2",
+    source: str = "model",
+    weights: str | None = None,
+    tokenizer: str | None = None,
+) -> str:
+    """The .dl program of a GPT-2 config: the blocks, with the LM head the step model, the whole
+    model (last: the commands take it) and a train block to edit."""
     s = Shape(config)
-    lm = head == "causal_lm"
     if head not in HEADS.values():
         raise DlcError(f"GPT-2 has no head '{head}': {', '.join(sorted(set(HEADS.values())))}")
-    untied = lm and not s.tied
-    out_table = "lm_head" if untied else "wte.W"
-    lines = [
-        f"# GPT-2 ({'causal language model' if lm else 'base model'}), imported from a Hugging Face folder.",
-        f"# {name}_step computes one new token given the cached keys and values of the positions before it;",
-        f"# `dlc generate` uses it. {name}, the last model, is the whole model, which the commands take.",
+    lm = head == "causal_lm"
+    table = "lm_head" if lm and not s.tied else "wte.W"  # the tied head is the token table, as transformers ties it
+    head_table = "    param  lm_head: f32[VOCAB, WIDTH] = normal_std(0.02)\n" if table == "lm_head" else ""
+    text = [
+        f"# imported from {source} by dlc import (Hugging Face GPT-2: {next(a for a, h in HEADS.items() if h == head)})",
+        f"# {s.layers} layers of {s.width} features, {s.heads} heads, {s.vocab} token ids, at most {s.positions} "
+        "positions",
+        *(
+            [f"# {name}_step, a token at a time from a cache of keys and values, is what dlc generate runs"]
+            if lm
+            else []
+        ),
         f"const VOCAB = {s.vocab}",
         f"const POSITIONS = {s.positions}",
         f"const WIDTH = {s.width}",
@@ -122,135 +181,85 @@ def program(config: dict, head: str, name: str = "gpt2") -> str:
         f"const EMBEDDING_DROPOUT = {s.rates['embd_pdrop']!r}",
         f"const ATTENTION_DROPOUT = {s.rates['attn_pdrop']!r}",
         f"const RESIDUAL_DROPOUT = {s.rates['resid_pdrop']!r}",
-        "",
-        "# causal self-attention: queries, keys and values by one dense (c_attn), heads, then c_proj;",
-        "# with a cache, the keys and values [B, HEADS, S, HEAD_WIDTH] of earlier positions come first.",
-        "# Returns the output and this call's keys and values",
-        "def gpt2_attention(x: f32[B, T, D], mask, past_k = none, past_v = none) {",
-        "    qkv = dense(x, 3 * D, name = \"c_attn\")",
-        "    q, k, v = split(qkv, 3, axis = -1)",
-        "    q = transpose(reshape(q, B, T, HEADS, HEAD_WIDTH), 0, 2, 1, 3)",
-        "    k = transpose(reshape(k, B, T, HEADS, HEAD_WIDTH), 0, 2, 1, 3)",
-        "    v = transpose(reshape(v, B, T, HEADS, HEAD_WIDTH), 0, 2, 1, 3)",
-        "    keys = k",
-        "    values = v",
-        "    if not is_none(past_k) {",
-        "        keys = concat(past_k, k, axis = 2)",
-        "        values = concat(past_v, v, axis = 2)",
-        "    }",
-        "    o = scaled_dot_product_attention(q, keys, values, mask, ATTENTION_DROPOUT)",
-        "    o = dense(reshape(transpose(o, 0, 2, 1, 3), B, T, D), D, name = \"c_proj\")",
-        "    return dropout(o, RESIDUAL_DROPOUT), k, v",
-        "}",
-        "",
-        "def gpt2_mlp(x: f32[B, T, D]) {",
-        f"    inner = dense(x, INNER, {s.act}, name = \"c_fc\")",
-        "    return dense(inner, D, name = \"c_proj\")",
-        "}",
-        "",
-        "# a pre-norm block: attention and the MLP, each added to the residual",
-        "def gpt2_block(x: f32[B, T, D], mask, past_k = none, past_v = none) {",
-        "    a, k, v = gpt2_attention(layernorm(x, EPS, name = \"ln_1\"), mask, past_k, past_v, name = \"attn\")",
-        "    x = x + a",
-        "    m = gpt2_mlp(layernorm(x, EPS, name = \"ln_2\"), name = \"mlp\")",
-        "    return x + dropout(m, RESIDUAL_DROPOUT), k, v",
-        "}",
-        "",
-        "# the new token of each row at position `length`, after the `length` cached positions of the S",
-        f"model {name}_step {{",
-        "    input ids: i32[B, 1]",
-        "    input length: i32[B]",
-        "    input past_k: f32[LAYERS, B, HEADS, S, HEAD_WIDTH]",
-        "    input past_v: f32[LAYERS, B, HEADS, S, HEAD_WIDTH]",
-        "    wte = embedding(ids, VOCAB, WIDTH, init = normal_std(0.02))",
-        "    param wpe: f32[POSITIONS, WIDTH] = normal_std(0.02)",
-        "    h = wte + gather(wpe, reshape(length, B, 1))",
-        "    cached = select(reshape(arange(S), 1, S) < reshape(length, B, 1), 0.0, -1e9)",
-        "    mask = reshape(concat(cached, zeros[B, 1], axis = 1), B, 1, 1, S + 1)",
-        "    keys = ()",
-        "    values = ()",
-        "    repeat i in 0..LAYERS {",
-        "        h, k, v = gpt2_block(h, mask, past_k[i], past_v[i], name = \"h\")",
-        "        keys = keys + (expand_dims(k, 0),)",
-        "        values = values + (expand_dims(v, 0),)",
-        "    }",
-        "    h = layernorm(h, EPS, name = \"ln_f\")",
+        BLOCKS.replace("ACT", s.act).rstrip("\n"),
     ]
-    if untied:
-        lines.append("    param lm_head: f32[VOCAB, WIDTH] = normal_std(0.02)")
-    lines += [
-        f"    output {'logits' if lm else 'hidden'} = {f'h[:, 0] @ transpose({out_table})' if lm else 'h[:, 0]'}",
-        "    output keys = concat(keys, axis = 0)",
-        "    output values = concat(values, axis = 0)",
-        "}",
+    if lm:
+        step = STEP.replace("NAME", name).replace("HEAD_TABLE", head_table)
+        text.append(step.replace("LOGITS", f"h @ transpose({table})").rstrip("\n"))
+    text += [
         "",
         f"model {name} {{",
         "    input  ids: i32[B, T]",
-    ]
-    if lm:
-        lines.append("    target next: i32[B, T]")
-    lines += [
+        *(["    target next: i32[B, T]"] if lm else []),
         "    wte = embedding(ids, VOCAB, WIDTH, init = normal_std(0.02))",
-        "    param wpe: f32[POSITIONS, WIDTH] = normal_std(0.02)",
+        "    param  wpe: f32[POSITIONS, WIDTH] = normal_std(0.02)",
         "    h = dropout(wte + wpe[0:T], EMBEDDING_DROPOUT)",
         "    mask = causal_mask(T)",
         "    repeat i in 0..LAYERS {",
-        "        h, k, v = gpt2_block(h, mask, name = \"h\")",
+        '        h, k, v = gpt2_block(h, mask, name = "h")',
         "    }",
-        "    h = layernorm(h, EPS, name = \"ln_f\")",
+        '    h = layernorm(h, EPS, name = "ln_f")',
     ]
     if lm:
-        if untied:
-            lines.append("    param lm_head: f32[VOCAB, WIDTH] = normal_std(0.02)")
-        lines += [
-            f"    output logits = h @ transpose({out_table})",
-            "    loss sparse_cross_entropy(logits, next)",
+        text += [
+            *([head_table.rstrip("\n")] if head_table else []),
+            f"    output logits = h @ transpose({table})",
+            "    loss   sparse_cross_entropy(logits, next)",
             "    metric accuracy = accuracy(logits, next)",
-        ]
-    else:
-        lines.append("    output hidden = h")
-    lines += ["}", ""]
-    if lm:
-        lines += [
-            f"train {name} {{",
-            f"    data      = text(\"corpus.txt\", seq = {min(s.positions, 128)})  # TODO: your text, and its tokenizer",
-            "    batch     = 8",
-            "    epochs    = 1",
-            "    optimizer = adamw(lr = 5e-5, weight_decay = 0.01)",
             "}",
             "",
+            f"train {name} {{",
+            "    # the data: ids, next (token ids, as the tokenizer makes them; next is ids a token later)",
+            *([f"    # the tokenizer: {tokenizer}"] if tokenizer else []),
+            '    data      = npz("train.npz")',
+            f'    init_from = "{weights or name + ".npz"}"',
+            "    optimizer = adamw(lr = 5e-5, weight_decay = 0.01)",
+            "    batch     = 8",
+            "    epochs    = 1",
+            "}",
         ]
-    return "\n".join(lines)
+    else:
+        text += ["    output hidden = h", "}", "", "# add a head, a loss and a train block to fine-tune it"]
+    return "\n".join(text) + "\n"
 
 
-def _hf_names(config: dict, head: str) -> dict:
-    """dlc name -> Hugging Face name (without the `transformer.` prefix of the LM head's)."""
+def _table(config, head: str) -> list:
+    """(dlc name, Hugging Face name (the base model's without the LM head's `transformer.`), shape)
+    of every parameter; the LM head's own table, when untied, is marked by a leading '/'."""
     s = Shape(config)
-    names = {"wte.W": "wte.weight", "wpe": "wpe.weight", "ln_f.gamma": "ln_f.weight", "ln_f.beta": "ln_f.bias"}
+    rows = [
+        ("wte.W", "wte.weight", (s.vocab, s.width)),
+        ("wpe", "wpe.weight", (s.positions, s.width)),
+        ("ln_f.gamma", "ln_f.weight", (s.width,)),
+        ("ln_f.beta", "ln_f.bias", (s.width,)),
+    ]
     for i in range(s.layers):
-        names.update({f"h.{i}.{dlc}": f"h.{i}.{hf}" for dlc, hf in BLOCK.items()})
-    return names
+        rows += [(f"h.{i}.{dlc}", f"h.{i}.{hf}", shape(s)) for dlc, (hf, shape) in BLOCK.items()]
+    if head == "causal_lm" and not s.tied:
+        rows.append(("lm_head", "/lm_head.weight", (s.vocab, s.width)))
+    return rows
 
 
-def weights(config: dict, tensors: dict, head: str) -> dict:
-    """The folder's tensors (Hugging Face names) as the program's parameters."""
-    prefix = "transformer." if any(k.startswith("transformer.") for k in tensors) else ""
-    out = {}
-    for dlc, hf in _hf_names(config, head).items():
-        if prefix + hf not in tensors:
-            raise DlcError(f"the weights have no tensor '{prefix + hf}', which a GPT-2 of this config has")
-        out[dlc] = np.asarray(tensors[prefix + hf], np.float32)
-    if head == "causal_lm" and not Shape(config).tied:
-        if "lm_head.weight" not in tensors:
-            raise DlcError("the weights have no tensor 'lm_head.weight', which an untied GPT-2 LM head has")
-        out["lm_head"] = np.asarray(tensors["lm_head.weight"], np.float32)
-    return out
+def _name(hf: str, prefix: str) -> str:
+    return hf[1:] if hf.startswith("/") else prefix + hf
 
 
-def tensors(config: dict, params: dict, head: str) -> dict:
-    """The program's parameters under the Hugging Face names of `head`'s model (the inverse of `weights`)."""
+def weights(config, tensors: dict, head: str) -> dict:
+    """The folder's tensors as the program's parameters (the same layouts: GPT-2's Conv1D keeps
+    [in, out], as `dense` does). The base model's tensors are read with the LM head's prefix
+    (`transformer.`) or without it, as the folder has them; a tensor missing or of a shape the
+    config does not make is an error."""
+    prefix = "transformer." if "transformer.wte.weight" in tensors else ""
+    return {
+        dlc: np.asarray(take(tensors, _name(hf, prefix), shape), np.float32) for dlc, hf, shape in _table(config, head)
+    }
+
+
+def tensors(config, params: dict, head: str) -> dict:
+    """The program's parameters under the folder's names (the inverse of `weights`; a tied LM
+    head is the token table, which save_pretrained does not write twice)."""
     prefix = "transformer." if head == "causal_lm" else ""
-    out = {prefix + hf: np.asarray(params[dlc], np.float32) for dlc, hf in _hf_names(config, head).items()}
-    if head == "causal_lm" and not Shape(config).tied:  # a tied head is the token table, which is not saved twice
-        out["lm_head.weight"] = np.asarray(params["lm_head"], np.float32)
-    return out
+    return {
+        _name(hf, prefix): np.asarray(take(params, dlc, shape, "the weights"), np.float32)
+        for dlc, hf, shape in _table(config, head)
+    }

@@ -14,7 +14,6 @@ from dlc.compiler.errors import DlcError
 from dlc.runtime.deploy.library import ModelIO, Training
 from dlc.runtime.optim.formula import c_statements
 from dlc.runtime.optim.optimizer import Optimizer
-from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.runtime.optim.schedules import make_schedule
 
 
@@ -46,21 +45,19 @@ def train_parts(file: str, model: str | None, overrides: dict):
     from dlc.compiler.native.update import lower_update
     from dlc.compiler.passes.autodiff import train_step
     from dlc.compiler.ir.dims import numel
-    from dlc.runtime.training.config import batch_statistics, run_length, trained_names
     from dlc.runtime.deploy.description import input_limits
-    from dlc.runtime.training.inputs import prepare_data
-    from dlc.runtime.training.trainer import Trainer, epoch_bounds
+    from dlc.runtime.training.run_plan import plan_run
+    from dlc.runtime.training.trainer import Trainer
     from dlc.runtime.interop.checkpoint import FORMAT
     import dlc
 
     trainer = Trainer(load(file), model, overrides, None, progress="none")
     cfg, tm = trainer.cfg, trainer.train_model
-    trainable, groups = trained_names(tm, cfg)
-    if not trainable:
+    run = plan_run(cfg, trainer.base, tm)
+    trainer.meta, optimizer, bounds = run.meta, run.optimizer, run.bounds
+    if not run.trainable:
         raise DlcError(f"model {tm.name} trains no parameter: there is no train step to build", cfg.span("freeze"))
-    optimizer = make_optimizer(cfg.optimizer)
-    optimizer.set_groups(groups)
-    trainable = sorted(trainable, key=optimizer.group_number)  # group by group, as the native engine's
+    trainable = sorted(run.trainable, key=optimizer.group_number)  # group by group, as the native engine's
     if optimizer.full_batch:
         raise DlcError(
             f"{optimizer.name} is not a step of one batch (its line search calls the step again): "
@@ -70,13 +67,6 @@ def train_parts(file: str, model: str | None, overrides: dict):
     not_f32 = [p.name for p in tm.params if p.type.dtype != "f32"]
     if not_f32:
         raise DlcError(f"dlc build --train keeps parameters in f32; {not_f32[0]} is not", cfg.span("precision"))
-    train, _, _, trainer.meta = prepare_data(cfg, trainer.base, tm)
-    n = len(next(iter(train.values())))
-    bounds = epoch_bounds(n, cfg.batch, trainer.meta, bool(batch_statistics(tm)))
-    epochs, max_steps = run_length(cfg, len(bounds))
-    make_schedule(
-        cfg.schedule, optimizer.lr, len(bounds), epochs, cfg.span("schedule"), max_steps
-    )  # checked at its line
     size = {p.name: int(numel(p.type.shape)) for p in tm.params}
     order = trainable + [p.name for p in tm.params if p.name not in trainable]
     n_trained = sum(size[k] for k in trainable)
@@ -93,7 +83,6 @@ def train_parts(file: str, model: str | None, overrides: dict):
         at += size[k]
     meta = json.dumps({"format": FORMAT, "dlc_version": dlc.__version__, **trainer.checkpoint_meta()})
     functions = schedule_lr(cfg.schedule, optimizer.lr) + "\n" + step_scalars(optimizer, scalar_names)
-    total = max_steps if max_steps is not None else epochs * len(bounds)
     training = Training(
         update,
         len(trainable),
@@ -103,7 +92,7 @@ def train_parts(file: str, model: str | None, overrides: dict):
         cfg.seed,
         meta[:-1],
         functions,
-        (len(bounds), total),
+        (len(bounds), run.last_step),
         cfg.optimizer.name,
     )
     graph = train_step(tm.graph)

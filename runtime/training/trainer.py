@@ -1,8 +1,8 @@
 """The training loop behind `dlc train` and `dlc.load(...).train()`.
 
 Configuration comes from the model's `train` block, overridden by flags, and is checked
-whole before anything runs (runtime/training/config.py); the data is bound to the model's
-inputs by runtime/training/inputs.py, and an engine (runtime/engines/protocol.py) runs
+whole before anything runs (runtime/training/config.py); the run's data, batches, length,
+optimizer and schedule are planned by run_plan.py (as for `dlc build --train`), and an engine (runtime/engines/protocol.py) runs
 the steps. The loop shuffles mini-batches, runs one engine step per batch, evaluates on a
 validation split, keeps a history (history.py), calls its callbacks (callbacks.py: the
 display, TensorBoard, the caller's, early stopping, the checkpoints, last and best, written
@@ -44,46 +44,22 @@ from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.interop import checkpoint, quantized, weights
 from dlc.runtime.training.callbacks import Callbacks, Checkpoints, check
 from dlc.runtime.training.config import (
-    batch_statistics,
     eval_period,
     make_config,
     metric_names,
-    run_length,
     trained_names,
 )
 from dlc.runtime.training.early_stop import EarlyStop
 from dlc.runtime.training.gradcheck import init_params
 from dlc.runtime.training.history import History, save_history
-from dlc.runtime.training.inputs import data_settings, prepare_data
+from dlc.runtime.training.inputs import data_settings
 from dlc.runtime.training.interrupt import Interrupt
-from dlc.runtime.optim.optimizers import make_optimizer
-from dlc.runtime.optim.schedules import make_schedule
 from dlc.runtime.training.progress import Step, make_display
+from dlc.runtime.training.run_plan import batch_bounds, plan_run, windows_drawn
 from dlc.runtime.training.tensorboard import EventLog
 
 
-# ---- batches ------------------------------------------------------------------------------------------
-def batch_bounds(n: int, size: int, merge_single: bool = False, ranks: int = 1) -> list:
-    """(start, stop) of each batch over n examples. With `merge_single`, a last batch of one
-    example joins the batch before it: batch statistics of one example are undefined. Shared
-    by `ranks` processes, a last batch that cannot give each rank one example (two with
-    `merge_single`) joins it too."""
-    bounds = [(start, min(start + size, n)) for start in range(0, n, size)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < ranks * (2 if merge_single else 1):
-        bounds[-2:] = [(bounds[-2][0], n)]
-    return bounds
-
-
-def epoch_bounds(n: int, size: int, meta: dict, merge_single: bool, ranks: int = 1) -> list:
-    """The batches of an epoch over n training examples (batch_bounds), but for
-    text(windows = "random") (meta "windows"), whose every step draws its batch of windows
-    at random: there an epoch is the steps that read as many characters as the text holds."""
-    sampled = meta.get("windows")
-    if sampled:
-        return [(b * size, (b + 1) * size) for b in range(max(1, n // sampled // size))]
-    return batch_bounds(n, size, merge_single, ranks)
-
-
+# ---- scoring --------------------------------------------------------------------------------------------
 def mean_metrics(engine: Engine, params: dict, arrays: dict, batch: int, threads: int | None = None) -> dict:
     """Loss and metrics over a data set, weighted by batch size. A data-parallel engine's
     ranks each score their share of the examples, and the sums are reduced. Streamed columns
@@ -99,12 +75,6 @@ def mean_metrics(engine: Engine, params: dict, arrays: dict, batch: int, threads
         for name, v in engine.evaluate(params, part).items():
             totals[name] = totals.get(name, 0.0) + v * (hi - lo)
     return world.mean_metrics(totals, n) if world is not None else {name: v / n for name, v in totals.items()}
-
-
-def windows_drawn(n: int, size: int, seed: int, step: int) -> np.ndarray:
-    """The rows (window starts) of step `step`'s batch of random windows: a function of the seed
-    and the step alone, so a resumed run draws what the uninterrupted one would have."""
-    return np.random.default_rng([seed, step, 0x57]).integers(0, n, size)
 
 
 # ---- the start -----------------------------------------------------------------------------------------
@@ -226,32 +196,27 @@ class Trainer:
         fresh = not resume and self.writes  # a new run: a folder of another run's is refused before any work
         if fresh:
             checkpoint.refuse_another_run(self.out, overwrite)
-        train, val, test, self.meta = prepare_data(cfg, self.base, self.train_model)
-        train = self.photo_transform(train)
+        ranks = self.world.size if self.world else 1
+        run = plan_run(cfg, self.base, self.train_model, ranks)
+        val, test, self.meta, n, bounds = run.val, run.test, run.meta, run.examples, run.bounds
+        epochs, last_step, trainable, optimizer, schedule = (
+            run.epochs,
+            run.last_step,
+            run.trainable,
+            run.optimizer,
+            run.schedule,
+        )
+        train = self.photo_transform(run.train)
         self.streamed = streamed = is_streamed(train)
         if self.meta.get("skipped"):
             self.log(f"note: {self.meta['skipped']} file(s) of the data Pillow cannot decode are left out (skip_bad)")
-        n = len(next(iter(train.values())))
-        stats = batch_statistics(self.train_model)
-        if stats and n == 1:
-            raise DlcError(
-                f"the training data has one example, but model {self.name} keeps batch statistics "
-                f"({', '.join(stats)}), which need two or more examples per batch",
-                cfg.span("data"),
-            )
         if self.world is not None:
-            self.world.check_batch(cfg.batch, 2 if stats else 1, cfg.span("batch"))
+            self.world.check_batch(cfg.batch, 2 if run.statistics else 1, cfg.span("batch"))
             for name, arrays in (("training", train), ("validation", val), ("test", test)):
                 if arrays is not None:
                     self.world.check_data(name, len(next(iter(arrays.values()))), cfg.span(name))
-        bounds = epoch_bounds(n, cfg.batch, self.meta, bool(stats), self.world.size if self.world else 1)
         sampled = self.meta.get("windows")  # text(windows = "random"): every step draws its batch
-        epochs, max_steps = run_length(cfg, len(bounds))
         period = eval_period(cfg)  # steps between the history's rows; none: a row per epoch
-        last_step = max_steps if max_steps is not None else epochs * len(bounds)
-        trainable, groups = trained_names(self.train_model, cfg)
-        optimizer = make_optimizer(cfg.optimizer)
-        optimizer.set_groups(groups)
         if optimizer.full_batch and self.world is not None:
             raise DlcError(
                 f"{optimizer.name} trains in one process: its line search is not shared between ranks",
@@ -265,7 +230,6 @@ class Trainer:
             )
         if cfg.shard_optimizer and self.world is None:
             self.say("note: shard_optimizer = true in one process: it holds the whole optimizer state")
-        schedule = make_schedule(cfg.schedule, optimizer.lr, len(bounds), epochs, cfg.span("schedule"), max_steps)
         stop = self.early_stop()
         expected = {p.name: p.type.shape for p in self.train_model.params}
 
@@ -338,7 +302,7 @@ class Trainer:
             checkpoint.clear_run(self.out)
         interrupted = Interrupt()
         if self.world is not None:
-            engine = distributed.DataParallel(engine, self.world, interrupted, stats)
+            engine = distributed.DataParallel(engine, self.world, interrupted, run.statistics)
         checkpoints = Checkpoints(
             self.out,
             params,

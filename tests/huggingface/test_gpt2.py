@@ -7,6 +7,7 @@ log-probabilities by every decoding."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -23,7 +24,7 @@ from dlc.compiler.errors import DlcError  # noqa: E402
 from dlc.compiler.frontend.loader import load_text  # noqa: E402
 from dlc.compiler.huggingface import gpt2  # noqa: E402
 from dlc.runtime.api import DlcModel  # noqa: E402
-from dlc.runtime.interop import checkpoint  # noqa: E402
+from dlc.runtime.interop.huggingface import save_import  # noqa: E402
 from helpers.numeric import gradients  # noqa: E402
 
 TINY = dict(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=None)
@@ -41,16 +42,11 @@ def hf_folder(path, head_class=GPT2LMHeadModel, seed=0, **config):
     return model
 
 
-def imported(folder, out, head="causal_lm", backend="reference"):
-    """The folder as a .dl program and checkpoint, then loaded (json + safetensors read here)."""
-    config = json.loads((folder / "config.json").read_text())
-    text = gpt2.program(config, head)
-    weights = gpt2.weights(config, safetensors_numpy.load_file(folder / "model.safetensors"), head)
+def imported(folder, out, backend="reference"):
+    """The folder imported as `dlc import FOLDER -o OUT/gpt2.dl` imports it, then loaded."""
     out.mkdir(exist_ok=True)
-    (out / "gpt2.dl").write_text(text)
-    checkpoint.save(out / "gpt2.npz", weights, {}, {"model": "gpt2", "source_hash": checkpoint.source_hash(text)})
-    model = DlcModel(out / "gpt2.dl", backend=backend)
-    return model.load_weights(out / "gpt2.npz")
+    save_import(folder, out / "gpt2.dl")
+    return DlcModel(out / "gpt2.dl", backend=backend).load_weights(out / "gpt2.npz")
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +130,10 @@ def test_gradients_match_torch(tmp_path):
 
 
 def test_the_base_model_and_an_untied_head(tmp_path):
+    """GPT2Model's hidden states, and an LM head of its own (tie_word_embeddings false)."""
     base = hf_folder(tmp_path / "base", head_class=GPT2Model, seed=2)
     ids = prompts(2, 6)
-    got = imported(tmp_path / "base", tmp_path / "b", head="base").predict({"ids": ids.astype(np.int32)})["hidden"]
+    got = imported(tmp_path / "base", tmp_path / "b").predict({"ids": ids.astype(np.int32)})["hidden"]
     np.testing.assert_allclose(got, base(torch.tensor(ids)).last_hidden_state.detach().numpy(), rtol=1e-5, atol=1e-5)
     untied = hf_folder(tmp_path / "untied", seed=3, tie_word_embeddings=False)
     assert not torch.equal(untied.lm_head.weight, untied.transformer.wte.weight)
@@ -158,26 +155,31 @@ def test_tensors_are_the_inverse_of_weights(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(n_embd=30), "'n_embd' (30) must be a multiple of 'n_head' (4)"),
-        (dict(activation_function="mish"), "'activation_function' 'mish' is not one dlc writes"),
-        (dict(scale_attn_by_inverse_layer_idx=True), "'scale_attn_by_inverse_layer_idx': True is not supported"),
-        (dict(n_layer=None), "'n_layer' must be a whole number of at least 1, got None"),
-        (dict(attn_pdrop=1.0), "'attn_pdrop' is a dropout rate, below 1"),
+        (dict(n_embd=30), "'n_embd' is 30 (not a multiple of n_head, 4): dlc does not import it"),
+        (dict(activation_function="mish"), "'activation_function' is \"mish\" (dlc imports the activations gelu, "),
+        (dict(scale_attn_by_inverse_layer_idx=True), "'scale_attn_by_inverse_layer_idx' is true (attention scores"),
+        (dict(n_layer=None), "config.json has no setting 'n_layer', which this model needs"),
+        (dict(attn_pdrop=1.0), "'attn_pdrop' is 1.0; dlc needs a dropout rate, from 0 to below 1"),
     ],
     ids=str,
 )
 def test_configs_it_cannot_write_are_refused(change, message):
     config = {**TINY, "model_type": "gpt2", **change}
-    with pytest.raises(DlcError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(DlcError, match=re.escape(message)):
         gpt2.program(config, "causal_lm")
 
 
-def test_missing_weights_are_named(tmp_path):
+def test_weights_missing_or_of_another_shape_are_named(tmp_path):
     hf_folder(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     saved = safetensors_numpy.load_file(tmp_path / "model.safetensors")
-    del saved["transformer.h.1.mlp.c_fc.weight"]
-    with pytest.raises(DlcError, match="no tensor 'transformer.h.1.mlp.c_fc.weight'"):
+    saved["transformer.h.0.mlp.c_fc.weight"] = np.zeros((32, 64), np.float32)
+    with pytest.raises(
+        DlcError, match=re.escape("'transformer.h.0.mlp.c_fc.weight' is [32, 64], but config.json makes it [32, 128]")
+    ):
+        gpt2.weights(config, saved, "causal_lm")
+    del saved["transformer.h.0.mlp.c_fc.weight"]
+    with pytest.raises(DlcError, match=re.escape("no tensor 'transformer.h.0.mlp.c_fc.weight' (expected [32, 128])")):
         gpt2.weights(config, saved, "causal_lm")
 
 
@@ -187,31 +189,30 @@ def test_prompts_the_model_cannot_continue_are_refused(lm):
         model.generate(list(range(60)), 5)
     with pytest.raises(DlcError, match="all of one length"):
         model.generate([[1, 2], [3]], 5)
-    with pytest.raises(DlcError, match="tokenizer.json does not exist"):
+    with pytest.raises(DlcError, match="gpt2.tokenizer.json does not exist"):
         model.generate("some text", 5)
 
 
-def test_dlc_generate_reads_the_tokenizer_beside_the_program(lm):
+def test_dlc_generate_reads_the_imported_tokenizer(tmp_path):
+    """The folder's tokenizer.json, which `dlc import` copies beside the program, turns the prompt
+    into ids and the continuation into text; generation stops at the config's eos_token_id."""
     tokenizers = pytest.importorskip("tokenizers")
-    _, model, out = lm
+    hf_folder(tmp_path / "hf")
     tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel({f"w{i}": i for i in range(100)}, unk_token="w0"))
     tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    tokenizer.save(str(out / "tokenizer.json"))
-    prompt = "w5 w17 w3 w99"
-    want = tokenizer.decode([5, 17, 3, 99] + model.generate([5, 17, 3, 99], 20))
+    tokenizer.save(str(tmp_path / "hf" / "tokenizer.json"))
+    model = imported(tmp_path / "hf", tmp_path)
+    prompt, ids = "w5 w17 w3 w99", [5, 17, 3, 99]
+    endless = model.generate(ids, 20)  # the folder's config has no eos_token_id
+    config = json.loads((tmp_path / "gpt2.config.json").read_text())
+    (tmp_path / "gpt2.config.json").write_text(json.dumps({**config, "eos_token_id": endless[5]}))
+    continued = model.generate(ids, 20)
+    assert continued == endless[: endless.index(endless[5]) + 1]
+    want = tokenizer.decode(ids + continued)
     assert prompt + model.generate(prompt, 20) == want  # the continuation as the tokenizer spells it after the prompt
-    cli = [
-        sys.executable,
-        "-m",
-        "dlc",
-        "generate",
-        str(out / "gpt2.dl"),
-        "--weights",
-        str(out / "gpt2.npz"),
-        "--backend",
-        "reference",
-    ]
-    run = subprocess.run(cli + ["--prompt", prompt, "--length", "20"], capture_output=True, text=True)
+    cli = [sys.executable, "-m", "dlc", "generate", str(tmp_path / "gpt2.dl"), "--weights", str(tmp_path / "gpt2.npz")]
+    run = subprocess.run(
+        cli + ["--prompt", prompt, "--length", "20", "--backend", "reference"], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout == want + "\n"
-    (out / "tokenizer.json").unlink()

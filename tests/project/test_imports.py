@@ -123,7 +123,8 @@ LAYERS = (
     ("dlc.compiler.onnx.rule_api",),
     ("dlc.compiler.onnx.rules",),
     ("dlc.compiler.onnx",),
-    ("dlc.compiler.graph_page",),
+    # the graph page, and Hugging Face folders' import (which names models as the ONNX importer does)
+    ("dlc.compiler.graph_page", "dlc.compiler.huggingface"),
     ("dlc.runtime.terminal",),
     # optimizers, schedules and their formulas: what the engines run
     ("dlc.runtime.optim",),

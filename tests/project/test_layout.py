@@ -10,7 +10,7 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
 TEST_FILES = sorted(TESTS.rglob("test_*.py"))
-AREAS = ["frontend", "ir", "native", "training", "data", "cli", "deploy", "editors", "onnx", "project"]
+AREAS = ["frontend", "ir", "native", "training", "data", "cli", "deploy", "editors", "onnx", "huggingface", "project"]
 IMPORT = re.compile(r"\b(?:from|import)\s+(test_\w+|conftest)\b")
 NAMED = re.compile(r"(?<![\w/.-])tests/[\w/]+\.(?:py|c)\b")
 

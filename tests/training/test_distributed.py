@@ -14,7 +14,7 @@ import pytest
 
 from dlc.compiler.errors import DlcError
 from dlc.runtime.engines import distributed
-from dlc.runtime.training.trainer import batch_bounds
+from dlc.runtime.training.run_plan import batch_bounds
 
 from helpers.distributed import (
     LONG,

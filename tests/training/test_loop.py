@@ -20,7 +20,8 @@ from dlc.runtime.cli import main
 from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.api import DlcModel
 from dlc.runtime.training import trainer as trainer_module
-from dlc.runtime.training.trainer import Trainer, batch_bounds
+from dlc.runtime.training.trainer import Trainer
+from dlc.runtime.training.run_plan import batch_bounds
 from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.runtime.optim.options import clip_limit
 from dlc.runtime.optim.schedules import make_schedule

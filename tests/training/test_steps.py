@@ -16,7 +16,8 @@ from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.callbacks import Callback, StopTraining
 from dlc.runtime.optim.schedules import make_schedule
 from dlc.runtime.training.inputs import prepare_data
-from dlc.runtime.training.trainer import Trainer, windows_drawn
+from dlc.runtime.training.trainer import Trainer
+from dlc.runtime.training.run_plan import windows_drawn
 
 GENESIS = Path(__file__).parents[2] / "examples" / "data" / "genesis.txt"
 CHARS = """

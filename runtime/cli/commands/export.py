@@ -12,7 +12,10 @@ from dlc.runtime.training.config import make_config
 from dlc.runtime.training.trainer import initial_parameters
 from dlc.runtime.cli.arguments import model_arguments
 
-HELP = "write a model's weights as .safetensors (dlc's or torch.nn's layout) or the model as .onnx"
+HELP = (
+    "write a model's weights as .safetensors (dlc's or torch.nn's layout), the model as .onnx, or an imported "
+    "Hugging Face model as its folder"
+)
 DESCRIPTION = (
     "torch's own .pt format is a pickle, which needs torch to write and runs code when "
     "loaded: --format torch writes a .safetensors file in torch.nn's names and layouts "
@@ -28,12 +31,15 @@ def arguments(p):
         help="a checkpoint (.npz) or .safetensors file (default: the initial "
         "parameters, seeded as training seeds them)",
     )
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the file to write: .onnx or .safetensors")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="the file to write: .onnx or .safetensors; a folder"
+    )
     p.add_argument(
         "--format",
-        choices=["onnx", "safetensors", "torch"],
+        choices=["onnx", "safetensors", "torch", "huggingface"],
         help="default: from OUT's suffix. safetensors: dlc's names and layouts; torch: torch.nn's "
-        "(a .safetensors file)",
+        "(a .safetensors file); huggingface: the folder (config.json, model.safetensors) of a model dlc import "
+        "read from one",
     )
     p.add_argument(
         "--int8",
@@ -60,6 +66,10 @@ def export_format(args) -> str:
         args.command_parser.error(
             f"cannot tell the format of '{args.output}': name it .onnx or .safetensors, or give --format"
         )
+    if fmt == "huggingface":
+        if suffix in EXPORT_SUFFIXES:
+            args.command_parser.error(f"--format huggingface writes a folder, not a {suffix} file")
+        return fmt
     if suffix in EXPORT_SUFFIXES and (EXPORT_SUFFIXES[suffix] == "onnx") != (fmt == "onnx"):
         args.command_parser.error(f"--format {fmt} does not write a {suffix} file")
     return fmt
@@ -82,6 +92,12 @@ def run(args):
         seed = make_config(program, model.name, {}, require_data=False, model=model).seed
         params = initial_parameters(model, seed)
         print(f"note: no --weights: exporting the initial parameters of {model.name} (seed {seed})", file=sys.stderr)
+    if fmt == "huggingface":
+        from dlc.runtime.interop.huggingface import save_folder
+
+        written = save_folder(Path(args.file), params, args.output)
+        print(f"wrote {args.output} ({', '.join(p.name for p in written)})")
+        return
     if fmt == "onnx":
         from dlc.compiler.onnx.export import save_onnx  # onnx is an optional extra
 

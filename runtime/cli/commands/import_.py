@@ -1,4 +1,4 @@
-"""`dlc import`: an ONNX model as a .dl program and a checkpoint of its weights."""
+"""`dlc import`: an ONNX model, or a Hugging Face model folder, as a .dl program and a checkpoint of its weights."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ from pathlib import Path
 
 from dlc.compiler.errors import DlcError, plural
 from dlc.compiler.frontend.loader import load_text
-from dlc.compiler.onnx.importer import import_model, read_model
 from dlc.runtime.interop import checkpoint
 from dlc.runtime.cli.shared import write
 
-HELP = 'an ONNX model as a .dl program and a checkpoint of its weights'
+HELP = "an ONNX model or a Hugging Face model folder as a .dl program and a checkpoint of its weights"
 
 
 def arguments(p):
-    p.add_argument("file", help="an .onnx file")
+    p.add_argument("file", help="an .onnx file, or a Hugging Face model folder (config.json and model.safetensors)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.dl", help="the .dl program to write")
     p.add_argument("--weights", metavar="PATH", help="the checkpoint to write (default: OUT.npz)")
     p.add_argument(
@@ -26,8 +25,22 @@ def arguments(p):
 
 
 def run(args):
+    """A folder is a Hugging Face model's (one named .onnx is refused as the ONNX import refuses
+    a directory), anything else an ONNX model."""
+    if Path(args.file).is_dir() and Path(args.file).suffix != ".onnx":
+        from dlc.runtime.interop.huggingface import save_import
+
+        for line in save_import(args.file, args.output, args.weights, args.as_def):
+            print(line)
+    else:
+        import_onnx(args)
+
+
+def import_onnx(args):
     """An ONNX model as a .dl program (OUT.dl, the model named after it) and its weights as a
     dlc checkpoint (OUT.npz, or --weights); the program is built once before anything is written."""
+    from dlc.compiler.onnx.importer import import_model, read_model
+
     out = Path(args.output)
     if out.suffix != ".dl":
         raise DlcError(f"-o takes the .dl file to write, got '{args.output}'")
