@@ -493,7 +493,7 @@ class DlcModel:
 
         return next_log_probs
 
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         """The tokenizer of a token model's text: OUT.tokenizer.json beside its program OUT.dl (where
         `dlc import` writes the Hugging Face folder's tokenizer.json), read by the `tokenizers` package."""
         path = tokenizer_path(Path(self.path))
