@@ -52,7 +52,8 @@ def test_an_unknown_model_type_lists_what_dlc_imports(saved, tmp_path, capsys):
     folder = copy(saved, tmp_path)
     edit_config(folder, model_type="albert", architectures=["AlbertForMaskedLM"])
     err = refused(folder, tmp_path, capsys)
-    assert "the model_type 'albert'" in err and "bert, distilbert, roberta" in err and "BertForMaskedLM" in err
+    assert "the model_type 'albert'" in err and "bert, distilbert, gpt2, roberta" in err
+    assert "BertForMaskedLM" in err and "GPT2LMHeadModel" in err
 
 
 def test_an_architecture_of_the_family_without_a_head_is_named(saved, tmp_path, capsys):

@@ -24,7 +24,7 @@ from dlc.compiler.errors import DlcError  # noqa: E402
 from dlc.compiler.frontend.loader import load_text  # noqa: E402
 from dlc.compiler.huggingface import gpt2  # noqa: E402
 from dlc.runtime.api import DlcModel  # noqa: E402
-from dlc.runtime.interop.huggingface import save_import  # noqa: E402
+from dlc.runtime.interop.huggingface import save_folder, save_import  # noqa: E402
 from helpers.numeric import gradients  # noqa: E402
 
 TINY = dict(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=None)
@@ -216,3 +216,12 @@ def test_dlc_generate_reads_the_imported_tokenizer(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout == want + "\n"
+
+
+def test_the_import_exports_back_to_a_folder_transformers_loads(lm, tmp_path):
+    _, model, out = lm
+    save_folder(out / "gpt2.dl", model.params, tmp_path / "back")
+    back = GPT2LMHeadModel.from_pretrained(tmp_path / "back").eval()
+    ids = prompts(2, 6)
+    want = model.predict({"ids": ids.astype(np.int32)})["logits"]
+    np.testing.assert_allclose(back(torch.tensor(ids)).logits.detach().numpy(), want, rtol=1e-5, atol=1e-5)
