@@ -4,16 +4,17 @@ dlc compiles a model for static shapes, so the cache is an input and output of a
 of the program, the step model `NAME_step` beside the model `NAME` (the importer of a Hugging
 Face GPT-2 writes one, compiler/huggingface/gpt2.py), over the same parameters:
 
-    input  ids: i32[B, 1]                           the new token of each row
-    input  length: i32[B]                           how many positions are cached: the token's position
-    input  past_k, past_v: f32[L, B, H, S, d]       the keys and values of the S cached positions
-    output logits: f32[B, V]                        the next token's
-    output keys, values: f32[L, B, H, 1, d]         the new token's, which the cache takes at `length`
+    input  ids: i32[B, T]                           the T new tokens of each row
+    input  length: i32[B]                           how many positions are cached: the first new token's
+    input  past_k, past_v: f32[L, B, H, S, d]       the keys and values of the S positions of the cache
+    output logits: f32[B, V]                        the distribution after the last new token
+    output keys, values: f32[L, B, H, T, d]         the new tokens', which the cache takes from `length` on
 
-`CachedSteps` is the callback of runtime/decoding.py over it: it runs the prompt through the
-step model token by token (the prefill), then extends each prefix it is asked about from the
-cache of the prefix it grew from, one position, so beam search's reordered prefixes and
-sampling's and greedy decoding's single ones all cost one step per token.
+`CachedSteps` is the callback of runtime/decoding.py over it: it runs the prompts through the
+step model at once (the prefill, T their length), then extends each prefix it is asked about
+from the cache of the prefix it grew from by one position (T = 1), so beam search's reordered
+prefixes and sampling's and greedy decoding's single ones all cost one step per token. The
+compiled step loops over T and S as it does over any symbolic dim: one code serves both.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class CachedSteps:
     """The next-token log-probabilities after each of `prompts` (token ids, all of one length)
     and a prefix (the callback of runtime/decoding.py: with one prompt every prefix continues
     it; with several, the i-th prefix continues the i-th), computed by `predict` (the step
-    model's feeds -> its outputs) over a cache of `capacity` positions."""
+    model's feeds -> its outputs) over a cache of `capacity` positions, which the step model
+    reads where it lies (the native engine binds an array it is given, not a copy)."""
 
     def __init__(self, predict: Callable[[dict], dict], model, prompts: list, capacity: int):
         check_step_model(model)
@@ -76,31 +78,31 @@ class CachedSteps:
             if parents != list(range(len(self.rows))):  # beam search reordered or repeated prefixes
                 self.keys, self.values = self.keys[:, parents], self.values[:, parents]
             position = len(self.prompts[0]) + len(prefixes[0]) - 1
-            self._step([p[-1] for _, p in wanted], position)
+            self._step([[p[-1]] for _, p in wanted], position)
             self.rows = {w: i for i, w in enumerate(wanted)}
         return self.logp[[self.rows[w] for w in wanted]]
 
     def _prefill(self):
-        """The prompts' keys and values, a position a step; the distribution after them."""
+        """The prompts' keys and values in one step; the distribution after them."""
         n = len(self.prompts)
         self.keys, self.values = np.zeros(self.shape, np.float32), np.zeros(self.shape, np.float32)
-        for position in range(len(self.prompts[0])):
-            self._step([p[position] for p in self.prompts], position)
+        self._step(self.prompts, 0)
         self.rows = {(r, ()): r for r in range(n)}
 
     def _step(self, tokens: list, position: int):
-        """The step model on each row's token at `position`; its keys and values into the cache."""
-        if position >= self.capacity:
-            raise DlcError(f"generate: position {position} is past the cache's {self.capacity}")
-        n = len(tokens)
+        """The step model on each row's tokens (a list each) from `position` on; their keys and
+        values into the cache there."""
+        n, t = len(tokens), len(tokens[0])
+        if position + t > self.capacity:
+            raise DlcError(f"generate: position {position + t - 1} is past the cache's {self.capacity}")
         out = self.predict(
             {
-                "ids": np.array(tokens, np.int32).reshape(n, 1),
+                "ids": np.array(tokens, np.int32).reshape(n, t),
                 "length": np.full(n, position, np.int32),
                 "past_k": self.keys,
                 "past_v": self.values,
             }
         )
-        self.keys[:, :, :, position] = out["keys"][:, :, :, 0]
-        self.values[:, :, :, position] = out["values"][:, :, :, 0]
+        self.keys[:, :, :, position : position + t] = out["keys"]
+        self.values[:, :, :, position : position + t] = out["values"]
         self.logp = log_softmax(out["logits"])

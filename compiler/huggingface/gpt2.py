@@ -4,10 +4,11 @@ The program holds two models over one set of parameters, so one checkpoint serve
 - `NAME`, the whole model (the last in the file, which the commands take): ids [B, T] in, logits
   [B, T, vocab] out (the causal LM head), or the hidden states [B, T, width] (the base model);
   with the LM head a loss against the next tokens and a train block to edit, for fine-tuning;
-- `NAME_step`, one new token given the keys and values of the positions before it (the cache
+- `NAME_step`, new tokens given the keys and values of the positions before them (the cache
   `dlc generate` keeps, [layers, B, heads, S, head width] each, the first `length` of the S
-  positions of each row filled): the new token's logits and its own keys and values, which the
-  runtime writes at position `length` of the cache. Each generated token costs one position.
+  positions of each row filled): the last new token's logits and the new tokens' own keys and
+  values, which the runtime writes from position `length` on (runtime/kv_cache.py). The prompt
+  takes one call, and each generated token one position.
 Both are written with the standard library's layers (`embedding`, `layernorm`, `dense`,
 `scaled_dot_product_attention`, `dropout`) and a GPT-2 block the program defines.
 
@@ -116,20 +117,23 @@ def gpt2_block(x: f32[B, T, D], mask, past_k = none, past_v = none) {
 }
 """
 
-# the token of each row at position `length`, given the keys and values of the `length` positions
-# before it in a cache of S (runtime/kv_cache.py); LOGITS is the head's projection of h
+# the T new tokens of each row at positions `length`, length + 1, ..., given the keys and values of
+# the `length` positions before them in a cache of S (runtime/kv_cache.py); LOGITS is the head's
+# projection of h, the last new token's hidden state
 STEP = """
-# one new token per row: its logits, and its keys and values, which the cache takes at `length`
+# T new tokens per row (the prompt at once, then one a step): the last one's logits, and their keys
+# and values, which the cache takes at positions `length` to `length + T - 1`
 model NAME_step {
-    input  ids: i32[B, 1]
+    input  ids: i32[B, T]
     input  length: i32[B]
     input  past_k: f32[LAYERS, B, HEADS, S, HEAD_WIDTH]
     input  past_v: f32[LAYERS, B, HEADS, S, HEAD_WIDTH]
     wte = embedding(ids, VOCAB, WIDTH, init = normal_std(0.02))
     param  wpe: f32[POSITIONS, WIDTH] = normal_std(0.02)
-    h = wte + gather(wpe, reshape(length, B, 1))
+    h = wte + gather(wpe, reshape(length, B, 1) + reshape(arange(T), 1, T))
     cached = select(reshape(arange(S), 1, S) < reshape(length, B, 1), 0.0, -1e9)
-    mask = reshape(concat(cached, zeros[B, 1], axis = 1), B, 1, 1, S + 1)
+    before = reshape(cached, B, 1, 1, S) + zeros[1, 1, T, 1]
+    mask = concat(before, reshape(causal_mask(T), 1, 1, T, T) + zeros[B, 1, 1, 1], axis = 3)
     keys = ()
     values = ()
     repeat i in 0..LAYERS {
@@ -137,7 +141,7 @@ model NAME_step {
         keys = keys + (expand_dims(k, 0),)
         values = values + (expand_dims(v, 0),)
     }
-    h = layernorm(h, EPS, name = "ln_f")[:, 0]
+    h = layernorm(h, EPS, name = "ln_f")[:, T - 1]
 HEAD_TABLE    output logits = LOGITS
     output keys = concat(keys, axis = 0)
     output values = concat(values, axis = 0)

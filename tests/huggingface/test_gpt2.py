@@ -70,17 +70,18 @@ def test_logits_match_transformers(lm):
 
 
 def test_the_step_model_gives_each_position_from_the_cache(lm):
+    """The first 4 tokens at once (a prompt), then one a step, each after the cache of those before."""
     torch_model, model, _ = lm
     ids = prompts(2, 9)
     want = torch_model(torch.tensor(ids)).logits.detach().numpy()
     step, engine = model._step_engine("gpt2_step")
-    cache = np.zeros((TINY["n_layer"], 2, TINY["n_head"], 12, 8), np.float32)
-    keys, values = cache.copy(), cache.copy()
-    for t in range(ids.shape[1]):
-        feeds = {"ids": ids[:, t : t + 1].astype(np.int32), "length": np.full(2, t, np.int32)}
+    keys = np.zeros((TINY["n_layer"], 2, TINY["n_head"], 12, 8), np.float32)
+    values = keys.copy()
+    for start, stop in [(0, 4)] + [(t, t + 1) for t in range(4, ids.shape[1])]:
+        feeds = {"ids": ids[:, start:stop].astype(np.int32), "length": np.full(2, start, np.int32)}
         out = engine.predict(model.params, {**feeds, "past_k": keys, "past_v": values})
-        keys[:, :, :, t], values[:, :, :, t] = out["keys"][:, :, :, 0], out["values"][:, :, :, 0]
-        np.testing.assert_allclose(out["logits"], want[:, t], rtol=1e-5, atol=1e-5)
+        keys[:, :, :, start:stop], values[:, :, :, start:stop] = out["keys"], out["values"]
+        np.testing.assert_allclose(out["logits"], want[:, stop - 1], rtol=1e-5, atol=1e-5)
 
 
 def test_greedy_generation_gives_the_tokens_of_transformers(lm):
