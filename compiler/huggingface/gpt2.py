@@ -4,7 +4,7 @@ The program holds two models over one set of parameters, so one checkpoint serve
 - `NAME`, the whole model (the last in the file, which the commands take): ids [B, T] in, logits
   [B, T, vocab] out (the causal LM head), or the hidden states [B, T, width] (the base model);
   with the LM head a loss against the next tokens and a train block to edit, for fine-tuning;
-- `NAME_step`, new tokens given the keys and values of the positions before them (the cache
+- `NAME_step` (with the LM head), new tokens given the keys and values of the positions before them (the cache
   `dlc generate` keeps, [layers, B, heads, S, head width] each, the first `length` of the S
   positions of each row filled): the last new token's logits and the new tokens' own keys and
   values, which the runtime writes from position `length` on (runtime/kv_cache.py). The prompt
