@@ -80,7 +80,7 @@ def model_name(stem: str) -> str:
 
 
 @dataclass
-class Imported:
+class ImportedFolder:
     """A folder imported: the program, its parameters by dlc name, the config export writes
     back (the folder's, with `architectures` the imported one), the class names of a
     classifier's labels (id2label), and the folder's input files by name."""
@@ -94,7 +94,7 @@ class Imported:
     files: dict = field(default_factory=dict)
 
 
-def import_folder(path, name: str, as_def: bool = False, weights: str | None = None) -> Imported:
+def import_folder(path, name: str, as_def: bool = False, weights: str | None = None) -> ImportedFolder:
     """The `.dl` program and parameters of the Hugging Face model folder at `path`, the model
     named `name`; `as_def`: the model's body as a def another file calls (`--def`); `weights`:
     the checkpoint's file name, which the train block starts from (`init_from`)."""
@@ -111,7 +111,7 @@ def import_folder(path, name: str, as_def: bool = False, weights: str | None = N
     text = module.program(folder.config, head, **{k: v for k, v in given.items() if k in asked})
     weights = module.weights(folder.config, folder.tensors, head)
     config = dict(folder.config) | {"architectures": [architecture]}
-    return Imported(name, architecture, text, weights, config, class_names(folder.config, head), folder.files)
+    return ImportedFolder(name, architecture, text, weights, config, class_names(folder.config, head), folder.files)
 
 
 def class_names(config, head: str) -> list | None:
