@@ -39,6 +39,7 @@ from train_step import json_safe, markdown
 
 HERE = Path(__file__).resolve().parent
 THREADS = 2
+PAUSE_S = 0.2  # before each generation: the other framework's spinning worker threads go to sleep
 SHAPES = {
     "gpt2": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12),
     "tiny": dict(vocab_size=1000, n_positions=256, n_embd=64, n_layer=2, n_head=4),
@@ -118,8 +119,8 @@ def main(argv=None) -> int:
         model = imported(folder, Path(tmp))
         for batch in (int(b) for b in args.batches.split(",")):
             prompts = np.random.default_rng(batch).integers(0, shape["vocab_size"], (batch, args.prompt))
-            whole = calls(generations(model, torch_model, prompts, args.new), args.rounds, 0.0, warmup=1)
-            first = calls(generations(model, torch_model, prompts, 1), args.rounds, 0.0, warmup=1)
+            whole = calls(generations(model, torch_model, prompts, args.new), args.rounds, 0.0, 1, PAUSE_S)
+            first = calls(generations(model, torch_model, prompts, 1), args.rounds, 0.0, 1, PAUSE_S)
             ratio = whole.ratio("dlc", "hf")
             row = {
                 "batch": batch,
