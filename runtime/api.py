@@ -26,6 +26,7 @@ from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.compiler.frontend.settings import to_text
 from dlc.compiler.frontend.loader import load as load_program
 from dlc.runtime import decoding
+from dlc.runtime.kv_cache import CachedSteps, check_step_model, log_softmax, step_model_name
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data import files
 from dlc.runtime.data.photos import photo_column, photo_paths, top_classes
@@ -35,7 +36,7 @@ from dlc.runtime.data.files import read_text
 from dlc.runtime.data.synthetic import BOS, EOS, PAD
 from dlc.runtime.data.text import decode, encode
 from dlc.runtime.data.text_tables import encoded_dataset
-from dlc.runtime.data.tokenizer import Tokenizer
+from dlc.runtime.data.tokenizer import Tokenizer, load as load_tokenizer
 from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
 from dlc.runtime.engines.int8 import Int8Engine, calibrate_arrays
@@ -43,6 +44,8 @@ from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.engines.reference import predict_graph
 from dlc.runtime.interop import checkpoint, quantized
+from dlc.compiler.huggingface.folder import TOKENIZER
+from dlc.runtime.interop.huggingface import beside, end_token
 from dlc.runtime.training.callbacks import Callback, StopTraining
 from dlc.runtime.training.summarize import summary_settings, summary_text
 from dlc.runtime.training.config import make_config
@@ -82,6 +85,7 @@ class DlcModel:
         self.stop_training = False
         self._engine = None
         self._int8_engine = None
+        self._step = None  # a token model's step model and its engine (`_step_engine`)
 
     def __repr__(self) -> str:
         inputs = ", ".join(f"{i.name}: {i.type}" for i in self.eval_model.inputs if not i.is_target)
@@ -376,11 +380,20 @@ class DlcModel:
         return top_classes(np.asarray(scores), named, k)
 
     def tokenizer(self) -> Tokenizer:
-        """The tokenizer the weights were trained with (runtime/data/tokenizer.py), which the checkpoint keeps."""
+        """The tokenizer of the model's text (runtime/data/tokenizer.py): the one the checkpoint keeps
+        (weights trained on tokenized text), else OUT.tokenizer.json beside the program OUT.dl, where
+        `dlc import` writes a Hugging Face folder's tokenizer.json."""
         meta = self.meta.get("meta", {}).get("tokenizer")
-        if meta is None:
-            raise DlcError("this checkpoint has no tokenizer: it was not trained on tokenized text (texts(...))")
-        return Tokenizer.from_meta(meta, f"the tokenizer of {self._weights_path or 'the trained weights'}")
+        if meta is not None:
+            return Tokenizer.from_meta(meta, f"the tokenizer of {self._weights_path or 'the trained weights'}")
+        path = beside(Path(self.path), TOKENIZER)
+        if not path.is_file():
+            raise DlcError(
+                f"{self.name} has no tokenizer: its checkpoint keeps none (its weights were not trained on "
+                f"tokenized text) and {path} does not exist (dlc import FOLDER copies a folder's tokenizer.json "
+                "there); give the prompt as token ids"
+            )
+        return load_tokenizer(path)
 
     def vocab(self) -> str:
         """The characters of the text the weights were trained on, an id each."""
@@ -422,15 +435,25 @@ class DlcModel:
         top_k: int | None = None,
         top_p: float | None = None,
         length_penalty: float | None = None,
+        cache: bool = True,
     ) -> str | list:
         """Continue a character model's `prompt` (text) by `length` characters (a model trained
         with a tokenizer: by `length` tokens of it, `tokenizer`), or decode an
         encoder-decoder's source (`prompt`: token ids) into at most `length` tokens, up to
-        EOS: greedily (the default), by sampling (a temperature above 0, top_k or top_p;
-        seeded by `seed`) or by beam search (runtime/decoding.py says how). Returns the
-        continuation (a str, or a list of ids); with beam=K, the K best as
-        decoding.Candidate(sequence, log_prob, score), best first."""
+        EOS, or continue a token language model's prompt (one with a step model, as an
+        imported GPT-2: text its tokenizer reads, token ids, or a list of either, all of one
+        length in tokens, decoded together) by `length` tokens: greedily (the default), by
+        sampling (a temperature above 0, top_k or top_p; seeded by `seed`) or by beam search
+        (runtime/decoding.py says how). A token model decodes one position per token from a
+        cache of keys and values (runtime/kv_cache.py); cache=False runs the whole model over
+        the whole prefix for each token instead, for the same tokens. Returns the continuation
+        (a str, or a list of ids; a list of them for a list of prompts); with beam=K, the K
+        best as decoding.Candidate(sequence, log_prob, score), best first."""
         self._require_weights()
+        step = step_model_name(self.program.models, self.name)
+        if step is not None:
+            options = dict(beam=beam, temperature=temperature, top_k=top_k, top_p=top_p, length_penalty=length_penalty)
+            return self._generate_tokens(prompt, length, step, cache, seed, options)
         encoder_decoder = _sequence_inputs(self.eval_model) is not None
         eos = self._token("eos") if encoder_decoder else None
         options = dict(beam=beam, temperature=temperature, top_k=top_k, top_p=top_p, length_penalty=length_penalty)
@@ -444,6 +467,61 @@ class DlcModel:
             for c in decoding.decode(next_log_probs, length, eos, seed=seed, **options)
         ]
         return found if beam is not None else found[0].sequence
+
+    def _generate_tokens(self, prompt, length: int, step: str, cache: bool, seed: int, options: dict):
+        """`generate` for a token language model with the step model `step`."""
+        many = isinstance(prompt, (list, tuple)) and len(prompt) > 0 and not isinstance(prompt[0], (int, np.integer))
+        prompts = list(prompt) if many else [prompt]
+        tokenizer = self.tokenizer() if any(isinstance(p, str) for p in prompts) else None
+        ids = [[int(t) for t in (tokenizer.corpus(p) if isinstance(p, str) else p)] for p in prompts]
+        eos = end_token(Path(self.path))
+        decoding.check(length, eos, **options)
+        if len({len(i) for i in ids}) != 1 or not ids[0]:
+            raise DlcError(
+                f"generate: {self.name} continues prompts of at least one token, all of one length when decoded "
+                f"together; got {', '.join(str(len(i)) for i in ids)} tokens"
+            )
+        inp = next(i for i in self.eval_model.inputs if not i.is_target)
+        fit_input(inp, np.array(ids), self.eval_model)  # ids the model can look up
+        positions = context_limit(self.eval_model)
+        if positions and len(ids[0]) + length > positions:
+            raise DlcError(
+                f"generate: the prompt's {len(ids[0])} tokens and {length} more exceed the {positions} positions "
+                f"of {self.name}"
+            )
+        if cache:
+            model, engine = self._step_engine(step)
+            next_log_probs = CachedSteps(
+                lambda feeds: engine.predict(self.params, feeds), model, ids, len(ids[0]) + length
+            )
+        else:
+            next_log_probs = self._token_steps(ids)
+        found = decoding.decode(next_log_probs, length, eos, seed=seed, rows=len(ids), **options)
+        rows = [ids[0]] * len(found) if options["beam"] is not None else ids
+        found = [c._replace(sequence=_spelled(tokenizer, row, list(c.sequence))) for c, row in zip(found, rows)]
+        if options["beam"] is not None:
+            return found
+        return [c.sequence for c in found] if many else found[0].sequence
+
+    def _step_engine(self, step: str):
+        """The step model `step` (evaluation mode) and an engine that runs it, made on first use."""
+        if self._step is None:
+            model = self.program.build(step, training=False)
+            check_step_model(model)
+            self._step = model, make_engine(self.backend, self.program.build(step, training=True), model)
+        return self._step
+
+    def _token_steps(self, prompts: list):
+        """The next-token log-probabilities after each prompt and prefix by the whole model over the whole
+        sequence (the callback of runtime/decoding.py, without a cache)."""
+        inp = next(i for i in self.eval_model.inputs if not i.is_target)
+
+        def next_log_probs(prefixes):
+            rows = [prompts[0 if len(prompts) == 1 else i] + list(p) for i, p in enumerate(prefixes)]
+            logits = next(iter(self.engine.predict(self.params, {inp.name: np.array(rows, np.int32)}).values()))
+            return log_softmax(logits[:, -1])
+
+        return next_log_probs
 
     def _character_steps(self, prompt: str):
         """The next-token log-probabilities after the prompt and each prefix (the callback of
@@ -537,6 +615,15 @@ class DlcModel:
         """The first output at the last position: the next-token distribution, [batch, classes]."""
         out = np.asarray(next(iter(self.engine.predict(self.params, feeds).values())), np.float64)
         return out[:, -1] if out.ndim == 3 else out.reshape(len(out), -1)
+
+
+def _spelled(tokenizer, prompt: list, ids: list) -> str | list:
+    """A continuation as the text it adds to the prompt's (the tokens decoded together, as a
+    tokenizer joins them: GPT-2's spaces belong to the token after them), or its ids without a tokenizer."""
+    if tokenizer is None:
+        return ids
+    before, whole = tokenizer.decode(prompt), tokenizer.decode(prompt + ids)
+    return whole[len(before) :] if whole.startswith(before) else tokenizer.decode(ids)
 
 
 def _log(probs: np.ndarray) -> np.ndarray:

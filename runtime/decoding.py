@@ -44,7 +44,11 @@ def length_penalty(length: int, alpha: float) -> float:
 
 
 def greedy(next_log_probs: NextLogProbs, length: int, eos: int | None = None) -> Candidate:
-    return _token_by_token(next_log_probs, length, eos, lambda logp: int(np.argmax(logp)))
+    return _token_by_token(next_log_probs, length, eos, _most_likely)[0]
+
+
+def _most_likely(logp: np.ndarray) -> int:
+    return int(np.argmax(logp))
 
 
 def sample(
@@ -56,11 +60,15 @@ def sample(
     top_p: float | None = None,
     eos: int | None = None,
 ) -> Candidate:
+    return _token_by_token(next_log_probs, length, eos, _sampler(rng, temperature, top_k, top_p))[0]
+
+
+def _sampler(rng: np.random.Generator, temperature: float, top_k: int | None, top_p: float | None):
     def choose(logp):
         p = sampling_distribution(logp, temperature, top_k, top_p)
         return int(rng.choice(len(p), p=p))
 
-    return _token_by_token(next_log_probs, length, eos, choose)
+    return choose
 
 
 def sampling_distribution(
@@ -152,23 +160,35 @@ def decode(
     top_p: float | None = None,
     length_penalty: float | None = None,
     seed: int = 0,
+    rows: int = 1,
 ) -> list[Candidate]:
     """The decoding the options (which `check` accepted) ask for: beam search's `beam` best
-    candidates, else one sequence, sampled (top_k, top_p or a temperature above 0; the
-    temperature is 1 unless given) or greedy."""
+    candidates, else a sequence for each of `rows` prompts decoded together (the callback's
+    i-th prefix continues the i-th prompt), sampled (top_k, top_p or a temperature above 0;
+    the temperature is 1 unless given) or greedy. Beam search decodes one prompt."""
     if beam is not None:
+        if rows != 1:
+            raise DlcError(f"generate: beam search continues one prompt at a time, not {rows}")
         return beam_search(next_log_probs, length, beam, eos, length_penalty or 0.0)
     if temperature is None:
         temperature = 0.0 if top_k is None and top_p is None else 1.0
     if temperature == 0:
-        return [greedy(next_log_probs, length, eos)]
-    return [sample(next_log_probs, length, np.random.default_rng(seed), temperature, top_k, top_p, eos)]
+        return _token_by_token(next_log_probs, length, eos, _most_likely, rows)
+    choose = _sampler(np.random.default_rng(seed), temperature, top_k, top_p)
+    return _token_by_token(next_log_probs, length, eos, choose, rows)
 
 
-def _token_by_token(next_log_probs: NextLogProbs, length: int, eos: int | None, choose) -> Candidate:
-    seq, total = (), 0.0
-    while len(seq) < length and (not seq or seq[-1] != eos):
-        logp = next_log_probs([seq])[0]
-        token = choose(logp)
-        seq, total = seq + (token,), total + float(logp[token])
-    return Candidate(seq, total, total)
+def _token_by_token(next_log_probs: NextLogProbs, length: int, eos: int | None, choose, rows: int = 1) -> list:
+    """A Candidate for each of `rows` sequences extended together, one token each per call of
+    the callback (the prefixes stay of one length: a sequence that ended repeats EOS, which
+    its candidate leaves out), until each ends or has `length` tokens."""
+    seqs, totals, ends = [()] * rows, [0.0] * rows, [None] * rows
+    while len(seqs[0]) < length and None in ends:
+        logp = next_log_probs(seqs)
+        for i in range(rows):
+            token = choose(logp[i]) if ends[i] is None else eos
+            if ends[i] is None:
+                totals[i] += float(logp[i, token])
+                ends[i] = len(seqs[i]) + 1 if token == eos else None
+            seqs[i] = seqs[i] + (token,)
+    return [Candidate(seq[:end], total, total) for seq, total, end in zip(seqs, totals, ends)]

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dlc.compiler.errors import DlcError
-from dlc.compiler.huggingface.folder import refuse, setting, take
+from dlc.compiler.huggingface.folder import ACTIVATIONS, refuse, setting, take
 
 MODEL_TYPES = ("bert", "roberta", "distilbert")
 HEADS = {
@@ -33,16 +33,6 @@ HEADS = {
     "DistilBertForSequenceClassification": "sequence",
     "DistilBertForTokenClassification": "token",
     "DistilBertForMaskedLM": "masked_lm",
-}
-# transformers' activation names -> the standard library's (transformers' "gelu" is the exact one)
-ACTIVATIONS = {
-    "gelu": "gelu_exact",
-    "gelu_new": "gelu",
-    "gelu_pytorch_tanh": "gelu",
-    "relu": "relu",
-    "silu": "silu",
-    "swish": "silu",
-    "tanh": "tanh",
 }
 IGNORED_LABEL = -100  # the label transformers' losses skip (padding, sub-word continuations)
 
@@ -290,12 +280,19 @@ def program(
         text += _block(f"model {name}", declared + targets + encoder + head_lines)
     if head != "base":
         columns = ", ".join(inputs + [targets[0].split()[1].rstrip(":")])
+        if tokenizer and head == "sequence":  # sentences and their labels, tokenized as the folder's tokenizer does
+            data = [
+                "# the data: a table of sentences (column text) and labels (column label), docs/training.md",
+                f'data      = texts("train.csv", tokenizer = "{tokenizer}")',
+            ]
+        else:
+            data = [f"# the data: {columns} (token ids, as the tokenizer makes them)"]
+            data += [f"# the tokenizer: {tokenizer}"] if tokenizer else []
+            data += ['data      = npz("train.npz")']
         text += [""] + _block(
             f"train {name}",
-            [f"# the data: {columns} (token ids, as the tokenizer makes them)"]
-            + ([f"# the tokenizer: {tokenizer}"] if tokenizer else [])
+            data
             + [
-                'data      = npz("train.npz")',
                 f'init_from = "{weights or name + ".npz"}"',
                 "optimizer = adamw(lr = 2e-5, weight_decay = 0.01)",
                 "batch     = 16",

@@ -22,6 +22,17 @@ INDEX = "model.safetensors.index.json"
 TOKENIZER = "tokenizer.json"
 PREPROCESSOR = "preprocessor_config.json"  # an image model's: the photos' size, crop, mean and std
 
+# transformers' activation names -> the standard library's (transformers' "gelu" is the exact one)
+ACTIVATIONS = {
+    "gelu": "gelu_exact",
+    "gelu_new": "gelu",
+    "gelu_pytorch_tanh": "gelu",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+    "tanh": "tanh",
+}
+
 
 class Config(dict):
     """config.json's settings, and the file they were read from (for the messages)."""

@@ -39,6 +39,24 @@ def beside(program: Path, name: str) -> Path:
     return program.with_name(f"{program.stem}.{name}")
 
 
+def end_token(program: Path) -> int | None:
+    """The end-of-text token id of the folder `program` was imported from (its config's
+    `eos_token_id`, in PROGRAM.config.json), at which generation stops; None for a program not
+    imported from a folder, or a config without one."""
+    path = config_path(program)
+    if not path.is_file():
+        return None
+    try:
+        eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise DlcError(f"{path} is not readable JSON of settings ({e})") from None
+    if isinstance(eos, list) and len(eos) == 1:
+        eos = eos[0]
+    if eos is not None and (not isinstance(eos, int) or isinstance(eos, bool)):
+        raise DlcError(f"{path}: 'eos_token_id' is {json.dumps(eos)}; dlc stops generating at one token id")
+    return eos
+
+
 def save_import(folder, out, weights=None, as_def: bool = False) -> list:
     """Import the folder as the program `out` (.dl) and its checkpoint (`weights`, default
     OUT.npz), with the config and tokenizer beside it; the program is built once before

@@ -55,8 +55,9 @@ def test_an_unknown_model_type_lists_what_dlc_imports(saved, tmp_path, capsys):
     err = refused(folder, tmp_path, capsys)
     assert (
         "the model_type 'albert' (AlbertForMaskedLM)" in err
-        and "bert, distilbert, mobilenet_v2, resnet, roberta, vit" in err
+        and "bert, distilbert, gpt2, mobilenet_v2, resnet, roberta, vit" in err
         and "BertForMaskedLM" in err
+        and "GPT2LMHeadModel" in err
     )
 
 

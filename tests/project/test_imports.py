@@ -134,7 +134,7 @@ LAYERS = (
     # and writes them
     ("dlc.runtime.interop",),
     ("dlc.runtime.training",),
-    ("dlc.runtime.decoding",),
+    ("dlc.runtime.decoding", "dlc.runtime.kv_cache"),
     ("dlc.runtime.api", "dlc.runtime.deploy", "dlc.runtime.lsp"),
     ("dlc.runtime.cli",),
     ("dlc.tools",),

@@ -1,5 +1,5 @@
-"""`dlc generate`: continue a text prompt with a trained character model, or a token model by the
-tokenizer its checkpoint keeps."""
+"""`dlc generate`: continue a text prompt with a trained character model or a token language model
+(trained with a tokenizer, or an imported GPT-2 with its own), or decode an encoder-decoder's source."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dlc.runtime.api import _sequence_inputs
 from dlc.runtime.cli.arguments import model_arguments, whole, positive, real, seed_number, WEIGHTS_HELP
 from dlc.runtime.cli.trained import weighted_model
 
-HELP = 'continue a text prompt with a trained character or token model'
+HELP = 'continue a text prompt with a character or token language model'
 
 
 def arguments(p):
@@ -28,8 +28,8 @@ def arguments(p):
         type=whole(0),
         default=200,
         metavar="N",
-        help="characters to generate (tokens, for a model trained with a tokenizer); an encoder-decoder's most "
-        "tokens, EOS included (default 200)",
+        help="characters to generate (a token model's tokens); an encoder-decoder's most tokens, EOS included "
+        "(default 200)",
     )
     p.add_argument(
         "--temperature",
@@ -58,6 +58,13 @@ def arguments(p):
         "(GNMT's; default 0: by log_prob)",
     )
     p.add_argument("--seed", type=seed_number, default=0, metavar="S", help="seed of the sampling (default 0)")
+    p.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_false",
+        help="a token model: run the whole model over the whole prefix for each token, not its step model over "
+        "the cache of keys and values (slower; the same tokens)",
+    )
 
 
 def run(args):
@@ -82,6 +89,7 @@ def run(args):
         top_k=args.top_k,
         top_p=args.top_p,
         length_penalty=args.length_penalty,
+        cache=args.cache,
     )
     if args.beam is None:
         print(show(found))

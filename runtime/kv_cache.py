@@ -1,0 +1,108 @@
+"""Decoding a language model one position per token, from a cache of keys and values.
+
+dlc compiles a model for static shapes, so the cache is an input and output of a second model
+of the program, the step model `NAME_step` beside the model `NAME` (the importer of a Hugging
+Face GPT-2 writes one, compiler/huggingface/gpt2.py), over the same parameters:
+
+    input  ids: i32[B, T]                           the T new tokens of each row
+    input  length: i32[B]                           how many positions are cached: the first new token's
+    input  past_k, past_v: f32[L, B, H, S, d]       the keys and values of the S positions of the cache
+    output logits: f32[B, V]                        the distribution after the last new token
+    output keys, values: f32[L, B, H, T, d]         the new tokens', which the cache takes from `length` on
+
+`CachedSteps` is the callback of runtime/decoding.py over it: it runs the prompts through the
+step model at once (the prefill, T their length), then extends each prefix it is asked about
+from the cache of the prefix it grew from by one position (T = 1), so beam search's reordered
+prefixes and sampling's and greedy decoding's single ones all cost one step per token. The
+compiled step loops over T and S as it does over any symbolic dim: one code serves both.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from dlc.compiler.errors import DlcError
+
+STEP_SUFFIX = "_step"  # the step model of model NAME is NAME_step
+STEP_INPUTS = ("ids", "length", "past_k", "past_v")
+
+
+def step_model_name(models, name: str) -> str | None:
+    """The name of model `name`'s step model among a program's `models`, or None."""
+    return name + STEP_SUFFIX if name + STEP_SUFFIX in models else None
+
+
+def check_step_model(model):
+    """Refuses a step model that does not take the inputs and give the outputs above."""
+    inputs = {i.name: i for i in model.inputs if not i.is_target}
+    outputs = {k.removeprefix("output:") for k in model.graph.outputs if k.startswith("output:")}
+    if set(inputs) != set(STEP_INPUTS) or not {"logits", "keys", "values"} <= outputs:
+        raise DlcError(
+            f"model {model.name} is not a step model: it needs the inputs {', '.join(STEP_INPUTS)} and the outputs "
+            f"logits, keys and values (runtime/kv_cache.py), and has the inputs {', '.join(inputs) or 'none'} "
+            f"and the outputs {', '.join(sorted(outputs)) or 'none'}"
+        )
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+class CachedSteps:
+    """The next-token log-probabilities after each of `prompts` (token ids, all of one length)
+    and a prefix (the callback of runtime/decoding.py: with one prompt every prefix continues
+    it; with several, the i-th prefix continues the i-th), computed by `predict` (the step
+    model's feeds -> its outputs) over a cache of `capacity` positions, which the step model
+    reads where it lies (the native engine binds an array it is given, not a copy)."""
+
+    def __init__(self, predict: Callable[[dict], dict], model, prompts: list, capacity: int):
+        check_step_model(model)
+        layers, _, heads, _, width = next(i for i in model.inputs if i.name == "past_k").type.shape
+        self.predict, self.prompts, self.capacity = predict, [list(p) for p in prompts], capacity
+        if len({len(p) for p in self.prompts}) != 1 or not self.prompts[0]:
+            raise DlcError("generate: the prompts decoded together need one length, of at least one token")
+        self.shape = (layers, len(self.prompts), heads, capacity, width)
+        self.rows: dict = {}  # (prompt, prefix) -> its row of the cache and of logp
+        self.keys = self.values = self.logp = None
+
+    def __call__(self, prefixes: list) -> np.ndarray:
+        wanted = [(0 if len(self.prompts) == 1 else i, tuple(p)) for i, p in enumerate(prefixes)]
+        if self.logp is None:
+            self._prefill()
+        if not all(w in self.rows for w in wanted):
+            parents = [self.rows[(r, p[:-1])] for r, p in wanted]
+            if parents != list(range(len(self.rows))):  # beam search reordered or repeated prefixes
+                self.keys, self.values = self.keys[:, parents], self.values[:, parents]
+            position = len(self.prompts[0]) + len(prefixes[0]) - 1
+            self._step([[p[-1]] for _, p in wanted], position)
+            self.rows = {w: i for i, w in enumerate(wanted)}
+        return self.logp[[self.rows[w] for w in wanted]]
+
+    def _prefill(self):
+        """The prompts' keys and values in one step; the distribution after them."""
+        n = len(self.prompts)
+        self.keys, self.values = np.zeros(self.shape, np.float32), np.zeros(self.shape, np.float32)
+        self._step(self.prompts, 0)
+        self.rows = {(r, ()): r for r in range(n)}
+
+    def _step(self, tokens: list, position: int):
+        """The step model on each row's tokens (a list each) from `position` on; their keys and
+        values into the cache there."""
+        n, t = len(tokens), len(tokens[0])
+        if position + t > self.capacity:
+            raise DlcError(f"generate: position {position + t - 1} is past the cache's {self.capacity}")
+        out = self.predict(
+            {
+                "ids": np.array(tokens, np.int32).reshape(n, t),
+                "length": np.full(n, position, np.int32),
+                "past_k": self.keys,
+                "past_v": self.values,
+            }
+        )
+        self.keys[:, :, :, position : position + t] = out["keys"]
+        self.values[:, :, :, position : position + t] = out["values"]
+        self.logp = log_softmax(out["logits"])
