@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, Span
 from dlc.runtime.cli.arguments import positive
 from dlc.runtime.data.tokenizer import KINDS, train
 
@@ -37,12 +38,27 @@ def arguments(p):
 
 def run(args):
     for f in args.files:
-        if not Path(f).is_file():
-            raise DlcError(f"{f}: no such corpus file")
+        _check_corpus(Path(f))
     tok = train(args.files, args.kind, args.vocab, args.lower, args.min_frequency)
     out = Path(args.output)
     try:
         tok.tok.save(str(out))
     except Exception as e:  # the library's error writing the file
-        raise DlcError(f"cannot write {out}: {e}") from None
+        raise DlcError(f"cannot write {out}: {e}", Span.whole(out)) from None
     print(f"wrote {out}: a {args.kind} tokenizer of {tok.vocab_size} tokens, padding with {tok.pad_rule}")
+
+
+def _check_corpus(path: Path):
+    """A corpus file that exists and is UTF-8 text, read in pieces (the library's own error names no file)."""
+    if not path.is_file():
+        raise DlcError("no such corpus file", Span.whole(path))
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as f:
+            while piece := f.read(1 << 20):
+                decoder.decode(piece)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError as e:
+        raise DlcError(f"the corpus is not UTF-8 text ({e.reason})", Span.whole(path)) from None
+    except OSError as e:
+        raise DlcError(f"cannot read the corpus: {e.strerror}", Span.whole(path)) from None
