@@ -391,7 +391,7 @@ class DlcModel:
             raise DlcError(
                 f"{self.name} has no tokenizer: its checkpoint keeps none (its weights were not trained on "
                 f"tokenized text) and {path} does not exist (dlc import FOLDER copies a folder's tokenizer.json "
-                "there); give the prompt as token ids"
+                "there); without one, give token ids"
             )
         return load_tokenizer(path)
 

@@ -149,13 +149,15 @@ def _read_safetensors(path: Path) -> dict:
     try:
         with st.safe_open(str(path), "np") as f:
             for key in f.keys():
-                try:
-                    array = f.get_tensor(key)
-                except TypeError:  # a type numpy has not: bfloat16, float8
-                    array = None
-                if array is None and f.get_slice(key).get_dtype() == "BF16":
+                # bfloat16 is read from the file's bytes: numpy has no such type, unless a package such as
+                # ml_dtypes (which onnx imports) added one, which float32 arithmetic would not accept
+                if f.get_slice(key).get_dtype() == "BF16":
                     bfloat16.append(key)
                     continue
+                try:
+                    array = f.get_tensor(key)
+                except TypeError:  # another type numpy has not: float8
+                    array = None
                 if array is None or array.dtype.kind not in "biuf":
                     raise DlcError(
                         f"{path}: the tensor '{key}' holds {f.get_slice(key).get_dtype()} numbers, which dlc "

@@ -308,7 +308,7 @@ def test_predict_text_without_a_tokenizer_in_the_checkpoint_is_refused(tmp_path,
     path = write(tmp_path, XOR_CLASSIFIER, "train clf { data = xor() batch = 4 epochs = 1 }")
     assert main(["train", path, "--out", str(tmp_path / "run"), "-q"]) == 0
     err = failure(["predict", path, "--weights", str(tmp_path / "run" / "best.npz"), "--text", "hello"], capsys)
-    assert "this checkpoint has no tokenizer" in err
+    assert "clf has no tokenizer: its checkpoint keeps none" in err
 
 
 LANGUAGE_MODEL = """

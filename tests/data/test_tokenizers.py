@@ -205,7 +205,7 @@ def test_dlc_tokenizer_train_writes_a_tokenizer_json(tmp_path, corpus, capsys, k
 def test_dlc_tokenizer_train_refuses_a_missing_or_binary_corpus(tmp_path, capsys):
     assert "no such corpus file" in failure(["tokenizer", "train", str(tmp_path / "no.txt"), "-o", "t.json"], capsys)
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00 not text")
-    assert "could not train a bpe tokenizer" in failure(
+    assert "the corpus is not UTF-8 text" in failure(
         ["tokenizer", "train", str(tmp_path / "bin.txt"), "-o", str(tmp_path / "t.json")], capsys
     )
 

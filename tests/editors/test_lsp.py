@@ -863,7 +863,7 @@ async def test_train_values_complete_with_their_options_as_a_dl_file_writes_them
         "cosine"
     ] == "cosine(min_lr = 0, warmup = 0, warmup_steps = none, decay_steps = none)"
     sources = await details("data = ")
-    assert sources["text"] == 'text(path, seq = 100, vocab = none, lines = false, windows = "fixed")'
+    assert sources["text"] == 'text(path, seq = 100, vocab = none, lines = false, windows = "fixed", tokenizer = none)'
     assert "split" not in sources
     for held_out in ("validation = ", "test = "):
         assert (await details(held_out)) == {"split": "split(fraction, tail = false)"} | sources

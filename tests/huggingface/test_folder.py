@@ -152,7 +152,9 @@ def test_the_tokenizer_is_copied_beside_the_program_and_named_in_its_train_block
     said = capsys.readouterr().out
     assert "model my_bert:" in said and f"wrote {tmp_path / 'my-bert.tokenizer.json'}" in said
     assert (tmp_path / "my-bert.tokenizer.json").read_bytes() == (folder / "tokenizer.json").read_bytes()
-    assert "# the tokenizer: my-bert.tokenizer.json" in (tmp_path / "my-bert.dl").read_text()
+    assert (
+        'data      = texts("train.csv", tokenizer = "my-bert.tokenizer.json")' in (tmp_path / "my-bert.dl").read_text()
+    )
     args = ["export", str(tmp_path / "my-bert.dl"), "--weights", str(tmp_path / "my-bert.npz")]
     assert main(args + ["--format", "huggingface", "-o", str(tmp_path / "back")]) == 0
     assert (tmp_path / "back" / "tokenizer.json").read_bytes() == (folder / "tokenizer.json").read_bytes()

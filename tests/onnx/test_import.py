@@ -682,8 +682,8 @@ def test_cli_import_errors_exit_1_without_a_traceback(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr and "bad.onnx is not an ONNX model" in r.stderr
     assert not (tmp_path / "bad.dl").exists()
     path = mlp(tmp_path)
-    r = dlc("import", path.name, "-o", "mlp.txt", cwd=tmp_path)
-    assert r.returncode == 1 and "-o takes the .dl file to write" in r.stderr
+    r = dlc("import", path.name, "-o", "mlp.txt", cwd=tmp_path)  # a flag's error: a usage error, status 2
+    assert r.returncode == 2 and r.stderr.startswith("--output: error: -o takes the .dl file to write")
     save(
         tmp_path,
         "perm",
