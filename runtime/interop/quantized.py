@@ -6,6 +6,8 @@ the model and the arithmetic's bounds: a hostile file is refused, naming the arr
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +36,21 @@ def describe(quantization: dict, settings: dict, model: Model) -> dict:
 
 def stamp(model: Model) -> str:
     """What the scales depend on, as a hash: the evaluation graph of `model` (its operations in
-    order, their shapes and settings, the parameters' names), not the text it was written in:
-    a comment or a blank line leaves it as it is."""
-    return checkpoint.source_hash(to_text(model.graph, spans=False))
+    order, their shapes and settings), not the text it was written in, nor the parameters'
+    names: a comment or a blank line leaves it as it is, and so does a binding renamed, whose
+    checkpoint `dlc checkpoint rename` renames (the products' names with it)."""
+    names: dict = {}
+    lines = []
+    for line in to_text(model.graph, spans=False).splitlines():
+        found = _PARAM_NAME.search(line) if " = param {" in line else None
+        if found:  # a parameter by its place among the parameters
+            index = names.setdefault(found.group(1), len(names))
+            line = line[: found.start(1)] + f"#{index}" + line[found.end(1) :]
+        lines.append(line)
+    return checkpoint.source_hash("\n".join(lines))
+
+
+_PARAM_NAME = re.compile(r"\bname=([^,}]+)")  # a param node's name in to_text's line
 
 
 def read_in_float32(path) -> str:

@@ -164,7 +164,8 @@ def bindings(model: Model, ds: Dataset, need_targets: bool = True, said: set | N
 
 def context_limit(model: Model) -> int:
     """The longest sequence the model accepts: a parameter sliced to the sequence
-    length (learned positions, P[0:T]) bounds it; 0 means no limit."""
+    length (learned positions, P[0:T]) or whose rows 0..T-1 are gathered (embedding(arange(T),
+    ...), as BERT's and GPT-2's positions) bounds it; 0 means no limit."""
     g = model.graph
     for n in g.nodes_with("slice"):
         src = g.inputs(n)[0]
@@ -172,6 +173,14 @@ def context_limit(model: Model) -> int:
             for axis, stop in enumerate(g.attrs(n)["stops"]):
                 if not isinstance(stop, int):
                     return src.shape[axis]
+    for n in g.nodes_with("gather"):
+        table, rows = g.inputs(n)[:2]
+        if (
+            g.op(table.node) == "param"
+            and g.op(rows.node) == "iota"
+            and not all(isinstance(d, int) for d in rows.shape)
+        ):
+            return table.shape[0]
     return 0
 
 

@@ -166,3 +166,34 @@ def test_a_new_head_on_an_imported_masked_lm_trains_as_interop_md_writes_it(tmp_
     trained, _, _ = checkpoint.load(tmp_path / "run" / "last.npz")
     start, _, _ = checkpoint.load(tmp_path / "encoder.npz")
     assert not np.array_equal(trained["layer.0.attention.Wq"], start["layer.0.attention.Wq"])  # the encoder trains too
+
+
+REVIEWS = Path(__file__).resolve().parents[2] / "examples" / "data"
+
+
+def test_an_imported_classifier_fine_tunes_on_sentences_and_names_a_texts_label(tmp_path, capsys):
+    """A folder with its tokenizer.json: the program's train block reads a CSV of sentences with
+    texts(...) through it, `dlc predict --text` and the API's predict(text=...) name the label,
+    and a text longer than the model's positions is refused before any step."""
+    pytest.importorskip("tokenizers")
+    import shutil
+
+    tiny_folder(tmp_path / "folder", "BertForSequenceClassification", vocab_size=400, max_position_embeddings=32)
+    shutil.copy(REVIEWS / "reviews_tokenizer.json", tmp_path / "folder" / "tokenizer.json")
+    assert main(["import", str(tmp_path / "folder"), "-o", str(tmp_path / "bert.dl")]) == 0
+    assert 'texts("train.csv", tokenizer = "bert.tokenizer.json")' in (tmp_path / "bert.dl").read_text()
+    shutil.copy(REVIEWS / "reviews.csv", tmp_path / "train.csv")
+    args = ["train", str(tmp_path / "bert.dl"), "--epochs", "1", "--batch", "32", "--out", str(tmp_path / "run"), "-q"]
+    assert main(args) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    weights = str(tmp_path / "run" / "last.npz")
+    assert main(["predict", str(tmp_path / "bert.dl"), "--weights", weights, "--text", "a great film"]) == 0
+    said = capsys.readouterr().out
+    assert re.search(r"\b(positive|negative)\b", said), said
+    model = dlc.load(str(tmp_path / "bert.dl"), weights=weights)
+    probs = next(iter(model.predict(text=["a great film", "an awful disaster"]).values()))
+    assert probs.shape == (2, 2) and np.all(np.isfinite(probs))
+    (tmp_path / "train.csv").write_text("text,label\n" + "a great film " * 20 + ",positive\nawful,negative\n")
+    assert main(args + ["--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "but the model has positions for 32" in err and "Traceback" not in err, err

@@ -248,7 +248,8 @@ def test_the_train_block_quantizes_the_run_into_int8_npz(tmp_path, capsys):
 def test_a_comment_or_blank_line_keeps_a_quantization_and_a_layers_size_does_not(tmp_path):
     """The quantized checkpoint is stamped with the graph its scales were calibrated in, not the
     text: a file with comments, blank lines and other spacing added predicts in int8 with it,
-    the same bits; one whose dense layer is narrower is refused as another version of the model."""
+    the same bits, and so does one with a binding renamed, given the checkpoint `dlc checkpoint
+    rename` renamed; one whose dense layer is narrower is refused as another version of the model."""
     from dlc.compiler.frontend.loader import load
     from dlc.compiler.errors import DlcError
     from dlc.runtime.interop import quantized
@@ -266,6 +267,12 @@ def test_a_comment_or_blank_line_keeps_a_quantization_and_a_layers_size_does_not
     )
     x = {"x": np.random.default_rng(0).uniform(0, 1, (5, 1, 8, 8)).astype(np.float32)}
     again = dlc.load(str(edited), weights=tmp_path / "q.npz")
+    assert again.predict(x, int8=True)["probs"].tobytes() == model.predict(x, int8=True)["probs"].tobytes()
+    renamed = tmp_path / "renamed" / "digits_cnn.dl"  # a binding renamed, and its checkpoint with it
+    renamed.parent.mkdir()
+    renamed.write_text(text.replace("c1 = conv2d", "first = conv2d").replace("maxpool2d(c1, 2)", "maxpool2d(first, 2)"))
+    checkpoint.rename(tmp_path / "q.npz", {"c1": "first"}, tmp_path / "renamed.npz")
+    again = dlc.load(str(renamed), weights=tmp_path / "renamed.npz")
     assert again.predict(x, int8=True)["probs"].tobytes() == model.predict(x, int8=True)["probs"].tobytes()
     narrower = tmp_path / "narrower.dl"
     narrower.write_text(text.replace("flatten(s4), 0.25), 64, relu)", "flatten(s4), 0.25), 48, relu)"))
