@@ -107,8 +107,17 @@ def beam_search(
     return sorted(ranked, key=lambda c: -c.score)
 
 
+class OptionError(DlcError):
+    """A decoding option's bad value, or options that contradict: `option` is the keyword at fault
+    (`decode`'s, as "top_k"), which dlc generate reports as its flag (--top-k)."""
+
+    def __init__(self, message: str, option: str):
+        super().__init__(message)
+        self.option = option
+
+
 def check(length, eos=None, *, beam=None, temperature=None, top_k=None, top_p=None, length_penalty=None):
-    """Refuses bad values and options that contradict, as `decode` takes them."""
+    """Refuses bad values and options that contradict, as `decode` takes them (OptionError)."""
 
     def whole(v):
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
@@ -116,13 +125,20 @@ def check(length, eos=None, *, beam=None, temperature=None, top_k=None, top_p=No
     def real(v):
         return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
-    for name, value, ok, want in [
-        ("length", length, whole(length) and length >= 0, "a whole number of at least 0"),
-        ("beam", beam, whole(beam) and beam >= 1, "a whole number of at least 1"),
-        ("top-k", top_k, whole(top_k) and top_k >= 1, "a whole number of at least 1"),
-        ("top-p", top_p, real(top_p) and 0 < top_p <= 1, "a number above 0 and at most 1"),
-        ("temperature", temperature, real(temperature) and temperature >= 0, "a finite number of at least 0"),
+    for option, name, value, ok, want in [
+        ("length", "length", length, whole(length) and length >= 0, "a whole number of at least 0"),
+        ("beam", "beam", beam, whole(beam) and beam >= 1, "a whole number of at least 1"),
+        ("top_k", "top-k", top_k, whole(top_k) and top_k >= 1, "a whole number of at least 1"),
+        ("top_p", "top-p", top_p, real(top_p) and 0 < top_p <= 1, "a number above 0 and at most 1"),
         (
+            "temperature",
+            "temperature",
+            temperature,
+            real(temperature) and temperature >= 0,
+            "a finite number of at least 0",
+        ),
+        (
+            "length_penalty",
             "length penalty",
             length_penalty,
             real(length_penalty) and length_penalty >= 0,
@@ -130,22 +146,26 @@ def check(length, eos=None, *, beam=None, temperature=None, top_k=None, top_p=No
         ),
     ]:
         if value is not None and not ok:
-            raise DlcError(f"generate: the {name} needs {want}, got {value!r}")
+            raise OptionError(f"generate: the {name} needs {want}, got {value!r}", option)
     filters = [name for name, value in (("top-k", top_k), ("top-p", top_p)) if value is not None]
     if beam is not None and (filters or temperature):
         sampling = " and ".join(["a temperature above 0"] * bool(temperature) + filters)
-        raise DlcError(f"generate: beam search does not sample: give the beam or {sampling}, not both")
+        raise OptionError(f"generate: beam search does not sample: give the beam or {sampling}, not both", "beam")
     if filters and temperature == 0:
-        raise DlcError(
+        raise OptionError(
             f"generate: temperature 0 is greedy decoding, which {' and '.join(filters)} cannot restrict: "
-            "give a temperature above 0, or none (1)"
+            "give a temperature above 0, or none (1)",
+            "temperature",
         )
     if length_penalty is not None and beam is None:
-        raise DlcError("generate: the length penalty ranks beam search's candidates: give a beam too")
+        raise OptionError(
+            "generate: the length penalty ranks beam search's candidates: give a beam too", "length_penalty"
+        )
     if length_penalty is not None and eos is None:
-        raise DlcError(
+        raise OptionError(
             "generate: a character model's continuations all have the given length, so a length "
-            "penalty would not change their order: leave it out"
+            "penalty would not change their order: leave it out",
+            "length_penalty",
         )
 
 

@@ -359,19 +359,25 @@ def test_cli_top_k_one_is_greedy_and_sampling_is_seeded(char_run, capsys):
     [
         (
             ["--beam", "2", "--top-k", "3"],
-            "error: generate: beam search does not sample: give the beam or top-k, not both",
+            "--beam: error: generate: beam search does not sample: give the beam or top-k, not both",
         ),
         (
             ["--temperature", "0", "--top-p", "0.5"],
-            "error: generate: temperature 0 is greedy decoding, which top-p cannot restrict",
+            "--temperature: error: generate: temperature 0 is greedy decoding, which top-p cannot restrict",
         ),
-        (["--length-penalty", "0.6"], "error: generate: the length penalty ranks beam search's candidates"),
-        (["--beam", "2", "--length-penalty", "0.6"], "error: generate: a character model's continuations all have"),
+        (
+            ["--length-penalty", "0.6"],
+            "--length-penalty: error: generate: the length penalty ranks beam search's candidates",
+        ),
+        (
+            ["--beam", "2", "--length-penalty", "0.6"],
+            "--length-penalty: error: generate: a character model's continuations all have",
+        ),
     ],
 )
-def test_cli_refuses_contradicting_options_with_status_1(char_run, capsys, flags, message):
+def test_cli_refuses_contradicting_options_at_a_flag_with_status_2(char_run, capsys, flags, message):
     code, out, err = generate(char_run, capsys, *flags)
-    assert code == 1 and out == "" and err.startswith(message)
+    assert code == 2 and out == "" and err.startswith(message)
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,9 @@ from __future__ import annotations
 import sys
 import json
 
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, Span
 from dlc.runtime.api import _sequence_inputs
+from dlc.runtime.decoding import OptionError
 from dlc.runtime.cli.arguments import model_arguments, whole, positive, real, seed_number, WEIGHTS_HELP
 from dlc.runtime.cli.trained import weighted_model
 
@@ -80,17 +81,20 @@ def run(args):
                 f"{model.name} is an encoder-decoder: give the source as token ids, as in --prompt \"3 4 5\""
             ) from None
         show = in_table = lambda ids: " ".join(str(t) for t in ids)
-    found = model.generate(
-        prompt,
-        args.length,
-        args.temperature,
-        args.seed,
-        beam=args.beam,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        length_penalty=args.length_penalty,
-        cache=args.cache,
-    )
+    try:
+        found = model.generate(
+            prompt,
+            args.length,
+            args.temperature,
+            args.seed,
+            beam=args.beam,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            length_penalty=args.length_penalty,
+            cache=args.cache,
+        )
+    except OptionError as e:  # at its flag, as every flag's error
+        raise DlcError(e.message, Span.whole("--" + e.option.replace("_", "-"))) from None
     if args.beam is None:
         print(show(found))
         return
