@@ -91,3 +91,24 @@ def check_gradients(family, hf_model, folder: Path, size: int, classes: int):
         assert_close(step[f"grad:{dlc_name}"], g.T if how == "linear" else g, RTOL, f"grad:{dlc_name} ({hf_name})")
         checked += 1
     assert checked == len(trainable) == len(named)
+
+
+def trained_statistics(model, size: int):
+    """`model` with batchnorm running statistics other than the initial 0 and 1 (a training-mode pass
+    over random photos of size x size), so that importing them is tested."""
+    torch.manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, size, size))
+    return model
+
+
+def check_round_trip(family, hf_model, folder: Path):
+    """The family's weights of a classifier's folder, written back, are its tensors under their names,
+    the same bits (but batchnorm's step counters, which dlc does not keep)."""
+    cfg, tensors = read(saved(hf_model, folder))
+    back = family.tensors(cfg, family.weights(cfg, tensors, "image"), "image")
+    assert set(back) == set(tensors)
+    for name, value in tensors.items():
+        if not name.endswith("num_batches_tracked"):
+            assert np.array_equal(back[name], value), name

@@ -2,10 +2,9 @@
 transformers' in eval mode, with TensorFlow's padding or torch's, dilated blocks (output_stride) and the
 channel arithmetic of depth_multiplier and min_depth; gradients equal; the weights written back."""
 
-import numpy as np
 import pytest
 
-from helpers.hf_vision import check_forward, check_gradients, read, saved, torch
+from helpers.hf_vision import check_forward, check_gradients, check_round_trip, torch, trained_statistics
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.huggingface import mobilenet_v2
@@ -19,15 +18,6 @@ def config(**changes) -> MobileNetV2Config:
     return MobileNetV2Config(**(settings | changes))
 
 
-def trained_statistics(model):
-    """Running statistics other than the initial 0 and 1, so that importing them is tested."""
-    torch.manual_seed(0)
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(4, 3, SIZE, SIZE))
-    return model
-
-
 @pytest.mark.parametrize(
     "changes",
     [
@@ -39,13 +29,13 @@ def trained_statistics(model):
 )
 def test_a_classifier_gives_transformers_logits(tmp_path, changes):
     torch.manual_seed(0)
-    model = trained_statistics(MobileNetV2ForImageClassification(config(**changes)))
+    model = trained_statistics(MobileNetV2ForImageClassification(config(**changes)), SIZE)
     check_forward(model, tmp_path, "image", SIZE, {"logits": "logits"})
 
 
 def test_the_base_model_gives_transformers_features(tmp_path):
     torch.manual_seed(0)
-    model = trained_statistics(MobileNetV2Model(config()))
+    model = trained_statistics(MobileNetV2Model(config()), SIZE)
     check_forward(
         model,
         tmp_path,
@@ -64,12 +54,7 @@ def test_gradients_equal_torchs(tmp_path):
 
 def test_the_weights_go_back_under_their_names(tmp_path):
     torch.manual_seed(0)
-    cfg, tensors = read(saved(MobileNetV2ForImageClassification(config()), tmp_path))
-    back = mobilenet_v2.tensors(cfg, mobilenet_v2.weights(cfg, tensors, "image"), "image")
-    assert set(back) == set(tensors)
-    for name, value in tensors.items():
-        if not name.endswith("num_batches_tracked"):
-            assert np.array_equal(back[name], value), name
+    check_round_trip(mobilenet_v2, MobileNetV2ForImageClassification(config()), tmp_path)
 
 
 def test_a_config_dlc_cannot_express_is_refused_naming_the_key():

@@ -4,10 +4,9 @@ training mode, the weights written back under their names."""
 
 import json
 
-import numpy as np
 import pytest
 
-from helpers.hf_vision import check_forward, check_gradients, read, saved, torch  # noqa: F401
+from helpers.hf_vision import check_forward, check_gradients, check_round_trip, saved, torch, trained_statistics
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.huggingface import resnet
@@ -21,15 +20,6 @@ def config(**changes) -> ResNetConfig:
     return ResNetConfig(**(settings | changes))
 
 
-def trained_statistics(model):
-    """Running statistics other than the initial 0 and 1, so that importing them is tested."""
-    torch.manual_seed(0)
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(4, 3, SIZE, SIZE))
-    return model
-
-
 @pytest.mark.parametrize(
     "changes",
     [{}, {"layer_type": "basic"}, {"downsample_in_bottleneck": True, "downsample_in_first_stage": True}],
@@ -37,13 +27,13 @@ def trained_statistics(model):
 )
 def test_a_classifier_gives_transformers_logits(tmp_path, changes):
     torch.manual_seed(0)
-    model = trained_statistics(ResNetForImageClassification(config(**changes)))
+    model = trained_statistics(ResNetForImageClassification(config(**changes)), SIZE)
     check_forward(model, tmp_path, "image", SIZE, {"logits": "logits"})
 
 
 def test_the_base_model_gives_transformers_features(tmp_path):
     torch.manual_seed(0)
-    model = trained_statistics(ResNetModel(config()))
+    model = trained_statistics(ResNetModel(config()), SIZE)
     check_forward(
         model,
         tmp_path,
@@ -60,12 +50,7 @@ def test_gradients_equal_torchs(tmp_path):
 
 def test_the_weights_go_back_under_their_names(tmp_path):
     torch.manual_seed(0)
-    cfg, tensors = read(saved(ResNetForImageClassification(config()), tmp_path))
-    back = resnet.tensors(cfg, resnet.weights(cfg, tensors, "image"), "image")
-    assert set(back) == set(tensors)
-    for name, value in tensors.items():
-        if not name.endswith("num_batches_tracked"):
-            assert np.array_equal(back[name], value), name
+    check_round_trip(resnet, ResNetForImageClassification(config()), tmp_path)
 
 
 def test_a_config_dlc_cannot_express_is_refused_naming_the_key():

@@ -1,10 +1,9 @@
 """Hugging Face ViT imported (compiler/huggingface/vit.py): logits, the sequence and the pooler equal
 transformers' in eval mode (its dropout off), gradients equal, the weights written back under their names."""
 
-import numpy as np
 import pytest
 
-from helpers.hf_vision import check_forward, check_gradients, read, saved, torch
+from helpers.hf_vision import check_forward, check_gradients, check_round_trip, torch
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.huggingface import vit
@@ -53,11 +52,7 @@ def test_gradients_equal_torchs(tmp_path):
 
 def test_the_weights_go_back_under_their_names(tmp_path):
     torch.manual_seed(0)
-    cfg, tensors = read(saved(ViTForImageClassification(config()), tmp_path))
-    back = vit.tensors(cfg, vit.weights(cfg, tensors, "image"), "image")
-    assert set(back) == set(tensors)
-    for name, value in tensors.items():
-        assert np.array_equal(back[name], value), name
+    check_round_trip(vit, ViTForImageClassification(config()), tmp_path)
 
 
 def test_a_config_dlc_cannot_express_is_refused_naming_the_key():
