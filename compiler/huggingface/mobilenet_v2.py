@@ -151,16 +151,7 @@ def program(
         lines.append(f"    h{i + 1} = inverted_residual(h{i}, {', '.join(args)})")
     lines += [f"    last = conv_bn(h16, {s.last})", "    features = global_avg_pool(last)"]
     if head == "image":
-        lines += [
-            f"    logits = dense(dropout(features, {s.dropout!r}), {len(vision.class_names(config))})",
-            "    loss   sparse_cross_entropy(logits, y)",
-            "    metric accuracy = accuracy(logits, y)",
-            "    output probs = softmax(logits)",
-            "    output logits",
-            "}",
-            "",
-            vision.train_block(name, preprocessor, size, weights),
-        ]
+        lines += vision.classifier_end(f"dropout(features, {s.dropout!r})", config, name, preprocessor, size, weights)
     else:
         lines += ["    output last_hidden_state = last", "    output pooler_output = features", "}"]
     return vision.laid_out(lines)

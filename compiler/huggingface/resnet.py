@@ -126,16 +126,7 @@ def program(
         previous = f"stage{s}"
     lines.append(f"    features = global_avg_pool({previous})")
     if head == "image":
-        lines += [
-            f"    logits = dense(features, {len(vision.class_names(config))})",
-            "    loss   sparse_cross_entropy(logits, y)",
-            "    metric accuracy = accuracy(logits, y)",
-            "    output probs = softmax(logits)",
-            "    output logits",
-            "}",
-            "",
-            vision.train_block(name, preprocessor, size, weights),
-        ]
+        lines += vision.classifier_end("features", config, name, preprocessor, size, weights)
     else:
         lines += [f"    output last_hidden_state = {previous}", "    output pooler_output = features", "}"]
     return vision.laid_out(lines)

@@ -144,6 +144,21 @@ def number_list(v: list) -> str:
     return "[" + ", ".join(f"{x:g}" for x in v) + "]"
 
 
+def classifier_end(features: str, config: dict, name: str, preprocessor: dict | None, size: int, weights) -> list:
+    """The lines that end an image classifier's model, its logits a dense layer of `features` (a .dl
+    expression) into the config's classes, with its loss, accuracy and outputs, and the train block after it."""
+    return [
+        f"    logits = dense({features}, {len(class_names(config))})",
+        "    loss   sparse_cross_entropy(logits, y)",
+        "    metric accuracy = accuracy(logits, y)",
+        "    output probs = softmax(logits)",
+        "    output logits",
+        "}",
+        "",
+        train_block(name, preprocessor, size, weights),
+    ]
+
+
 def train_block(name: str, preprocessor: dict | None, size: int, weights: str | None) -> str:
     """The train block of an image classifier: photos in class folders read as the folder's processor
     reads them, fine-tuned from the imported weights."""

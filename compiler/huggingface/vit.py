@@ -96,16 +96,7 @@ def program(
         f"    sequence = layernorm(h, {s.eps!r})",
     ]
     if head == "image":
-        lines += [
-            f"    logits = dense(sequence[:, 0], {len(vision.class_names(config))})",
-            "    loss   sparse_cross_entropy(logits, y)",
-            "    metric accuracy = accuracy(logits, y)",
-            "    output probs = softmax(logits)",
-            "    output logits",
-            "}",
-            "",
-            vision.train_block(name, preprocessor, s.size, weights),
-        ]
+        lines += vision.classifier_end("sequence[:, 0]", config, name, preprocessor, s.size, weights)
     else:
         lines += [
             f"    pooler = dense(sequence[:, 0], {s.pooler}, {s.pooler_act})",

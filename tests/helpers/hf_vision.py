@@ -22,6 +22,10 @@ from helpers.numeric import assert_close, build, check_params_given, forward  # 
 from dlc.runtime.engines import interpreter  # noqa: E402
 
 RTOL = 1e-5
+FEATURES = {
+    "last_hidden_state": "last_hidden_state",
+    "pooler_output": "pooler_output",
+}  # a base model's outputs, both sides
 
 
 def saved(model, folder: Path, size: int | None = None) -> Path:

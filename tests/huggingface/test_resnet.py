@@ -6,7 +6,15 @@ import json
 
 import pytest
 
-from helpers.hf_vision import check_forward, check_gradients, check_round_trip, saved, torch, trained_statistics
+from helpers.hf_vision import (
+    FEATURES,
+    check_forward,
+    check_gradients,
+    check_round_trip,
+    saved,
+    torch,
+    trained_statistics,
+)
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.huggingface import resnet
@@ -34,13 +42,7 @@ def test_a_classifier_gives_transformers_logits(tmp_path, changes):
 def test_the_base_model_gives_transformers_features(tmp_path):
     torch.manual_seed(0)
     model = trained_statistics(ResNetModel(config()), SIZE)
-    check_forward(
-        model,
-        tmp_path,
-        "base",
-        SIZE,
-        {"last_hidden_state": "last_hidden_state", "pooler_output": "pooler_output"},
-    )
+    check_forward(model, tmp_path, "base", SIZE, FEATURES)
 
 
 def test_gradients_equal_torchs(tmp_path):

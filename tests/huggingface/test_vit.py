@@ -3,7 +3,7 @@ transformers' in eval mode (its dropout off), gradients equal, the weights writt
 
 import pytest
 
-from helpers.hf_vision import check_forward, check_gradients, check_round_trip, torch
+from helpers.hf_vision import FEATURES, check_forward, check_gradients, check_round_trip, torch
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.huggingface import vit
@@ -35,13 +35,7 @@ def test_a_classifier_gives_transformers_logits(tmp_path):
 def test_the_base_model_gives_transformers_sequence_and_pooler(tmp_path):
     torch.manual_seed(0)
     model = ViTModel(config(hidden_act="gelu_new", pooler_output_size=24))
-    check_forward(
-        model,
-        tmp_path,
-        "base",
-        SIZE,
-        {"last_hidden_state": "last_hidden_state", "pooler_output": "pooler_output"},
-    )
+    check_forward(model, tmp_path, "base", SIZE, FEATURES)
 
 
 def test_gradients_equal_torchs(tmp_path):
