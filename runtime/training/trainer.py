@@ -339,9 +339,9 @@ class Trainer:
                 order = shuffled(train, np.random.default_rng([cfg.seed, epoch])) if cfg.shuffle else np.arange(n)
                 started, seen_before, epoch_waited = time.perf_counter(), seen, 0.0
                 epoch_steps = min(len(bounds) - skip, last_step - step)  # max_steps may end the run inside it
-                plan = self.plan(bounds, skip, order, epoch, step, n if sampled else 0, shared)
+                rows = self.batch_rows(bounds, skip, order, epoch, step, n if sampled else 0, shared)
                 reading.close()  # the last epoch's reader, and the last batch it held, let go: one epoch's at a time
-                taken = reading.enter_context(contextlib.closing(iter(Batches(train, plan, cfg.data_threads))))
+                taken = reading.enter_context(contextlib.closing(iter(Batches(train, rows, cfg.data_threads))))
                 for b in range(skip, len(bounds)):
                     lo, hi = bounds[b]
                     asked_at = time.perf_counter()
@@ -521,7 +521,7 @@ class Trainer:
             f"{last}" + ("" if last.exists() else " (none was written yet)")
         )
 
-    def plan(self, bounds: list, skip: int, order: np.ndarray, epoch: int, step: int, windows: int, shared: bool):
+    def batch_rows(self, bounds: list, skip: int, order: np.ndarray, epoch: int, step: int, windows: int, shared: bool):
         """(rows, epoch) of each batch of an epoch from batch `skip`, the run at `step` before it:
         random windows of a text of `windows` positions (text(windows = "random")), else the
         shuffled `order`'s; with `shared`, this rank's share of them."""
