@@ -34,6 +34,19 @@ over rounds of each round's ratio, with its p25-p75) and the others of each roun
                  parameters (runtime/interop/torch_layout.py); `dlc`, `torch` and
                  `torch_compile` only
 
+    bert_finetune  BERT-base's shape as transformers' BertForSequenceClassification (12
+                 layers, 768 wide, 12 heads, BERT's 30,522 token ids, 2 labels, sequences of
+                 128 with `--bert base`; `--bert small` as above), random weights saved by
+                 save_pretrained and imported by `dlc import` (the program and checkpoint a
+                 user fine-tunes), trained on pairs of texts padded to the sequence (each row
+                 1/2 to all of it real, its attention mask 0 on the rest), against the same
+                 folder loaded by transformers, eager (`torch`) and compiled (`torch_compile`).
+                 Its dropout rates are set to 0 in the config, so that the first-step losses
+                 can agree; both sides then skip dropout's masks alike. Batch 8 (`--batch`):
+                 a fine-tuning batch of 8 x 128 = 1024 tokens already makes every dense
+                 layer's product 1024 rows tall (the shapes of bert_encoder's goal) while a
+                 step of BERT-base stays seconds on 2 cores, not tens
+
 After the timed rounds, dlc's step once more in a profiling build: each kernel kind's share
 of the step's kernel time, its ms, GFLOP/s and % of one thread team's FMA peak
 (benchmarks/peak.py) where it multiplies (the kinds of `dlc bench`; a GEMM with its
@@ -62,6 +75,7 @@ timed; all six are timed in rounds, each after a pause (spinning pools sleep).
     python benchmarks/models.py --only resnet18 --rounds 3 --steps 1 --json /tmp/models.json
     python benchmarks/models.py --only mobilenet_v2 --side predict --predict-batch 1
     python benchmarks/models.py --only bert_encoder --bert base --batch 8
+    python benchmarks/models.py --only bert_finetune --bert base --batch 8
     python benchmarks/models.py --image 224 --batch 8 --threads 1
 """
 
@@ -94,14 +108,17 @@ from train_step import (
     markdown,
     rel,
     torch_state as workload_torch_state,
+    workload_sizes,
 )
 
 CNNS = ("resnet18", "mobilenet_v2")
-MODELS = CNNS + ("bert_encoder",)
+BERTS = ("bert_encoder", "bert_finetune")
+MODELS = CNNS + BERTS
 BATCH, IMAGE, CLASSES = 32, 64, 10  # the .dl files' IMAGE (the default side) and CLASSES
 FRAMEWORKS = ("dlc", "torch", "torch_compile", "dlc_import", "torch_eval")
 PAIRS = (("dlc", "torch"), ("dlc", "torch_compile"), ("dlc_import", "torch_eval"))
 BERT = {"base": {}, "small": {"LAYERS": 4, "WIDTH": 256, "HEADS": 4, "SEQ": 64}}  # over bert_encoder.dl's constants
+BERT_VOCAB, BERT_LABELS = 30522, 2  # bert-base-uncased's WordPiece vocabulary; a binary classifier
 PREDICT_BATCHES = (1, 8)
 PREDICTORS = ("dlc_jit", "dlc_library", "ort_spin", "ort_sleep", "ort_nchw", "torch_eval")
 PREDICT_PAIRS = (
@@ -248,11 +265,12 @@ def image_batch(args, batch: int) -> dict:
     }
 
 
-def kernel_shares(runner: DlcRunner, batch: int, steps: int = 3) -> list:
+def kernel_shares(runner: DlcRunner, steps: int = 3) -> list:
     """Each kernel kind's share of dlc's native train step, in a profiling build of the
     runner's model: (kind, share, ms, GFLOP/s or None), largest share first; ms is the
     share of the profiled steps' median."""
     import time
+    from dlc.runtime.engines.interpreter import bind_sizes
     from dlc.runtime.engines.native import NativeEngine
 
     engine = NativeEngine(runner.train, runner.ev, runner.opt, runner.trainable, profile=True)
@@ -272,7 +290,7 @@ def kernel_shares(runner: DlcRunner, batch: int, steps: int = 3) -> list:
         step(t)
         took.append(time.perf_counter() - t0)
     cycles, median = exe.cycles() / steps, float(np.median(took))
-    sizes = {"B": batch}
+    sizes = bind_sizes(runner.train.graph, runner.batch)  # the batch's B, and an imported model's T
     kinds: dict = {}
     for (k, depth), c in zip(exe.profile, cycles):
         if depth == 0:  # a scan's cycles hold its body's (these models have none)
@@ -323,13 +341,109 @@ def run_bert(args) -> dict:
         "torch": TorchRunner(name, state, batch, args.lr, "torch", sizes=sizes),
         "torch_compile": TorchRunner(name, state, batch, args.lr, "torch_compile", sizes=sizes),
     }
-    return trained(
-        name,
-        runners,
-        args,
-        {"model": f"{name} ({args.bert})", "batch": batch_size},
-        (("dlc", "torch"), ("dlc", "torch_compile")),
+    return bert_trained(name, runners, args, batch_size)
+
+
+def transformers_package():
+    from dlc.tools.real_models import without_torchvision_ops
+
+    without_torchvision_ops()  # transformers imports torchvision, whose build may not load
+    import transformers
+
+    return transformers
+
+
+def bert_folder(folder: Path, sizes: dict, seed: int):
+    """A BertForSequenceClassification of `sizes` (bert_encoder.dl's constants) with random
+    weights and no dropout, saved by save_pretrained in `folder`."""
+    import torch
+
+    transformers = transformers_package()
+
+    config = transformers.BertConfig(
+        vocab_size=BERT_VOCAB,
+        hidden_size=sizes["WIDTH"],
+        num_hidden_layers=sizes["LAYERS"],
+        num_attention_heads=sizes["HEADS"],
+        intermediate_size=4 * sizes["WIDTH"],
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=BERT_LABELS,
+        architectures=["BertForSequenceClassification"],
     )
+    torch.manual_seed(seed)
+    transformers.BertForSequenceClassification(config).save_pretrained(str(folder), safe_serialization=True)
+
+
+def bert_batch(seed: int, batch: int, seq: int) -> dict:
+    """Pairs of texts as a tokenizer gives them: ids, the first text's token types 0 and the
+    second's 1, each row real for 1/2 to all of `seq` (the rest padding, its mask 0), a label."""
+    rng = np.random.default_rng([seed, 1])
+    lengths = rng.integers(seq // 2, seq + 1, batch)
+    positions = np.arange(seq)
+    mask = (positions < lengths[:, None]).astype(np.int32)
+    return {
+        "input_ids": (rng.integers(0, BERT_VOCAB, (batch, seq)) * mask).astype(np.int32),
+        "attention_mask": mask,
+        "token_type_ids": ((positions >= lengths[:, None] // 2) * mask).astype(np.int32),
+        "label": rng.integers(0, BERT_LABELS, batch).astype(np.int32),
+    }
+
+
+def hf_classifier(folder: Path, torch):
+    """transformers' model of the folder, training mode, as a module taking the batch dict."""
+    transformers = transformers_package()
+
+    class OnBatch(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = transformers.BertForSequenceClassification.from_pretrained(str(folder))
+
+        def forward(self, b):
+            return self.net(
+                input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"]
+            ).logits
+
+    return OnBatch()
+
+
+def run_bert_finetune(args, folder: Path) -> dict:
+    """BERT-base's shape imported from a Hugging Face folder and fine-tuned: dlc's import against
+    transformers on the same folder, eager and compiled."""
+    import torch
+    from dlc.compiler.frontend.loader import load
+    from dlc.runtime.cli import main
+    from dlc.runtime.interop import checkpoint
+
+    name = "bert_finetune"
+    sizes = workload_sizes("bert_encoder") | BERT[args.bert]
+    batch_size = args.batch or DEFAULT_BATCH["bert_encoder"]
+    print(
+        f"\n== {name} ({args.bert}: {sizes['LAYERS']} layers, {sizes['WIDTH']} wide, {sizes['HEADS']} heads, "
+        f"sequence {sizes['SEQ']}) ==  (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus)",
+        flush=True,
+    )
+    hf = folder / "bert_hf"
+    bert_folder(hf, sizes, args.seed)
+    program = folder / "bert_finetune.dl"
+    if main(["import", str(hf), "-o", str(program)]) != 0:
+        raise SystemExit(f"dlc import of {hf} failed")
+    weights, _, _ = checkpoint.load(program.with_suffix(".npz"))
+    weights = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
+    batch = bert_batch(args.seed, batch_size, sizes["SEQ"])
+    torch_batch = {k: v for k, v in batch.items() if k != "label"} | {"y": batch["label"]}
+    runners = {"dlc": DlcRunner(name, weights, batch, "native", args.lr, args.seed, program=load(str(program)))}
+    for variant in ("torch", "torch_compile"):
+        model = hf_classifier(hf, torch)
+        state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+        runners[variant] = TorchRunner(name, state, torch_batch, args.lr, variant, model=model)
+    return bert_trained(name, runners, args, batch_size)
+
+
+def bert_trained(name: str, runners: dict, args, batch_size: int) -> dict:
+    """A BERT's row: dlc against torch and torch_compile (`trained`)."""
+    row = {"model": f"{name} ({args.bert})", "batch": batch_size}
+    return trained(name, runners, args, row, (("dlc", "torch"), ("dlc", "torch_compile")))
 
 
 def trained(name: str, runners: dict, args, row: dict, pairs) -> dict:
@@ -350,7 +464,7 @@ def trained(name: str, runners: dict, args, row: dict, pairs) -> dict:
         {k: timed(r.step) for k, r in runners.items()}, args.rounds, args.steps, args.warmup, pause_s=PAUSE_S
     )
     row = reported(measured, row, name, pairs)
-    row["shares"] = kernel_shares(runners["dlc"], row["batch"])
+    row["shares"] = kernel_shares(runners["dlc"])
     print(shares_text(name, row["shares"], args.peak), flush=True)
     return row
 
@@ -481,7 +595,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--batch",
         type=int,
-        help=f"examples per training step (default {BATCH}; bert_encoder {DEFAULT_BATCH['bert_encoder']})",
+        help=f"examples per training step (default {BATCH}; the BERTs {DEFAULT_BATCH['bert_encoder']})",
     )
     ap.add_argument(
         "--predict-batch",
@@ -493,7 +607,7 @@ def main(argv=None) -> int:
         "--bert",
         choices=tuple(BERT),
         default="small",
-        help="bert_encoder's size: base (12 x 768, sequence 128) or small (default: 4 x 256, 64)",
+        help="the BERTs' size: base (12 x 768, sequence 128) or small (default: 4 x 256, 64)",
     )
     ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of the frameworks in turn (default {ROUNDS})")
     ap.add_argument("--steps", type=int, default=2, help="timed steps of each per round (default 2)")
@@ -538,7 +652,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="dlc-models-") as tmp:
         for name in args.only or MODELS:
             if "train" in sides:
-                rows.append(run_bert(args) if name == "bert_encoder" else run_model(name, args, Path(tmp)))
+                run = {
+                    "bert_encoder": lambda: run_bert(args),
+                    "bert_finetune": lambda: run_bert_finetune(args, Path(tmp)),
+                }
+                rows.append(run.get(name, lambda: run_model(name, args, Path(tmp)))())
             if "predict" in sides and name in CNNS:
                 predictions += predicted(name, args, Path(tmp))
     text = "\n\n".join(
