@@ -8,7 +8,7 @@
 
 Encoding is the library's own: its normalizer, pre-tokenizer and model, then its
 post-processor's special tokens ([CLS] ... [SEP] for BERT, BOS/EOS where a template adds
-them), its truncation (which keeps those special tokens) and its padding, on the right.
+them) and its truncation (which keeps those special tokens); dlc pads the rows, on the right.
 
 The padding token, by the first rule that gives one (`pad_rule` says which):
 
@@ -72,7 +72,7 @@ class Tokenizer:
     it), its end and beginning tokens (`eos`, `bos`: ids or None) and the length its texts are cut
     to (`length`, None: the longest of a batch), and whether `encode` adds the post-processor's
     special tokens (`special`). `source` names where it came from, for messages. The library's
-    own padding and truncation are off but while `encode` sets them."""
+    own padding is off (`encode` pads its ids), and its truncation but while `encode` sets it."""
 
     special = True
 
@@ -116,19 +116,23 @@ class Tokenizer:
         length = self.length if length is None else length
         if length is not None:
             self.tok.enable_truncation(max_length=length)
-        self.tok.enable_padding(pad_id=self.pad, pad_token=self._pad_token(), length=length)
         try:
             found = self.tok.encode_batch(texts, add_special_tokens=special)
         except Exception as e:  # the library's errors (a Rust panic is a BaseException, not caught)
             raise DlcError(f"{self.source}: cannot encode the text: {e}") from None
         finally:
-            self.tok.no_padding()
             self.tok.no_truncation()
-        width = len(found[0].ids) if found else (length or 0)
-        ids = np.array([e.ids for e in found], np.int32).reshape(len(found), width)
-        mask = np.array([e.attention_mask for e in found], np.int32).reshape(len(found), width)
-        types = np.array([e.type_ids for e in found], np.int32).reshape(len(found), width)
-        return Encoded(ids, mask, mask.sum(axis=1, dtype=np.int32), types)
+        # padded here, not by the library: its padded rows would cross into Python as lists of
+        # `length` ids each (and a mask's), where each text's own tokens are all there is to read
+        lengths = np.fromiter(map(len, found), np.int32, len(found))
+        width = length if length is not None else int(lengths.max(initial=0))
+        mask = np.arange(width, dtype=np.int32) < lengths[:, None]  # padding on the right, as the library's
+        tokens = int(lengths.sum())
+        ids = np.full(mask.shape, self.pad, np.int32)
+        ids[mask] = np.fromiter(itertools.chain.from_iterable(e.ids for e in found), np.int32, tokens)
+        types = np.zeros(mask.shape, np.int32)
+        types[mask] = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in found), np.int32, tokens)
+        return Encoded(ids, mask.astype(np.int32), lengths, types)
 
     def corpus(self, text: str) -> np.ndarray:
         """The int32 ids of a corpus, without special tokens: its lines (each with its line break)
@@ -150,9 +154,6 @@ class Tokenizer:
                 f"of {self.source}"
             )
         return self.tok.decode(a.tolist(), skip_special_tokens=not special)
-
-    def _pad_token(self) -> str:
-        return self.tok.id_to_token(self.pad) or ""
 
     def to_meta(self) -> dict:
         """What a checkpoint keeps: the tokenizer.json, its padding, end and beginning tokens,

@@ -69,6 +69,34 @@ def test_ids_are_the_librarys_own_encoding(trained):
     assert got.ids.dtype == got.mask.dtype == got.lengths.dtype == np.int32
 
 
+@pytest.mark.parametrize("length", [None, 6, 40])
+def test_padded_rows_are_the_librarys_own_padding(trained, length):
+    """dlc pads the rows itself: ids, mask and token types as the library's own padding and truncation give them."""
+    lib = tokenizers.Tokenizer.from_str(trained.tok.to_str())
+    if length is not None:
+        lib.enable_truncation(max_length=length)
+    lib.enable_padding(pad_id=trained.pad, length=length)
+    want = lib.encode_batch(SENTENCES)
+    got = trained.encode(SENTENCES, length=length)
+    assert got.ids.tolist() == [e.ids for e in want]
+    assert got.mask.tolist() == [e.attention_mask for e in want]
+    assert got.types.tolist() == [e.type_ids for e in want]
+    assert got.lengths.tolist() == [sum(e.attention_mask) for e in want]
+    assert got.types.dtype == np.int32
+
+
+def test_a_templates_token_types_are_kept(corpus):
+    """A template that gives a single text token type 1 (its [CLS] 0): the types are the template's, padding 0."""
+    tok = T.train([corpus], "wordpiece", 120)
+    cls, sep = tok.tok.token_to_id("[CLS]"), tok.tok.token_to_id("[SEP]")
+    tok.tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single="[CLS] $A:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    got = tok.encode(SENTENCES[:2] + ["short"], length=12)
+    for row, n in enumerate(got.lengths):
+        assert got.types[row].tolist() == [0] + [1] * (n - 1) + [0] * (12 - n)
+
+
 def test_truncation_keeps_the_special_tokens_and_pads_to_the_length(corpus):
     tok = T.train([corpus], "wordpiece", 120)
     cls, sep = tok.tok.token_to_id("[CLS]"), tok.tok.token_to_id("[SEP]")
