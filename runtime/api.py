@@ -260,7 +260,7 @@ class DlcModel:
             return train, cfg.batch, to_text(cfg.data)
         if is_arrays(data):
             return input_arrays(self.eval_model, array_data(data, "data"), need_targets=False), cfg.batch, "arrays"
-        spec, ds = given_data(data, Path.cwd())
+        spec, ds = given_data(data, Path.cwd(), self.tokenizer)
         return input_arrays(self.eval_model, ds, need_targets=False), cfg.batch, to_text(spec)
 
     def engine_for(self, int8: bool) -> Engine:
@@ -302,7 +302,13 @@ class DlcModel:
         self._require_weights()
         engine = self.engine_for(int8)
         arrays = evaluation_data(
-            self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr, self.meta.get("meta", {})
+            self.program,
+            self.eval_model,
+            data,
+            self.meta.get("data"),
+            log or to_stderr,
+            self.meta.get("meta", {}),
+            self.tokenizer,
         )
         return mean_metrics(engine, self.params, arrays, batch)
 
@@ -362,7 +368,7 @@ class DlcModel:
             return Dataset({self.eval_model.inputs[0].name: encode(text, self.vocab())[None, :]}, named=True)
         if str(data).lower().endswith((".csv", ".csv.gz")):  # inputs only: every column is a feature
             return files.csv(Path.cwd(), str(data), label=None)
-        return given_data(data, Path.cwd())[1]
+        return given_data(data, Path.cwd(), self.tokenizer)[1]
 
     def classes(self) -> tuple[str, list] | None:
         """(the label column's name, its classes' names by id) of the table the weights were

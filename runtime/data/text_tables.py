@@ -22,13 +22,14 @@ the inputs of a model imported from a Hugging Face folder bind to by name (`Data
 
 `length` cuts longer texts (the tokenizer keeps its special tokens); by default it is the
 tokenizer's own truncation, else the longest text's. meta: "tokenizer" (with that length) and
-"class_names", which checkpoints keep, so `dlc predict --text` encodes as training did and names
-the class; "vocab_size" and "token_columns", which the binding checks the model's embedding against.
+"class_names", which checkpoints keep, so `dlc predict --text` (and a texts(...) given to predict
+or eval without a tokenizer: `with_model_tokenizer`) encodes as training did and names the class; "vocab_size" and "token_columns", which the binding checks the model's embedding against.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import pathlib
@@ -36,7 +37,7 @@ import pathlib
 import numpy as np
 
 from dlc.compiler.errors import DlcError, Span, did_you_mean
-from dlc.compiler.frontend.settings import REQUIRED, Args, flag, integer, show
+from dlc.compiler.frontend.settings import REQUIRED, Args, Call, flag, integer, show
 from dlc.runtime.data import tables, tokenizer
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.files import class_folders
@@ -69,6 +70,36 @@ def texts(base_dir, args: Args) -> Dataset:
         if class_names is not None:
             meta["class_names"] = class_names
     return encoded_dataset(encoded, meta, y)
+
+
+def with_model_tokenizer(spec, base_dir, model_tokenizer):
+    """A data setting as predict, eval and quantize read it for a model with a tokenizer
+    (`model_tokenizer()`: the one its weights were trained with, else the one imported beside
+    its program): a texts(...) call that names no tokenizer takes that one (and its `special`);
+    one that names another is an error at it, its ids being other tokens than the model's."""
+    if not isinstance(spec, Call) or spec.name != "texts":
+        return spec
+    if "tokenizer" not in spec.kwargs and len(spec.args) < 2:
+        try:
+            kept = model_tokenizer()
+        except DlcError as e:
+            e.notes.append(('or name one: texts(..., tokenizer = "tokenizer.json")', None))
+            raise
+        special = {} if "special" in spec.kwargs else {"special": kept.special}
+        return dataclasses.replace(spec, kwargs=spec.kwargs | special | {"tokenizer": kept})
+    named = spec.kwargs["tokenizer"] if "tokenizer" in spec.kwargs else spec.args[1]
+    where = spec.arg_spans.get("tokenizer", spec.arg_spans.get(1, spec.span))
+    try:
+        kept = model_tokenizer()
+    except DlcError:  # a model without a tokenizer reads the texts with the one named
+        return spec
+    if not tokenizer.load(named, base_dir, where).same_ids(kept):
+        raise DlcError(
+            f"texts: {show(named)} is not {kept.source}: its ids are other tokens than those the model "
+            "learned; leave the tokenizer out to read the texts with the model's",
+            where,
+        )
+    return spec
 
 
 def encoded_dataset(encoded: Encoded, meta: dict, labels: np.ndarray | None = None) -> Dataset:

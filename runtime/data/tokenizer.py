@@ -155,6 +155,11 @@ class Tokenizer:
             )
         return self.tok.decode(a.tolist(), skip_special_tokens=not special)
 
+    def same_ids(self, other: "Tokenizer") -> bool:
+        """Whether `other` gives every text the ids this one gives: the same tokenizer.json (its
+        padding and truncation aside, which dlc sets at each `encode`)."""
+        return json.loads(self.tok.to_str()) == json.loads(other.tok.to_str())
+
     def to_meta(self) -> dict:
         """What a checkpoint keeps: the tokenizer.json, its padding, end and beginning tokens,
         length and special tokens, which `from_meta` reads back as it was."""
@@ -234,7 +239,11 @@ def _parse(text, source: str):
 def load(path, base_dir=".", span: Span | None = None, length: int | None = None) -> Tokenizer:
     """The tokenizer of a tokenizer.json file, or of a folder holding one (its
     tokenizer_config.json and special_tokens_map.json name its special tokens), relative to
-    `base_dir`; errors at `span` (the setting that named it)."""
+    `base_dir`; errors at `span` (the setting that named it). A Tokenizer (a model's, which
+    predict and eval give texts(...)) is itself, cut to `length` when given."""
+    if isinstance(path, Tokenizer):
+        path.length = path.length if length is None else length
+        return path
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
     if not isinstance(path, str) or not path:

@@ -19,6 +19,7 @@ from dlc.runtime.data.formats import not_numbers, numbers
 from dlc.runtime.data.registry import load
 from dlc.runtime.data.streamed import Mapped, Streamed
 from dlc.runtime.data.tables import as_trained, kept_meta, recode
+from dlc.runtime.data.text_tables import with_model_tokenizer
 from dlc.runtime.training.config import Flag, TrainConfig, is_split, make_config, parse_setting, split_args
 from dlc.runtime.training.gradcheck import ignored_values, index_bound
 from dlc.compiler.frontend.settings import Call, Symbol, from_json, show, to_json, to_text
@@ -42,13 +43,14 @@ def load_data(spec, base: Path, what: str, span=None) -> Dataset:
     return load(spec, base, span)
 
 
-def given_data(data, base: Path) -> tuple:
+def given_data(data, base: Path, tokenizer=None) -> tuple:
     """(the spec, the data set) of data given to eval, predict or quantize (their --data): text is
-    read as the flag's, a source's call or a path, and an error in it is located at the flag."""
-    if not isinstance(data, str):
-        return data, load_data(data, base, "data")
-    spec = parse_setting(data, "data")
-    return spec, load_data(spec, base, "data", Flag("data", data).span())
+    read as the flag's, a source's call or a path, and an error in it is located at the flag.
+    `tokenizer`: the model's (a function giving it), which texts(...) takes when it names none."""
+    spec = parse_setting(data, "data") if isinstance(data, str) else data
+    span = Flag("data", data).span() if isinstance(data, str) else None
+    read = with_model_tokenizer(spec, base, tokenizer) if tokenizer is not None else spec
+    return spec, load_data(read, base, "data", span)
 
 
 def array_data(arrays: Mapping, what: str) -> Dataset:
@@ -369,13 +371,15 @@ def data_settings(cfg: TrainConfig) -> dict:
     }
 
 
-def evaluation_data(program: Program, model: Model, data, saved: dict | None, log, trained: dict | None = None) -> dict:
+def evaluation_data(
+    program: Program, model: Model, data, saved: dict | None, log, trained: dict | None = None, tokenizer=None
+) -> dict:
     """The arrays `dlc eval` scores: `data` (a source, a path or its text, or a dict of arrays
     by input and target name) when given, read as `trained` says (the meta of the data the
     weights were trained on: `input_arrays`), its classes checked against it; else, with the
     data settings a checkpoint recorded (`saved`, else the train block's), the test data, else
     the validation data, else the training data itself. `log` is told which, with a note when
-    the data is what the weights were trained on."""
+    the data is what the weights were trained on. `tokenizer`: as given_data's."""
     if is_arrays(data):
         log(f"evaluating the {len(data)} given arrays")
         return input_arrays(model, array_data(data, "data"))
@@ -390,7 +394,7 @@ def evaluation_data(program: Program, model: Model, data, saved: dict | None, lo
         cfg = make_config(program, model.name, {}, require_data=data is None)
     base, trained_on = Path(program.path).parent, to_text(cfg.data)
     if data is not None:
-        spec, ds = given_data(data, base)
+        spec, ds = given_data(data, base, tokenizer)
         log(f"evaluating {to_text(spec)}")
         if to_text(spec) == trained_on:
             log("note: this is the data the weights were trained on (but for any held-out splits)")

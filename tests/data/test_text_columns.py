@@ -21,7 +21,7 @@ from dlc.runtime.api import DlcModel
 from dlc.runtime.cli import main
 from dlc.runtime.data import registry as D, tokenizer as T
 
-from helpers.cli import failure
+from helpers.cli import failure, flag_error
 
 SPAN = Span("train.dl", 3, 12)
 GOOD = ["a wonderful film", "the music was moving", "great acting and a great plot", "i loved it"]
@@ -300,6 +300,34 @@ def test_a_fixed_sequence_axis_needs_texts_of_its_length(tmp_path, tok_path, cap
     path = write_model(tmp_path, tok_path, CLASSIFIER.replace("[B, T]", "[B, 3]"))
     err = failure(["train", str(path), "--out", str(tmp_path / "run")], capsys)
     assert "but x: i32[B, 3] takes 3: make them 3 (texts(..., length = 3)" in err
+
+
+def test_predict_and_eval_read_texts_with_the_checkpoints_tokenizer(tmp_path, tok_path, capsys, monkeypatch):
+    """texts(...) given to predict and eval names no tokenizer: the checkpoint's encodes the texts
+    as `--text` does; the same file named again is that one, another tokenizer is an error at it."""
+    path = write_model(tmp_path, tok_path)
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--epochs", "2", "-q"]) == 0
+    weights = str(tmp_path / "run" / "best.npz")
+    write_csv(tmp_path / "new.csv", [(GOOD[0], "positive"), (BAD[1], "negative")])
+    monkeypatch.chdir(tmp_path)
+    texts = ["--text", GOOD[0], "--text", BAD[1], "--output", "by_text.npz"]
+    assert main(["predict", str(path), "--weights", weights, *texts]) == 0
+    by_text = np.load("by_text.npz")["probs"]
+    for source in ['texts("new.csv", label = none)', f'texts("new.csv", tokenizer = "{tok_path}")']:
+        assert main(["predict", str(path), "--weights", weights, "--data", source, "--output", "p.npz"]) == 0
+        assert np.array_equal(np.load("p.npz")["probs"], by_text), source
+    model = DlcModel(path).load_weights(weights)
+    assert np.array_equal(model.predict('texts("new.csv")')["probs"], by_text)
+    assert set(model.evaluate('texts("new.csv")', log=lambda _: None)) >= {"loss", "accuracy"}
+
+    (tmp_path / "c.txt").write_text("other words entirely\n" * 20)
+    T.train([tmp_path / "c.txt"], "bpe", 120, min_frequency=1).tok.save(str(tmp_path / "other.json"))
+    capsys.readouterr()
+    source = 'texts("new.csv", tokenizer = "other.json")'
+    err = flag_error(["predict", str(path), "--weights", weights, "--data", source], capsys)
+    assert err.startswith("--data:1:30: error: texts: 'other.json' is not the tokenizer of") and "other tok" in err
+    with pytest.raises(DlcError, match="'other.json' is not the tokenizer of"):
+        model.evaluate(source)
 
 
 def test_predict_text_without_a_tokenizer_in_the_checkpoint_is_refused(tmp_path, capsys):

@@ -173,7 +173,8 @@ REVIEWS = Path(__file__).resolve().parents[2] / "examples" / "data"
 
 def test_an_imported_classifier_fine_tunes_on_sentences_and_names_a_texts_label(tmp_path, capsys):
     """A folder with its tokenizer.json: the program's train block reads a CSV of sentences with
-    texts(...) through it, `dlc predict --text` and the API's predict(text=...) name the label,
+    texts(...) through it, the imported model predicts texts(...) naming no tokenizer through it,
+    `dlc predict --text` and the API's predict(text=...) name the label,
     and a text longer than the model's positions is refused before any step."""
     pytest.importorskip("tokenizers")
     import shutil
@@ -182,6 +183,10 @@ def test_an_imported_classifier_fine_tunes_on_sentences_and_names_a_texts_label(
     shutil.copy(REVIEWS / "reviews_tokenizer.json", tmp_path / "folder" / "tokenizer.json")
     assert main(["import", str(tmp_path / "folder"), "-o", str(tmp_path / "bert.dl")]) == 0
     assert 'texts("train.csv", tokenizer = "bert.tokenizer.json")' in (tmp_path / "bert.dl").read_text()
+    (tmp_path / "few.csv").write_text("text\na great film\nan awful disaster\n")
+    imported = dlc.load(str(tmp_path / "bert.dl"), weights=str(tmp_path / "bert.npz"))  # the tokenizer beside it
+    by_data = imported.predict(f'texts("{tmp_path / "few.csv"}", label = none)')["logits"]
+    assert np.array_equal(by_data, imported.predict(text=["a great film", "an awful disaster"])["logits"])
     shutil.copy(REVIEWS / "reviews.csv", tmp_path / "train.csv")
     args = ["train", str(tmp_path / "bert.dl"), "--epochs", "1", "--batch", "32", "--out", str(tmp_path / "run"), "-q"]
     assert main(args) == 0, capsys.readouterr().err
