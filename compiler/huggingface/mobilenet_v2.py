@@ -115,10 +115,16 @@ class MobileNetV2Dims:
 
 
 def program(
-    config: dict, head: str, name: str = "mobilenet_v2", preprocessor: dict | None = None, weights: str | None = None
+    config: dict,
+    head: str,
+    name: str = "mobilenet_v2",
+    preprocessor: dict | None = None,
+    weights: str | None = None,
+    as_def: bool = False,
 ) -> str:
     """The .dl program: the layers as defs, the model, and for a classifier a train block that
-    fine-tunes it on a folder of photos."""
+    fine-tunes it on a folder of photos; `as_def`: the base model as a def `name` too, which returns
+    the last 1x1 convolution's features and their global average (the base model's outputs)."""
     s = MobileNetV2Dims(config)
     size = vision.image_size(preprocessor, s.size)
     defs = CONV_BN.format(
@@ -139,17 +145,15 @@ def program(
         f"# {head_text}.",
         "",
         (TF_PAD if s.tf_padding else "") + defs,
-        f"model {name} {{",
-        f"    input  x: f32[B, {s.channels}, {size}, {size}]",
     ]
-    if head == "image":
-        lines.append("    target y: i32[B]")
-    lines.append(f"    h0 = stem(x, {s.stem}, {s.widths[0]})")
+    body = [f"    h0 = stem(x, {s.stem}, {s.widths[0]})"]
     for i, (filters, expanded, stride, dilation) in enumerate(s.blocks):
         args = [str(filters), str(expanded)] + ([str(stride)] if stride != 1 or dilation != 1 else [])
         args += [str(dilation)] if dilation != 1 else []
-        lines.append(f"    h{i + 1} = inverted_residual(h{i}, {', '.join(args)})")
-    lines += [f"    last = conv_bn(h16, {s.last})", "    features = global_avg_pool(last)"]
+        body.append(f"    h{i + 1} = inverted_residual(h{i}, {', '.join(args)})")
+    body += [f"    last = conv_bn(h16, {s.last})", "    features = global_avg_pool(last)"]
+    x_type = f"f32[B, {s.channels}, {size}, {size}]"
+    lines = vision.model_start(lines, name, x_type, head, body, ["last", "features"], as_def)
     if head == "image":
         lines += vision.classifier_end(f"dropout(features, {s.dropout!r})", config, name, preprocessor, size, weights)
     else:

@@ -84,10 +84,16 @@ class ResNetDims:
 
 
 def program(
-    config: dict, head: str, name: str = "resnet", preprocessor: dict | None = None, weights: str | None = None
+    config: dict,
+    head: str,
+    name: str = "resnet",
+    preprocessor: dict | None = None,
+    weights: str | None = None,
+    as_def: bool = False,
 ) -> str:
     """The .dl program: the defs of the blocks, the model, and for a classifier a train block that
-    fine-tunes it on a folder of photos."""
+    fine-tunes it on a folder of photos; `as_def`: the base model as a def `name` too, which returns
+    the last stage and its global average (the base model's outputs)."""
     shape = ResNetDims(config)
     size = image_size(config, preprocessor)
     stride_where = "the first 1x1" if shape.stride_in_1x1 else "the 3x3"
@@ -111,20 +117,18 @@ def program(
         f"global average pooling, {head_text}.",
         "",
         *defs,
-        f"model {name} {{",
-        f"    input  x: f32[B, {shape.channels}, {size}, {size}]",
     ]
-    if head == "image":
-        lines.append("    target y: i32[B]")
-    lines.append(f"    stem = conv_bn(x, {shape.stem}, 7, 2) |> maxpool2d(3, 2, 1)")
+    body = [f"    stem = conv_bn(x, {shape.stem}, 7, 2) |> maxpool2d(3, 2, 1)"]
     previous = "stem"
     for s, channels, depth, stride in shape.stages():
         calls = [f"{shape.block}({channels}{', 2' if stride == 2 else ''})"] + [f"{shape.block}({channels})"] * (
             depth - 1
         )
-        lines.append(f"    stage{s} = {previous} |> " + " |> ".join(calls))
+        body.append(f"    stage{s} = {previous} |> " + " |> ".join(calls))
         previous = f"stage{s}"
-    lines.append(f"    features = global_avg_pool({previous})")
+    body.append(f"    features = global_avg_pool({previous})")
+    x_type = f"f32[B, {shape.channels}, {size}, {size}]"
+    lines = vision.model_start(lines, name, x_type, head, body, [previous, "features"], as_def)
     if head == "image":
         lines += vision.classifier_end("features", config, name, preprocessor, size, weights)
     else:

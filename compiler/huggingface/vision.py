@@ -5,6 +5,7 @@ the `images(...)` source of the emitted train block, and the tensors of a folder
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 
@@ -142,6 +143,30 @@ def laid_out(lines: list) -> str:
 
 def number_list(v: list) -> str:
     return "[" + ", ".join(f"{x:g}" for x in v) + "]"
+
+
+def model_start(lines: list, name: str, x_type: str, head: str, body: list, results: list, as_def: bool) -> list:
+    """`lines` (the program's comments and defs), then the model `name` of the input `x: x_type` (and
+    a classifier's target) up to its head: the lines of `body` (indented), which bind `results`, the
+    base model's outputs. With `as_def` (`--def`), the body is a def `name` returning them, which the
+    model calls with `name = ""` (its parameters keep their names) and binds under the same names."""
+    inputs = [f"    input  x: {x_type}"] + ["    target y: i32[B]"] * (head == "image")
+    if not as_def:
+        return lines + [f"model {name} {{", *inputs, *body]
+    if name in re.findall(r"^def (\w+)", "\n".join(lines), re.MULTILINE):
+        raise DlcError(f"--def: the program defines a def {name} of its own already: write it under another name")
+    returned = ", ".join(results)
+    call = f'    {returned} = {name}(x, name = "")'
+    return lines + [
+        f"def {name}(x: {x_type}) {{",
+        *body,
+        f"    return {returned}",
+        "}",
+        "",
+        f"model {name} {{",
+        *inputs,
+        call,
+    ]
 
 
 def classifier_end(features: str, config: dict, name: str, preprocessor: dict | None, size: int, weights) -> list:

@@ -70,10 +70,16 @@ class ViTDims:
 
 
 def program(
-    config: dict, head: str, name: str = "vit", preprocessor: dict | None = None, weights: str | None = None
+    config: dict,
+    head: str,
+    name: str = "vit",
+    preprocessor: dict | None = None,
+    weights: str | None = None,
+    as_def: bool = False,
 ) -> str:
     """The .dl program: the embeddings and the block as defs, the model, and for a classifier a train
-    block that fine-tunes it on a folder of photos."""
+    block that fine-tunes it on a folder of photos; `as_def`: the base model as a def `name` too, which
+    returns the final layernorm's sequence (and the base model's pooler output)."""
     s = ViTDims(config)
     image_size(config, preprocessor)
     architecture = next(a for a, h in HEADS.items() if h == head)
@@ -83,27 +89,23 @@ def program(
         f"# {s.layers} encoder blocks of {s.heads} heads ({s.hidden} wide, MLP {s.mlp}), layernorm, {head_text}.",
         "",
         DEFS.format(positions=s.positions, act=s.act),
-        f"model {name} {{",
-        f"    input  x: f32[B, {s.channels}, {s.size}, {s.size}]",
     ]
-    if head == "image":
-        lines.append("    target y: i32[B]")
-    lines += [
+    body = [
         f"    h = vit_embeddings(x, {s.hidden}, {s.patch}, {s.rate!r}, name = \"embeddings\")",
         f"    repeat i in 0..{s.layers} {{",
         f'        h = vit_block(h, {s.heads}, {s.mlp}, {s.rate!r}, {s.attention_rate!r}, {s.eps!r}, name = "layer")',
         "    }",
         f"    sequence = layernorm(h, {s.eps!r})",
     ]
+    results = ["sequence"]
+    if head != "image":  # the base model's pooler (a classifier's base model has none)
+        body.append(f"    pooler = dense(sequence[:, 0], {s.pooler}, {s.pooler_act})")
+        results.append("pooler")
+    lines = vision.model_start(lines, name, f"f32[B, {s.channels}, {s.size}, {s.size}]", head, body, results, as_def)
     if head == "image":
         lines += vision.classifier_end("sequence[:, 0]", config, name, preprocessor, s.size, weights)
     else:
-        lines += [
-            f"    pooler = dense(sequence[:, 0], {s.pooler}, {s.pooler_act})",
-            "    output last_hidden_state = sequence",
-            "    output pooler_output = pooler",
-            "}",
-        ]
+        lines += ["    output last_hidden_state = sequence", "    output pooler_output = pooler", "}"]
     return vision.laid_out(lines)
 
 

@@ -3,8 +3,10 @@
 as `dlc fmt` lays it out, and its train block reads photos as the folder's preprocessor_config.json does, or
 says in a comment how it differs."""
 
+import numpy as np
 import pytest
 
+from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.format import format_text
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.huggingface import mobilenet_v2, resnet, vision, vit
@@ -52,3 +54,41 @@ def test_the_checkpoint_keeps_the_photos_settings():
         "mean": None,
         "std": None,
     }
+
+
+# tiny configs of each family, so that the reference interpreter runs their programs in a moment
+TINY = [
+    (resnet, {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 2], "layer_type": "basic", "image_size": 32}),
+    (vit, {"image_size": 32, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+           "intermediate_size": 20}),
+    (mobilenet_v2, {"image_size": 32, "depth_multiplier": 0.35, "num_labels": 3}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("family, config", TINY, ids=lambda c: getattr(c, "MODEL_TYPES", [""])[0])
+@pytest.mark.parametrize("head", ["image", "base"])
+def test_def_writes_the_base_model_as_a_def_with_the_same_parameters_and_outputs(family, config, head):
+    """--def: the base model a def NAME(x) that the model calls with name = "", so the checkpoint's
+    names (and a file that imports it and calls it so) are the inline program's, and so are the outputs."""
+    from dlc.runtime.engines import interpreter
+    from dlc.runtime.training.gradcheck import init_params
+
+    inline = family.program(config, head, name="m")
+    as_def = family.program(config, head, name="m", as_def=True)
+    assert as_def.count("def m(x: f32[B, 3, 32, 32]) {") == 1 and 'm(x, name = "")' in as_def
+    assert format_text(as_def) == as_def and max(map(len, as_def.splitlines())) <= 120
+    models = [load_text(text, "m.dl").build(None, training=False) for text in (inline, as_def)]
+    assert [p.name for p in models[0].params] == [p.name for p in models[1].params]
+    params = init_params(models[0], seed=1, float_dtype="f32")
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)}
+    feeds |= {"y": np.zeros(2, np.int32)} if head == "image" else {}
+    a, b = (interpreter.run(m.graph, feeds, params, float_dtype="f32") for m in models)
+    outputs = [k for k in a if k.startswith("output:")]
+    assert outputs == [k for k in b if k.startswith("output:")] and outputs
+    for k in outputs:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_def_under_the_name_of_a_def_of_the_program_is_refused():
+    with pytest.raises(DlcError, match="--def: the program defines a def conv_bn of its own already"):
+        resnet.program({}, "image", name="conv_bn", as_def=True)

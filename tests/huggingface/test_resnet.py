@@ -55,6 +55,33 @@ def test_the_weights_go_back_under_their_names(tmp_path):
     check_round_trip(resnet, ResNetForImageClassification(config()), tmp_path)
 
 
+def test_def_imports_the_base_model_for_a_head_of_ones_own(tmp_path, capsys):
+    """dlc import --def: a file that imports the program and calls the def with name = "" under a
+    head of its own reads the imported checkpoint's every array but the replaced classifier's."""
+    import numpy as np
+
+    from dlc.runtime.api import DlcModel
+    from dlc.runtime.cli import main
+
+    torch.manual_seed(0)
+    folder = saved(trained_statistics(ResNetForImageClassification(config()), SIZE), tmp_path / "folder", SIZE)
+    assert main(["import", str(folder), "-o", str(tmp_path / "r.dl"), "--def"]) == 0
+    assert f"def r(x: f32[B, 3, {SIZE}, {SIZE}])" in (tmp_path / "r.dl").read_text()
+    imported = DlcModel(str(tmp_path / "r.dl")).load_weights(str(tmp_path / "r.npz"))
+    (tmp_path / "mine.dl").write_text(
+        'import "r.dl"\n\nmodel mine {\n'
+        f"    input  x: f32[B, 3, {SIZE}, {SIZE}]\n    target y: i32[B]\n"
+        '    last, features = r(x, name = "")\n    head = dense(features, 5)\n'
+        "    loss   sparse_cross_entropy(head, y)\n    output scores = head\n}\n"
+    )
+    assert main(["check", str(tmp_path / "mine.dl")]) == 0, capsys.readouterr().err
+    mine = DlcModel(str(tmp_path / "mine.dl"))
+    kept = {k for k in imported.params if not k.startswith("logits.")}
+    assert kept == {p.name for p in mine.eval_model.params} - {"head.W", "head.b"}
+    x = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    assert imported.predict({"x": x})["logits"].shape == (2, 3)
+
+
 def test_a_config_dlc_cannot_express_is_refused_naming_the_key():
     written = config().to_dict()
     for change, message in [
