@@ -373,6 +373,8 @@ PRIMS = {
     "sin": unary("sin", lambda r, s: 3 * r.standard_normal(s)),
     "cos": unary("cos", lambda r, s: 3 * r.standard_normal(s)),
     "erf": unary("erf", lambda r, s: 2 * r.standard_normal(s)),
+    # the inline erff's whole range: its clamp at +-4, where erf is +-1 in float32, and beyond
+    "erf-wide-range": unary("erf", lambda r, s: r.uniform(-6, 6, s)),
     # elementwise, binary
     "add": binary("add"),
     "sub": binary("sub"),
