@@ -1,6 +1,7 @@
 """Standard models against PyTorch and onnxruntime: torchvision's resnet18 and mobilenet_v2
 (10 classes, 64 x 64 images, or ImageNet's 224 x 224 with `--image 224`) trained (batch 32)
-and predicted (batch 1 and 8), and a transformer encoder of BERT-base's shape trained, on 2
+and predicted (batch 1 and 8), a transformer encoder of BERT-base's shape trained, and a BERT
+sequence classifier of that shape imported from a Hugging Face folder and fine-tuned, on 2
 threads each (`--threads N`: every framework on N).
 
 Training, one Adam step at a time, the CNNs in two forms on dlc's side:
@@ -42,10 +43,11 @@ over rounds of each round's ratio, with its p25-p75) and the others of each roun
                  1/2 to all of it real, its attention mask 0 on the rest), against the same
                  folder loaded by transformers, eager (`torch`) and compiled (`torch_compile`).
                  Its dropout rates are set to 0 in the config, so that the first-step losses
-                 can agree; both sides then skip dropout's masks alike. Batch 8 (`--batch`):
+                 can agree (dlc's dropout at rate 0 is its input). Batch 8 (`--batch`):
                  a fine-tuning batch of 8 x 128 = 1024 tokens already makes every dense
                  layer's product 1024 rows tall (the shapes of bert_encoder's goal) while a
-                 step of BERT-base stays seconds on 2 cores, not tens
+                 step of BERT-base stays seconds on 2 cores, not tens; `dlc`, `torch` and
+                 `torch_compile` only
 
 After the timed rounds, dlc's step once more in a profiling build: each kernel kind's share
 of the step's kernel time, its ms, GFLOP/s and % of one thread team's FMA peak
