@@ -337,6 +337,10 @@ def test_predict_text_without_a_tokenizer_in_the_checkpoint_is_refused(tmp_path,
     assert main(["train", path, "--out", str(tmp_path / "run"), "-q"]) == 0
     err = failure(["predict", path, "--weights", str(tmp_path / "run" / "best.npz"), "--text", "hello"], capsys)
     assert "clf has no tokenizer: its checkpoint keeps none" in err
+    err = failure(
+        ["predict", path, "--weights", str(tmp_path / "run" / "best.npz"), "--data", 'texts("r.csv")'], capsys
+    )
+    assert "clf has no tokenizer: its checkpoint keeps none" in err and 'or name one: texts(..., tokenizer =' in err
 
 
 LANGUAGE_MODEL = """
