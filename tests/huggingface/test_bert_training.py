@@ -192,7 +192,8 @@ def test_an_imported_classifier_fine_tunes_on_sentences_and_names_a_texts_label(
     assert main(args) == 0, capsys.readouterr().err
     capsys.readouterr()
     weights = str(tmp_path / "run" / "last.npz")
-    assert main(["predict", str(tmp_path / "bert.dl"), "--weights", weights, "--text", "a great film"]) == 0
+    predicted = ["--text", "a great film", "--output", str(tmp_path / "predictions.npz")]
+    assert main(["predict", str(tmp_path / "bert.dl"), "--weights", weights, *predicted]) == 0
     said = capsys.readouterr().out
     assert re.search(r"\b(positive|negative)\b", said), said
     model = dlc.load(str(tmp_path / "bert.dl"), weights=weights)
