@@ -16,9 +16,9 @@ is given packed (the `packed_a` routines': a built library's convolution filters
    each row streams the K-long panels (few_rows.py);
 3. few rows: at most FEW_ROWS rows (B not transposed, not a convolution's windows), op(A)
    not given packed: each row times B's rows as they lie (few_rows.py);
-4. few columns: at most FEW_COLUMNS columns, float32, not windows, op(A) not given
-   packed: groups of op(A)'s rows as they lie times op(B)'s values broadcast
-   (few_columns.py);
+4. few columns: at most FEW_COLUMNS columns, float32, not windows: groups of op(A)'s
+   rows as they lie, or one MR-tall panel of its pack a group where op(A) is given packed,
+   times op(B)'s values broadcast (few_columns.py);
 5. tiled: op(B) and op(A) packed into panels (or the packs given), the micro-kernel on
    each MR x NR tile — the AMX tiles' in a bf16 blocking on a host with AMX, the narrow
    one (one vector of columns) for a panel of at most a vector's width, else the full one
