@@ -71,7 +71,10 @@ Prediction (the CNNs, `--side predict`), the imported model of the training's dl
     torch_eval         torchvision's model, eager, evaluation mode, under torch.no_grad
 
 Their outputs must agree with onnxruntime's within 1e-4 of the largest before anything is
-timed; all six are timed in rounds, each after a pause (spinning pools sleep).
+timed; all six are timed in rounds, each after a pause (spinning pools sleep). The library
+keeps its weights packed between calls, which the JIT packs again at every call: where the
+library is the slower of the two in more than three rounds of four (dlc_library/dlc_jit's
+p25 above 1), its row's `library <= jit` cell says FAIL and the run exits with status 1.
 
     python benchmarks/models.py
     python benchmarks/models.py --only resnet18 --rounds 3 --steps 1 --json /tmp/models.json
@@ -130,6 +133,7 @@ PREDICT_PAIRS = (
     ("dlc_library", "ort_nchw"),
     ("ort_nchw", "ort_sleep"),
     ("dlc_jit", "torch_eval"),
+    ("dlc_library", "dlc_jit"),
 )
 OUTPUT_RTOL = 1e-4
 # each predictor's calls in a round: about half a second of them, the C timer's as the others'
@@ -573,16 +577,24 @@ def predicted(name: str, args, folder: Path) -> list:
     return rows
 
 
-def table(rows: list, frameworks, pairs) -> str:
+def library_slower(row: dict) -> bool:
+    """Whether a prediction row's library was slower than the JIT in more than three rounds
+    of four (the ratio's p25 above 1): the check that fails the run."""
+    return row["dlc_library/dlc_jit"]["p25"] > 1
+
+
+def table(rows: list, frameworks, pairs, check=None) -> str:
+    """The rows as a table; `check` (a row's failure, as library_slower): its FAIL or ok cell."""
     cols = ["model", "image", "batch"] + [f"{k} ms" for k in frameworks] + [f"{a}/{b}" for a, b in pairs] + ["others"]
     body = [
         [r["model"], str(r.get("image", "-")), str(r["batch"])]
         + [f"{r[k]:.1f}" if k in r else "-" for k in frameworks]
         + [ratio_cell(r[f"{a}/{b}"]) if f"{a}/{b}" in r else "-" for a, b in pairs]
         + [others_cell(r["others"])]
+        + (["FAIL" if check(r) else "ok"] if check else [])
         for r in rows
     ]
-    return markdown(cols, body)
+    return markdown(cols + (["library <= jit"] if check else []), body)
 
 
 def main(argv=None) -> int:
@@ -665,11 +677,15 @@ def main(argv=None) -> int:
         t
         for t in (
             table(rows, FRAMEWORKS, PAIRS) if rows else "",
-            table(predictions, PREDICTORS, PREDICT_PAIRS) if predictions else "",
+            table(predictions, PREDICTORS, PREDICT_PAIRS, library_slower) if predictions else "",
         )
         if t
     )
     print_results(text, json_safe({"train": rows, "predict": predictions}), args.json)
+    slower = [f"{r['model']} batch {r['batch']}" for r in predictions if library_slower(r)]
+    if slower:
+        print(f"FAIL: the built library is slower than the JIT: {', '.join(slower)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -4,9 +4,9 @@ each other one stays float32 (docs/native.md, "Which products run in bf16").
 A product runs in bf16 where a GEMM computes it: a GemmKernel (and a scan's PackKernel)
 rounds its operands while it packs them and multiplies them by bfloat16 dot products (AMX
 tiles, vdpbf16ps, BFDOT) or in float32 on rounded panels, a SmallGemmKernel rounds as it
-loads. Every matmul is a GEMM; which kernel computes a convolution or one of its gradients
-is the `kernel` of the implementation its list chooses in a bf16 program, the one its
-lowering computes (compiler/native/choose/conv.py). The other
+loads. Which kernel computes a matmul, a convolution or one of its gradients is the
+`kernel` of the implementation its list chooses in a bf16 program, the one its lowering
+computes (compiler/native/choose/: every matmul's is a GEMM). The other
 kernels that multiply (the direct convolution, and the grouped convolutions' maps,
 reductions and accumulations) multiply float32 vectors: bfloat16 operands there would only
 add a pass rounding each one, so their products stay float32 and those kernels are the
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from dlc.compiler.errors import Span
 from dlc.compiler.ir.graph import Graph, nested_graphs
-from dlc.compiler.native.choose.conv import Conv, chosen
+from dlc.compiler.native.choose import conv, matmul
 
 PRODUCTS = ("matmul", "conv2d", "conv2d_input_grad", "conv2d_weight_grad")
 
@@ -62,10 +62,9 @@ class Bf16Product:
 def kernel_of(graph: Graph, n: int) -> str:
     """The kind of kernel that computes product node n: "gemm", "small_gemm", or a key of
     WHY_FLOAT32."""
-    op = graph.op(n)
-    if op == "matmul":
-        return "gemm"
-    return chosen(Conv.node(graph, n, bf16=True)).kernel
+    if graph.op(n) == "matmul":
+        return matmul.chosen(matmul.Matmul.of_graph(graph, n)).kernel
+    return conv.chosen(conv.Conv.node(graph, n, bf16=True)).kernel
 
 
 def in_bf16(graph: Graph, n: int) -> bool:

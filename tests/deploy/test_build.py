@@ -1383,8 +1383,10 @@ def test_a_changed_filter_is_transformed_again(tmp_path):
 def test_filters_kept_packed_give_the_engines_bits(tmp_path):
     """A float32 library keeps its convolutions' filters packed as their GEMMs' A (docs/deploy.md,
     "Weights packed once"): in filters.dl a Winograd convolution's transform, a GEMM of
-    windows' filters and a 1 x 1 convolution's, each GEMM reading only its pack; the engine, which packs inside
-    each GEMM, gives the same bits, at batch 1 and 3, and again after their weights change."""
+    windows' filters, a 1 x 1 convolution's and an im2col GEMM's of few columns (at batch 1
+    the GEMM's few-columns path on A's panels), each GEMM reading only its pack; the engine,
+    which packs inside each GEMM, gives the same bits, at batch 1 and 3, and again after
+    their weights change."""
     from dlc.compiler.native.kernels.gemm import GemmKernel
     from dlc.compiler.native.lower import lower
     from dlc.compiler.passes.optimize import optimize
@@ -1394,7 +1396,7 @@ def test_filters_kept_packed_give_the_engines_bits(tmp_path):
     shutil.copy(ROOT / "tests" / "deploy" / "filters.dl", source)
     engine = DlcModel(str(source), backend="native")
     program = lower(optimize(predict_graph(engine.eval_model)), pack_weights="once")
-    assert len([k for k in program.kernels if isinstance(k, GemmKernel) and k.packed_a]) == 3
+    assert len([k for k in program.kernels if isinstance(k, GemmKernel) and k.packed_a]) == 4
     rng = np.random.default_rng(6)
     np.savez(
         tmp_path / "filters.npz",
@@ -1419,7 +1421,7 @@ def test_filters_kept_packed_give_the_engines_bits(tmp_path):
 
     same_as_engine()
     same_as_engine()  # from the packs the first call made
-    for name in ("h.W", "s.W", "p.W"):
+    for name in ("h.W", "s.W", "p.W", "q.W"):
         w = rng.normal(0, 0.2, engine.params[name].shape).astype(np.float32)
         assert api.f("set_parameter")(model, name.encode(), p(w), p(np.array(w.shape, np.int64)), w.ndim) == 0
         engine.params[name][...] = w

@@ -1,34 +1,41 @@
-"""The choice lists of conv2d and its gradients (compiler/native/choose/conv.py): every entry
-an implementation a kind of kernels/ registers, and every registered one listed; each list
-ending in an entry that always applies; and which implementation each shape gets in a train
-step and a prediction, in float32 and bf16 — every entry of every list taken by one of
-them."""
+"""The choice lists of conv2d and its gradients (compiler/native/choose/conv.py) and of
+matmul (choose/matmul.py): every entry an implementation a kind of kernels/ registers, and
+every registered one listed; each list ending in an entry that always applies; which
+implementation each convolution's shape gets in a train step and a prediction, in float32
+and bf16, and which one the lowering calls for each matmul of a train step, a prediction
+and a scan — every entry of every list taken by one of them."""
 
 from __future__ import annotations
 
 import pytest
 
 from dlc.compiler.frontend.loader import load_text
+from dlc.compiler.native.choose import matmul
 from dlc.compiler.native.choose.conv import LISTS, Conv, chosen
+from dlc.compiler.native.lower import lower
 from dlc.compiler.native.program.registry import IMPLEMENTATIONS
 from dlc.compiler.native.rules import load
 from dlc.compiler.passes.autodiff import train_step
+from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.engines.reference import predict_graph
+
+
+EVERY_LIST = {**LISTS, "matmul": matmul.MATMUL}
 
 
 def test_every_entry_is_a_registered_implementation_and_every_one_is_listed():
     load()
-    listed = {(op, i.name) for op, implementations in LISTS.items() for i in implementations}
-    registered = {key for key in IMPLEMENTATIONS if key[0] in LISTS}
+    listed = {(op, i.name) for op, implementations in EVERY_LIST.items() for i in implementations}
+    registered = {key for key in IMPLEMENTATIONS if key[0] in EVERY_LIST}
     assert listed == registered
 
 
-@pytest.mark.parametrize("op", list(LISTS))
+@pytest.mark.parametrize("op", list(EVERY_LIST))
 def test_each_list_names_each_implementation_once_and_ends_in_one_that_always_applies(op):
-    names = [i.name for i in LISTS[op]]
+    names = [i.name for i in EVERY_LIST[op]]
     assert len(set(names)) == len(names)
-    assert LISTS[op][-1].applies(None)
-    assert all(i.why and i.kernel for i in LISTS[op])
+    assert EVERY_LIST[op][-1].applies(None)
+    assert all(i.why and i.kernel for i in EVERY_LIST[op])
 
 
 # image [C, H, W], the layers (x in, h out), then what each product of the train step takes in
@@ -175,3 +182,44 @@ def test_every_implementation_is_taken_by_a_case():
         for name in names
     }
     assert taken == {(op, i.name) for op, implementations in LISTS.items() for i in implementations}
+
+
+# a dense layer into a recurrent one: the train step's and the prediction's matmuls, and
+# those of the scan's body, whose recurrent weight is the same at every step
+RECURRENT = """model m {
+    input x: f32[B, 5, 3]
+    hs = rnn(dense(x, 4), 6)
+    output y = dense(hs[:, -1], 2)
+    loss mean(y * y)
+}
+"""
+
+
+def _matmul_choices(monkeypatch, training: bool, pack_weights: str | None) -> set:
+    """The names of the matmul implementations the lowering calls for RECURRENT's train step
+    or prediction (its list's choice, seen where the rule is called)."""
+    load()
+    called = set()
+    for i in matmul.MATMUL:
+        rule = IMPLEMENTATIONS["matmul", i.name]
+        monkeypatch.setitem(
+            IMPLEMENTATIONS, ("matmul", i.name), lambda *a, name=i.name, rule=rule: (called.add(name), rule(*a))
+        )
+    model = load_text(RECURRENT, "m.dl").build(training=training)
+    lower(optimize(train_step(model.graph) if training else predict_graph(model)), pack_weights=pack_weights)
+    return called
+
+
+def test_which_implementation_each_matmul_gets(monkeypatch):
+    assert _matmul_choices(monkeypatch, True, None) == {"packed before the loop", "packed by the GEMM"}
+    for pack_weights in ("once", "each call"):
+        assert _matmul_choices(monkeypatch, False, pack_weights) == {"weights packed first"}
+    assert _matmul_choices(monkeypatch, False, None) == {"packed before the loop", "packed by the GEMM"}
+
+
+def test_a_matmul_as_a_graph_says_it_is_a_gemm():
+    """bf16.py's view of a matmul, no program lowered: nothing packed ahead, a GEMM."""
+    model = load_text(RECURRENT, "m.dl").build(training=True)
+    graph = train_step(model.graph)
+    for n in graph.nodes_with("matmul"):
+        assert matmul.chosen(matmul.Matmul.of_graph(graph, n)).name == "packed by the GEMM"

@@ -170,9 +170,10 @@ def test_packing_stays_in_its_buffer(lib, K, N, tb):
 @pytest.mark.parametrize("ta,tb,acc", ALL)
 def test_few_columns_give_the_tiled_bits(lib, ta, tb, acc):
     """A product of at most FEW_COLUMNS columns (multiplied without packing, A's rows
-    transposed in registers) sums each element as the packed, tiled product does: its
-    columns are, bit for bit, the first ones of a product too wide for that path — over
-    partial row groups, K slices with a remainder under 8, and on one thread or two."""
+    transposed in registers; or, with op(A) given packed, read from its panels) sums each
+    element as the packed, tiled product does: its columns are, bit for bit, the first ones
+    of a product too wide for that path — over partial row groups and panels, K slices with
+    a remainder under 8, and on one thread or two."""
     rng = np.random.default_rng(7)
     for M, K in [(3, 7), (13, 300), (150, 1030)]:
         a, wide = _operands(rng, M, 40, K, ta, tb)
@@ -180,10 +181,21 @@ def test_few_columns_give_the_tiled_bits(lib, ta, tb, acc):
         whole = lib(a, wide, c0.copy() if acc else None, trans_a=ta, trans_b=tb, accumulate=acc)
         for n in (1, 3, 4, 7, 8, 13, FEW_COLUMNS):
             b = wide[:n] if tb else wide[:, :n]
-            for nthreads in (1, 2):
+            for nthreads, packed_a in [(1, False), (2, False), (1, True), (2, True)]:
                 c = c0[:, :n].copy() if acc else np.full((M, n), np.nan, np.float32)
-                lib(a, b, c, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads)
-                assert c.tobytes() == whole[:, :n].tobytes(), (M, K, n, nthreads)
+                lib(a, b, c, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads, packed_a=packed_a)
+                assert c.tobytes() == whole[:, :n].tobytes(), (M, K, n, nthreads, packed_a)
+
+
+def test_a_packed_a_of_few_columns_takes_the_few_columns_path():
+    """The `packed_a` routines (a built library's filters as A) multiply a block of at most
+    FEW_COLUMNS columns by the few-columns path on A's panels, not by the tiled one, whose
+    narrow micro-kernel would fill a few of each vector's lanes; a windows routine's B is
+    an image, packed always."""
+    for windows in (False, True):
+        m = ir.Module()
+        routine.add_gemm(m, "packed_a", packed_a=True, windows=windows, config=blocking.AVX512)
+        assert ("few_columns_packed_a" in str(m)) != windows
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ map, and nothing else: the project's checks of layers, LLVM's floor and packagin
 it as it is, its lowering rule is found, and only the module map asks for a line. A new way
 to compute a convolution is a package in kernels/ and a line of its choice list
 (compiler/native/choose/conv.py), and nothing else: the model it takes computes by it, as
-the reference engine does, and every check passes. A new optimizer is a class and its name in
+the reference engine does, and every check passes; a new way to compute a matmul likewise
+(compiler/native/choose/matmul.py). A new optimizer is a class and its name in
 runtime/optim/optimizers.py, a row of docs/training.md and the test cases the recipe names,
 and nothing else: the checks it names refuse it until the row and the cases are there, and
 then it trains on both engines and in a built library as numpy computes its rule."""
@@ -128,6 +129,47 @@ got = arrays[exe.program.outputs["output:y"]][:want.size].reshape(want.shape)
 print(float(np.abs(got - want).max()), "+".join(sorted({type(k).__name__ for k in exe.program.kernels})))
 '''
 
+# a matmul of 3 terms a sum as a reduction: y[m, n] = sum over k of op(A)[m, k] * op(B)[k, n]
+MATMUL_KIND = '''"""A way of computing a matmul made by following the recipe: a reduction."""
+from dlc.compiler.ir.dims import numel
+from dlc.compiler.native.kernels.reduce import ReduceKernel
+from dlc.compiler.native.program import Affine, Load, Op, contiguous
+from dlc.compiler.native.program.registry import register_implementation
+
+
+@register_implementation("matmul", "recipe")
+def _recipe(lw, n, ins, attrs, typ, mm):
+    out = lw.p.buffer("f32", numel(typ.shape), "temp")
+    (a, a_at, lda, _, a_stored_t), (b, b_at, ldb, _, b_stored_t) = mm.a, mm.b
+    a_coeffs = (1, 0, lda) if attrs["ta"] != a_stored_t else (lda, 0, 1)
+    b_coeffs = (0, ldb, 1) if attrs["tb"] != b_stored_t else (0, 1, ldb)
+    terms = Op("mul", (Load(a, Affine(a_at, a_coeffs), "f32"), Load(b, Affine(b_at, b_coeffs), "f32")), "f32")
+    lw.emit(ReduceKernel((mm.m, mm.n, mm.k), (2,), "sum", out.id, terms, node=n))
+    lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+'''
+MATMUL_ENTRY = '''    Implementation("recipe", "reduction", lambda mm: mm.batch == 1 and mm.k == 3, "a recipe"),\n'''
+# a prediction of that matmul (a dense layer's) on both engines: which implementation computes it, and the largest difference
+MATMUL_MODEL = '''
+import numpy as np
+from dlc.compiler.frontend.loader import load_text
+from dlc.compiler.native.choose.matmul import Matmul, chosen
+from dlc.runtime.engines.interpreter import run
+from dlc.runtime.engines.native import Executable
+from dlc.runtime.engines.reference import predict_graph
+
+graph = predict_graph(load_text("model m { input x: f32[B, 3]\\n output y = dense(x, 4) }", "m.dl").build(training=False))
+(node,) = graph.nodes_with("matmul")
+print(chosen(Matmul.of_graph(graph, node)).name)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((5, 3)).astype(np.float32)
+params = {"y.W": rng.standard_normal((3, 4)).astype(np.float32), "y.b": rng.standard_normal(4).astype(np.float32)}
+exe = Executable(graph)
+arrays, _ = exe.run({"x": x}, {bid: params[name] for name, bid in exe.program.params.items()})
+want = run(graph, {"x": x}, params)["output:y"]
+got = arrays[exe.program.outputs["output:y"]][:want.size].reshape(want.shape)
+print(float(np.abs(got - want).max()), "+".join(sorted({type(k).__name__ for k in exe.program.kernels})))
+'''
+
 
 def copy_tree(to: Path, also: tuple = ()) -> Path:
     """The package's tree and the project's checks (and the test files `also`), in a folder
@@ -175,26 +217,41 @@ def test_a_new_kind_of_kernel_is_its_package_and_a_line_of_the_module_map(tmp_pa
     assert checks.returncode == 0, checks.stdout[-3000:]
 
 
-def test_a_new_way_to_compute_a_convolution_is_its_package_and_a_line_of_the_choice_list(tmp_path):
+def walk_a_way_to_compute(tmp_path, model: str, default: str, kind: str, choices: str, head: str, entry: str):
+    """The recipe of a way to compute (docs/architecture.md) walked in a copy of the tree: the
+    script `model` prints the implementation its node takes (`default` before), the largest
+    difference from the reference engine and the program's kinds; then the kind package `kind`
+    (recipe_<name>) and the line `entry` after `head` in choose/<choices>.py, and nothing else:
+    the node computes by the "recipe" implementation (a ReduceKernel) as the reference engine
+    does, and the project's checks pass."""
     tree = copy_tree(tmp_path)
     run_model = tmp_path / "recipe_model.py"
-    run_model.write_text(CONV_MODEL)
+    run_model.write_text(model)
     before = run(tree, str(run_model))
     name, (_, kinds) = before.stdout.splitlines()[0], before.stdout.splitlines()[1].split()
-    assert name == "pointwise per example" and "ReduceKernel" not in kinds, before.stdout + before.stderr
-    kind = tree / "compiler" / "native" / "kernels" / "recipe_conv"
-    kind.mkdir()
-    (kind / "__init__.py").write_text(CONV_KIND)
-    choices = tree / "compiler" / "native" / "choose" / "conv.py"
-    text = choices.read_text(encoding="utf-8")
-    head = "CONV2D = (\n"
+    assert name == default and "ReduceKernel" not in kinds, before.stdout + before.stderr
+    package = tree / "compiler" / "native" / "kernels" / f"recipe_{choices}"
+    package.mkdir()
+    (package / "__init__.py").write_text(kind)
+    listed = tree / "compiler" / "native" / "choose" / f"{choices}.py"
+    text = listed.read_text(encoding="utf-8")
     assert text.count(head) == 1
-    choices.write_text(text.replace(head, head + CONV_ENTRY), encoding="utf-8")
+    listed.write_text(text.replace(head, head + entry), encoding="utf-8")
     after = run(tree, str(run_model))
     name, (error, kinds) = after.stdout.splitlines()[0], after.stdout.splitlines()[1].split()
     assert name == "recipe" and "ReduceKernel" in kinds.split("+") and float(error) < 1e-5, after.stdout + after.stderr
     checks = run(tree, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *CHECKS)
     assert checks.returncode == 0, checks.stdout[-3000:]
+
+
+def test_a_new_way_to_compute_a_convolution_is_its_package_and_a_line_of_the_choice_list(tmp_path):
+    walk_a_way_to_compute(tmp_path, CONV_MODEL, "pointwise per example", CONV_KIND, "conv", "CONV2D = (\n", CONV_ENTRY)
+
+
+def test_a_new_way_to_compute_a_matmul_is_its_package_and_a_line_of_the_choice_list(tmp_path):
+    walk_a_way_to_compute(
+        tmp_path, MATMUL_MODEL, "packed by the GEMM", MATMUL_KIND, "matmul", "MATMUL = (\n", MATMUL_ENTRY
+    )
 
 
 # a newcomer's optimizer: signSGD with the weight decay every optimizer takes from `Optimizer`

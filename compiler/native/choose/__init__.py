@@ -5,9 +5,11 @@ implementations per primitive). The lowering rules (compiler/native/rules/), the
 (compiler/native/bf16.py) and the layouts the lowering stores (compiler/native/lower.py)
 all read these lists; the kinds of kernels/ compute what they are told, each
 implementation a rule registered under its name in the package of the kind it emits
-(program/registry.py `register_implementation`). `conv.py`: conv2d and its two gradients.
-An int8 program's integer convolution has one implementation (kernels/int8), and no list:
-which products are integer is compiler/passes/int8.py's, below the backend."""
+(program/registry.py `register_implementation`). `conv.py`: conv2d and its two gradients;
+`matmul.py`: matmul (its gradients are matmuls), and the order of the GEMM's paths at run
+time. An int8 program's integer convolutions and matmuls have one implementation each
+(kernels/int8), and no list: which products are integer is compiler/passes/int8.py's,
+below the backend."""
 
 from __future__ import annotations
 

@@ -1,8 +1,11 @@
 """The lowering rules of the families that emit no kernel of their own, a module each:
 `sources.py` (inputs, parameters, constants, iota, sizes, random draws), `views.py`
 (elementwise ops and views: expressions, no kernel), `pooling.py` (pooling as maps or
-reductions); and every rule found (`load`: these families and the kinds of kernels/) and
-looked up (`lowering_rule`). The registry they fill is compiler/native/program/registry.py."""
+reductions), and those of the primitives computed more than one way, each calling the
+implementation its list in compiler/native/choose/ chooses: `conv.py` (conv2d and its
+gradients), `matmul.py`; and every rule found (`load`: these families and the kinds of
+kernels/) and looked up (`lowering_rule`). The registry they fill is
+compiler/native/program/registry.py."""
 
 from __future__ import annotations
 

@@ -56,9 +56,10 @@ packing B. With a row or two of A the float32 ones not transposing B read the pa
 too, each contiguous over K, where the routines without it read B's rows
 (few_rows.py). The float32 `packed_a` routines take op(A) so, packed by `add_pack` of
 "a" into K-long MR-tall panels (a built library's convolution filters), and read only it.
-Otherwise, with at most FEW_COLUMNS columns of C nothing is packed: groups of op(A)'s
-rows are multiplied as they lie (few_columns.py; the weight of a convolution's im2col
-product is A). Every path sums each element in the same order.
+With at most FEW_COLUMNS columns of C nothing is packed: groups of op(A)'s rows are
+multiplied as they lie, or its given panels one a group (few_columns.py; the weight of a
+convolution's im2col product is A). Every path sums each element in the same order; the
+order in which a block takes them is compiler/native/choose/matmul.py's docstring's.
 
 Threads: the work is handed to dlc's thread pool (codegen/threadpool.py) in CHUNKS_PER_THREAD
 chunks per thread — over the batch when there are enough matrices, else over N when

@@ -1,6 +1,7 @@
 """A block of at most FEW_COLUMNS columns of C multiplied without packing: groups of
-COLUMN_ROWS rows of op(A) read as they lie, times op(B)'s values broadcast, each element
-summed as the tiled path sums it."""
+COLUMN_ROWS rows of op(A) read as they lie (or, where op(A) is given packed, one MR-tall
+panel of its pack a group), times op(B)'s values broadcast, each element summed as the
+tiled path sums it."""
 
 from __future__ import annotations
 
@@ -16,20 +17,25 @@ from dlc.compiler.native.codegen.gemm.ir_helpers import c64, carrying_loop, firs
 COLUMN_ROWS = 8
 
 
-def few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate):
+def few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate, Ak=None):
     """C[m0:m1, n0:n1] (+)= op(A) @ op(B) with at most FEW_COLUMNS columns (a
     convolution's last stages at batch 1: [512 x 4608] @ [4608 x 4]), without packing:
     packing A would copy all of it to use each element a few times, and the tiled
     micro-kernel's NR columns would be mostly padding. Groups of COLUMN_ROWS rows of
     op(A) are read as they lie (A's rows transposed 8 x 8 in registers; Aᵀ's rows are
     the group's vectors), one vector per k, and multiply op(B)[k, j] broadcast, for 8,
-    4, 2 or 1 columns at a time. Each element is summed as the tiled routine sums it: K
-    slices `kstep` deep, each one chain of FMAs along k from zero, added to C in slice
-    order — the same bits whichever path or thread takes it."""
-    G = COLUMN_ROWS
+    4, 2 or 1 columns at a time. With `Ak`, op(A) given packed (the `packed_a`
+    routines': MR-tall panels, each K long, k-major, m0 a panel's first row), a group is
+    a panel, its vector at k MR contiguous floats of the pack, and A is not read (a built
+    library's filters, with B's few columns: the tiled path's narrow micro-kernel would
+    fill a few of each vector's lanes). Each element is summed as the tiled routine sums
+    it: K slices `kstep` deep, each one chain of FMAs along k from zero, added to C in
+    slice order — the same bits whichever path or thread takes it."""
+    G = COLUMN_ROWS if Ak is None else gen.cfg.mr
     vty = ir.VectorType(f32, G)
     fma = declare(gen.m, f"llvm.fma.v{G}f32", vty, [vty] * 3)
-    mload, _ = masked(gen.m, vty)
+    if Ak is None:
+        mload, _ = masked(gen.m, vty)
     zero = ir.Constant(vty, None)
 
     def b_at(k, j):  # op(B)[k, j], broadcast
@@ -37,14 +43,21 @@ def few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_
 
     with loop(b, m0, m1, G, name="ci") as i:
         rows = smin(b, c64(G), b.sub(m1, i))
-        # rows past the group's last are read as the last (inside A) and never stored
-        row = [b.add(i, smin(b, c64(p), b.sub(rows, c64(1)))) for p in range(G)]
-        lanes = b.icmp_signed(
-            "<", ir.Constant(ir.VectorType(i64, G), list(range(G))), splat(b, rows, ir.VectorType(i64, G))
-        )
+        if Ak is None:
+            # rows past the group's last are read as the last (inside A) and never stored
+            row = [b.add(i, smin(b, c64(p), b.sub(rows, c64(1)))) for p in range(G)]
+            lanes = b.icmp_signed(
+                "<", ir.Constant(ir.VectorType(i64, G), list(range(G))), splat(b, rows, ir.VectorType(i64, G))
+            )
+        else:  # the group's panel: rows past the group's last are the pack's (zeros past M), never stored
+            panel = gep(b, Ak, b.mul(i, K))
 
         def vectors_at(k, t):
             """op(A)[group, k + s] for s < t: t vectors of the group's rows."""
+            if Ak is not None:
+                return [
+                    b.load(vec_ptr(b, gep(b, panel, b.mul(b.add(k, c64(s)), c64(G))), vty), align=4) for s in range(t)
+                ]
             if trans_a:  # row k of A holds the group's rows side by side (masked: past m1)
                 return [
                     b.call(
@@ -84,12 +97,13 @@ def few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_
                         new += step(k, G, acc)
                     with carrying_loop(b, b.add(pc, kc), acc, name="ct", start=k8) as (k, acc2, new2):
                         new2 += step(k, 1, acc2)
-                    _store_columns(b, C, ldc, i, rows, j, acc2, load_c)
+                    _store_columns(b, C, ldc, i, G, rows, j, acc2, load_c)
                 start = end
 
 
-def _store_columns(b, C, ldc, i, rows, j, acc, load_c):
-    """C[i + p, j + c] = acc[c][p] (added to C's value where load_c) for p < rows."""
+def _store_columns(b, C, ldc, i, G, rows, j, acc, load_c):
+    """C[i + p, j + c] = acc[c][p] (added to C's value where load_c) for p < rows (of a
+    group of G)."""
 
     def store_row(p):
         crow = gep(b, C, b.add(b.mul(b.add(i, c64(p)), ldc), j))
@@ -98,4 +112,4 @@ def _store_columns(b, C, ldc, i, rows, j, acc, load_c):
             x = b.extract_element(v, i32(p))
             b.store(b.select(load_c, b.fadd(b.load(at), x), x), at)
 
-    first_rows(b, COLUMN_ROWS, rows, store_row)
+    first_rows(b, G, rows, store_row)

@@ -42,9 +42,9 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
     """C[m0:m1, n0:n1] (+)= op(A)[m0:m1, :] @ op(B)[:, n0:n1] for one matrix. `packed`:
     op(B) is also given packed (`Bk`, laid out by `add_pack`), so it is not packed here.
     `packed_a`: op(A) is, in the same argument (`add_pack` of "a": MR-tall panels, each
-    K long); given (not null), only the pack is read, by the tiled path at any size (a
-    weight of few columns, as a convolution's last stages at batch 1, was otherwise
-    copied at every call to be read once or twice).
+    K long); given (not null), only the pack is read: by the few-columns path where the
+    block has at most FEW_COLUMNS columns (a convolution's last stages at batch 1), else
+    by the tiled path, at any number of rows.
     `epilogue`: it is called on each part of the block as soon as the part is final —
     an MC x NC block after its last K slice, while the block is in cache (by rows: a
     part of NR columns, its rows a page apart at many pixels, missed the L1 cache on
@@ -119,6 +119,15 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
         finished(b, m0, m1, n0, n1)
         b.ret_void()
         b.position_at_end(tiled)
+    if packed_a and not windows:  # op(A)'s panels given: few columns read them
+        few, other = fn.append_basic_block("few_columns_packed_a"), fn.append_basic_block("not_few_packed_a")
+        given_a = b.icmp_unsigned("!=", Ak, ir.Constant(fptr, None))
+        b.cbranch(b.and_(b.icmp_signed("<=", b.sub(n1, n0), c64(FEW_COLUMNS)), given_a), few, other)
+        b.position_at_end(few)
+        few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate, Ak)
+        finished(b, m0, m1, n0, n1)
+        b.ret_void()
+        b.position_at_end(other)
     if not (cfg.bf16 or windows):  # (a windows routine's B is an image: packed, always)
         few, packing = fn.append_basic_block("few_columns"), fn.append_basic_block("packing")
         b.cbranch(b.and_(b.icmp_signed("<=", b.sub(n1, n0), c64(FEW_COLUMNS)), unpacked_a), few, packing)

@@ -1,7 +1,7 @@
 """The kernels that call dlc's GEMM library (compiler/native/codegen/gemm/): a batch of matrix
 products, the packing of an operand that stays the same over a scan's steps, and that of a
 prediction's weights, kept packed (or transformed) between calls under their flags; the
-lowering rule of matmul, and the size of a packed operand. Their code is a call of the
+implementations of matmul (compiler/native/choose/matmul.py), and the size of a packed operand. Their code is a call of the
 library (loops.py), made by `emit`."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dlc.compiler.ir.dims import concrete, numel, symbols
 from dlc.compiler.native import A_PANEL_ROWS
 from dlc.compiler.native.kernels.map import in_place, merged, read_once
 from dlc.compiler.native.program import Affine, Kernel, render
-from dlc.compiler.native.program.registry import register_lowering
+from dlc.compiler.native.program.registry import register_implementation
 
 
 @dataclass
@@ -269,17 +269,25 @@ def weight_packed_a(lw, a: tuple, m, k, batch, node: int) -> tuple | None:
     return pack.out, ready
 
 
+def same_every_step(lw, operand: tuple) -> bool:
+    """Whether a GEMM operand (of `Lowering.matrix`) is the same at every step of the scan
+    lowering `lw`'s graph is the body of: made before the loop, at an offset without the
+    step (a recurrent weight)."""
+    if lw is None or lw.loop is None:
+        return False
+    buffer, offset = operand[:2]
+    return buffer < lw.loop[1] and f"$t{lw.depth - 1}" not in symbols([offset])
+
+
 def packed_before_loop(lw, operand: tuple, k, n, trans: bool, node: int) -> int | None:
     """The buffer holding a GEMM operand (of `Lowering.matrix`) packed once before the scan
-    lowering `lw`'s graph is the body of, when the operand is the same at every step — made
-    before the loop, at an offset without the step (a recurrent weight) — else None. It is
-    packed before the outermost scan it is the same in, once for all its GEMMs."""
-    if lw.loop is None:
+    lowering `lw`'s graph is the body of, where it is the same at every step
+    (`same_every_step`), else None. It is packed before the outermost scan it is the same
+    in, once for all its GEMMs."""
+    if not same_every_step(lw, operand):
         return None
-    outer, first = lw.loop
+    outer = lw.loop[0]
     buffer, offset, ld = operand[:3]
-    if buffer >= first or f"$t{lw.depth - 1}" in symbols([offset]):
-        return None
     hoisted = packed_before_loop(outer, operand, k, n, trans, node)
     if hoisted is not None:
         return hoisted
@@ -328,15 +336,26 @@ def weight_flag(lw, weight: int) -> tuple | None:
     return packs.ready, flags.size - 1
 
 
-def packed_weight(lw, operand: tuple, k, n, m, trans: bool, node: int) -> tuple | None:
-    """The buffer holding a GEMM operand (of m rows of A) packed once while it stays the
-    same, and (buffer, index) of its flag, when it is a weight (a parameter) of a program
-    lowered with `pack_weights` (a prediction's): the program's WeightPacksKernel packs it
-    before everything else, for all its GEMMs and calls until a weight changes. Else None."""
+def weight_packs_kept(lw, operand: tuple, k, n) -> bool:
+    """Whether a GEMM operand (of `Lowering.matrix`, k x n) is a weight (a parameter) of a
+    program lowered with `pack_weights` (a prediction's), its sizes and place known: one
+    that `packed_weight` packs."""
     buffer, offset, ld = operand[:3]
-    packs = None if symbols([k, n, offset, ld]) or lw.p.buffers[buffer].role != "param" else _weight_packs(lw)
-    if packs is None:
-        return None
+    return (
+        lw is not None
+        and bool(_program(lw).pack_weights)
+        and not symbols([k, n, offset, ld])
+        and lw.p.buffers[buffer].role == "param"
+    )
+
+
+def packed_weight(lw, operand: tuple, k, n, m, trans: bool, node: int) -> tuple:
+    """The buffer holding a GEMM operand (of m rows of A) that `weight_packs_kept`, packed
+    once while it stays the same, and (buffer, index) of its flag: the program's
+    WeightPacksKernel packs it before everything else, for all its GEMMs and calls until a
+    weight changes."""
+    buffer, offset, ld = operand[:3]
+    packs = _weight_packs(lw)
     key = (buffer, offset, ld, k, n, trans)
     for p, rows, flag in zip(packs.packs, packs.rows, packs.flags):
         if p.which == "b" and p.b + (p.k, p.n, p.trans_b) == key:
@@ -350,20 +369,29 @@ def packed_weight(lw, operand: tuple, k, n, m, trans: bool, node: int) -> tuple 
     return out.id, ready
 
 
-# ---- lowering rules ------------------------------------------------------------------------------
-@register_lowering("matmul", floats=("f32",))
-def _matmul(lw, n, ins, attrs, typ):
-    a, b = ins
-    la, lb = lw.matrix(a), lw.matrix(b)
+# ---- the implementations of matmul (compiler/native/choose/matmul.py) -------------------------------
+def _matmul(lw, n, attrs, typ, mm, pack_b):
+    """Matmul node n (`mm`: the Matmul its list reads, its operands as matrices) as a
+    GemmKernel, op(B)'s pack and its flag given by pack_b(B transposed) ((None, None): none)."""
+    la, lb = mm.a, mm.b
     ta, tb = attrs["ta"] != la[4], attrs["tb"] != lb[4]
     out = lw.place(lw.graph.outputs_of(n)[0], rows=True)
-    m, nn = typ.shape[-2], typ.shape[-1]
-    k = a.shape[-2] if attrs["ta"] else a.shape[-1]
-    batch = numel(typ.shape[:-2])
-    packed = ready = None
-    if lb[3] == 0 or batch == 1:
-        weight = packed_weight(lw, lb, k, nn, m, tb, n)
-        packed, ready = weight if weight is not None else (packed_before_loop(lw, lb, k, nn, tb, n), None)
-    c = (out.buffer, out.at.offset, out.at.coeffs[-2] if typ.rank >= 2 else nn, m * nn)
-    lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], c, ta, tb, packed, ready, lw.bf16, node=n))
+    packed, ready = pack_b(tb)
+    c = (out.buffer, out.at.offset, out.at.coeffs[-2] if typ.rank >= 2 else mm.n, mm.m * mm.n)
+    lw.emit(GemmKernel(mm.m, mm.n, mm.k, mm.batch, la[:4], lb[:4], c, ta, tb, packed, ready, lw.bf16, node=n))
     lw.set(n, out)
+
+
+@register_implementation("matmul", "weights packed first")
+def _weights_packed_first(lw, n, ins, attrs, typ, mm):
+    _matmul(lw, n, attrs, typ, mm, lambda tb: packed_weight(lw, mm.b, mm.k, mm.n, mm.m, tb, n))
+
+
+@register_implementation("matmul", "packed before the loop")
+def _packed_before_the_loop(lw, n, ins, attrs, typ, mm):
+    _matmul(lw, n, attrs, typ, mm, lambda tb: (packed_before_loop(lw, mm.b, mm.k, mm.n, tb, n), None))
+
+
+@register_implementation("matmul", "packed by the GEMM")
+def _packed_by_the_gemm(lw, n, ins, attrs, typ, mm):
+    _matmul(lw, n, attrs, typ, mm, lambda tb: (None, None))
