@@ -140,3 +140,39 @@ def test_an_engines_step_writes_only_weights_it_may(tmp_path):
     after = engine.predict(params, {"x": x})["logits"]
     fresh = NativeEngine(train, evaluation).predict({k: v.copy() for k, v in params.items()}, {"x": x})["logits"]
     assert after.tobytes() == fresh.tobytes() and after.tobytes() != before.tobytes()
+
+
+SMALL_PLANES = """
+model small {
+    input  x: f32[B, 32, 3, 3]
+    s = conv2d(x, 24, 3, stride = 2, padding = 1, act = relu)
+    p = conv2d(s, 40, 1)
+    output logits = dense(global_avg_pool(p), 4)
+}
+"""
+
+
+def test_filters_kept_packed_are_read_as_they_lie_by_a_call_of_few_columns(tmp_path):
+    """A convolution whose filters a prediction keeps packed as its GEMM's A reads the filters
+    themselves in a call of at most FEW_COLUMNS columns (GemmKernel `a_kept`: 2 x 2 pixels
+    at batch 1), the pack in one of more (batch 5): the bits of the program that packs
+    nothing, at either, and after the filters change."""
+    from dlc.compiler.native.kernels.gemm import GemmKernel
+
+    source = tmp_path / "small.dl"
+    source.write_text(SMALL_PLANES)
+    eval_model = load(source).build(None, training=False)
+    params = initial_parameters(eval_model, 3)
+    once, plain = (Executable(predict_graph(eval_model), pack_weights=pack) for pack in ("once", None))
+    kept = [k for k in once.program.kernels if isinstance(k, GemmKernel) and k.a_kept]
+    assert len(kept) == 2 and all(k.packed_a and k.ready is not None for k in kept)
+    feeds = lambda batch: {"x": np.random.default_rng(batch).standard_normal((batch, 32, 3, 3)).astype(np.float32)}
+    for batch in (1, 5, 1):
+        assert predictions(once, feeds(batch) | {"rng": NO_KEY}, params) == predictions(
+            plain, feeds(batch) | {"rng": NO_KEY}, params
+        ), batch
+    params["s.W"] = np.random.default_rng(9).normal(0, 0.3, params["s.W"].shape).astype(np.float32)
+    for batch in (1, 5):
+        assert predictions(once, feeds(batch) | {"rng": NO_KEY}, params) == predictions(
+            plain, feeds(batch) | {"rng": NO_KEY}, params
+        ), batch

@@ -44,6 +44,9 @@ class GemmKernel(Kernel):
     epilogue: object = None
     windows: tuple | None = None
     packed_a: bool = False  # `packed` holds op(A) (a PackKernel's of "a"), not op(B)
+    # with packed_a: A itself lies in `a` at every call too (a convolution's filters, not
+    # Winograd's transform of the first call), and a call of at most FEW_COLUMNS columns reads it there
+    a_kept: bool = False
 
     calls_gemm = True
 

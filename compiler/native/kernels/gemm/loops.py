@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from dlc.compiler.native import FEW_COLUMNS
 from dlc.compiler.native.codegen.builder import Arguments, KernelBuilder
 from dlc.compiler.native.codegen.gemm.blocking import FEW_ROWS
 from dlc.compiler.native.codegen.gemm.interface import EPILOGUE_TYPE, PACK_TYPE, gemm_name, gemm_type, pack_name
@@ -84,7 +85,12 @@ def gemm_call(kb: KernelBuilder, f, k, epilogue=None):
         if k.ready is not None:
             flags, i = k.ready
             made = kb.b.load(kb.b.gep(kb.buffer(flags, "i32"), [ir.Constant(i32, i)]))
-            pack = kb.b.select(kb.b.icmp_signed("!=", made, ir.Constant(i32, 0)), pack, ir.Constant(pack.type, None))
+            read = kb.b.icmp_signed("!=", made, ir.Constant(i32, 0))
+            if k.a_kept and k.windows is None:
+                # at most FEW_COLUMNS columns: A read as it lies streams once (few_columns.py), where
+                # its pack would take the tiles' path, its vectors mostly padding; the same sums
+                read = kb.b.and_(read, kb.b.icmp_signed(">", kb.dim(k.n), kb.dim(FEW_COLUMNS)))
+            pack = kb.b.select(read, pack, ir.Constant(pack.type, None))
         args.append(pack)
     if k.windows is not None:
         geometry = kb.alloca(ir.ArrayType(ir.IntType(64), len(k.windows)))
