@@ -41,6 +41,7 @@ from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
 from dlc.runtime.engines.int8 import Int8Engine, calibrate_arrays
 from dlc.runtime.engines.native import NativeEngine
+from dlc.runtime.engines.parameters import Parameters
 from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.engines.reference import predict_graph
 from dlc.runtime.interop import checkpoint, quantized
@@ -67,9 +68,11 @@ EXPORT_FORMATS = {".onnx": "onnx", ".safetensors": "safetensors"}  # what model.
 
 class DlcModel:
     """A model of a .dl file, built for training and for evaluation, with its weights once
-    trained or loaded (`params`, by parameter name). `stop_training`: set it to True from a
-    callback (`self.model.stop_training = True`) to stop the run, as raising StopTraining
-    does."""
+    trained or loaded (`params`, by parameter name: runtime/engines/parameters.py's
+    Parameters, read-only arrays whose every change is an assignment that the native
+    engine's prediction sees, so that it packs them once per change). `stop_training`: set
+    it to True from a callback (`self.model.stop_training = True`) to stop the run, as
+    raising StopTraining does."""
 
     def __init__(self, path: str | Path, model: str | None = None, backend: str = "auto"):
         self.path, self.backend = str(path), backend
@@ -77,7 +80,7 @@ class DlcModel:
         self.train_model = self.program.build(model, training=True)
         self.eval_model = self.program.build(model, training=False)
         self.name = self.eval_model.name
-        self.params: dict | None = None
+        self._params: Parameters | None = None
         self.meta: dict = {}
         self.quantization: dict | None = None  # QuantizedProduct by product name (quantize, or an int8 checkpoint)
         self.quantized: dict = {}  # how it was calibrated
@@ -109,6 +112,17 @@ class DlcModel:
         `depth`, `batch`, `freeze` and `training` (False: `--eval`) are dlc summary's options."""
         model = self.train_model if training else self.eval_model
         return Text(summary_text(model, summary_settings(self.program, model, freeze, batch, {}), depth))
+
+    @property
+    def params(self) -> Parameters | None:
+        """The weights by parameter name (None before training or loading), read-only: a
+        weight changes by assignment, `model.params[name] = array` (a copy is kept), or with
+        a new dict, `model.params = {...}`."""
+        return self._params
+
+    @params.setter
+    def params(self, arrays: dict | None):
+        self._params = arrays if arrays is None or isinstance(arrays, Parameters) else Parameters(arrays)
 
     # -- training --
     def train(
@@ -159,7 +173,8 @@ class DlcModel:
     # -- weights --
     def load_weights(self, path: str | Path) -> "DlcModel":
         """A checkpoint (.npz) or a .safetensors file, in dlc's or torch.nn's names and layouts."""
-        self.params, self.meta = weights.load(path, self.eval_model.params)
+        arrays, self.meta = weights.load(path, self.eval_model.params)
+        self.params = Parameters.owning(arrays)
         self.quantization, self.quantized, self._int8_engine = None, {}, None
         self._weights_path = Path(path)
         return self

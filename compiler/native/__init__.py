@@ -23,8 +23,9 @@ PRECISIONS = ("f32", "bf16")
 
 # how a prediction's weights are packed for its GEMMs (lower.py's `pack_weights`; kernels/gemm:
 # WeightPacksKernel): "each call", where the weights may have changed before any call (the
-# JIT is handed the parameter arrays), only for the products that pack B anyway; "once",
-# where only a setter changes them (a built library), for every product, the one-row ones too
+# JIT handed a plain dict of arrays), only for the products that pack B anyway; "once", where
+# every change is known (a built library's setters, the version of the JIT's Parameters), for
+# every product, the one-row ones too, and a float32 convolution's filters as A
 PACK_WEIGHTS = ("each call", "once")
 
 # the most threads native code is run on (the engine's --threads and DLC_NUM_THREADS, a built

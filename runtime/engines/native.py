@@ -36,6 +36,7 @@ from dlc.runtime.engines.cores import threads
 from dlc.runtime.engines.distributed import optimizer_shards
 from dlc.runtime.engines.reference import _scalars, predict_graph
 from dlc.runtime.engines.interpreter import bind_sizes
+from dlc.runtime.engines.parameters import Parameters, require_writable
 from dlc.runtime.optim import second_order
 from dlc.runtime.optim.optimizer import Optimizer
 from dlc.runtime.engines.tiers import TieredDriver
@@ -135,8 +136,8 @@ class Executable:
     kernel, what it was the last to write is tested (NumericsCheck), and `run` raises
     NonFiniteOutput at the first kernel whose values are not finite. `precision`: of the
     operands of its matmuls and convolutions (compiler/native/lower.py). `pack_weights` (a
-    prediction's): its first kernel packs the weights its GEMMs of this call read packed, at
-    every call, since the parameters it is given may have changed in place (lower.py). `buckets`: (the
+    prediction's, lower.py's PACK_WEIGHTS): its first kernel packs the weights its GEMMs read
+    packed, again at every call unless `run` is told the version of unchanged weights. `buckets`: (the
     bytes of a bucket, the parameters whose gradients the buckets hold): each bucket is handed
     to the host as soon as the step has finished it (compiler/native/buckets.py;
     `self.buckets` lists them). `int8`: the quantization (QuantizedProduct by product name)
@@ -181,6 +182,7 @@ class Executable:
             arguments = self.driver.extra
         self.layouts: dict = {}
         self.packed: dict = {}  # the packed weights (kernels/gemm), by buffer
+        self.packed_at = None  # the version of the weights they hold (`run`)
         self.live = intervals(self.program)  # temporaries share an arena (compiler/native/memory.py)
         self.plans: dict = {}  # its layout per set of sizes
         self.memory: dict = {}  # bytes by part (runtime/engines/budget.py) per set of sizes
@@ -279,9 +281,12 @@ class Executable:
         budget.require_work(self.what, self.graph, sizes, threads())
         return p, resident | activations(sizes)
 
-    def run(self, feeds: dict, fixed: dict, extra=()) -> tuple:
+    def run(self, feeds: dict, fixed: dict, extra=(), weights: int | None = None) -> tuple:
         """Run on feeds; returns (every buffer, the sizes of the symbolic dims). `extra`:
-        the arrays of the slots after the checks (the update's buffers), in order."""
+        the arrays of the slots after the checks (the update's buffers), in order. `weights`:
+        the version of the parameters in `fixed` (runtime/engines/parameters.py), while which
+        the weights an earlier call packed are theirs; None (not known: an array may have been
+        changed in place) packs them again."""
         sizes = self._sizes(feeds)
         lay = self.layout(sizes, fixed)
         arrays = lay.bound(fixed)
@@ -290,8 +295,9 @@ class Executable:
         for slot, a in enumerate(extra):
             lay.bind(self.extras + slot, a)
         self.arrays = arrays  # what a host function may read during the call
-        if self.program.weights_ready is not None:
+        if self.program.weights_ready is not None and (weights is None or weights != self.packed_at):
             arrays[self.program.weights_ready][:] = 0  # the weights given may be new: packed again
+            self.packed_at = weights
         lay.fault.value = 0
         if self.numerics is not None:
             self.numerics.arm(lay.table, sizes, lay.fault)
@@ -543,7 +549,7 @@ class NativeEngine:
                         self.group[first:last] = optimizer.group_number(name)
             self.adopted = None
         self.eval_model = eval_model
-        self._eval = self._predict = None
+        self._eval, self._predict = None, {}  # the predictions by their way of packing weights (`_prediction`)
         if optimizer is None:  # an inference engine: fail now, not at the first batch, if it cannot compile
             lower(eval_model.graph, precision)
 
@@ -570,7 +576,7 @@ class NativeEngine:
     def finish_compiling(self):
         """Wait for the O3 code of every program compiled so far (runtime/engines/tiers.py): what
         runs next is the code a long run runs (a benchmark times it)."""
-        for program in (self.train_exe, self.update_call, self._eval, self._predict, self._hvp):
+        for program in (self.train_exe, self.update_call, self._eval, *self._predict.values(), self._hvp):
             if program is not None:
                 program.driver.finish()
 
@@ -590,18 +596,27 @@ class NativeEngine:
 
     @property
     def predict_exe(self) -> Executable:
-        if self._predict is None:
+        """The prediction of a model's Parameters (runtime/engines/parameters.py): its weights
+        packed once per version, as a built library's are packed once per change."""
+        return self._prediction("once")
+
+    def _prediction(self, pack_weights: str) -> Executable:
+        """The prediction whose weights are packed as `pack_weights` says (PACK_WEIGHTS): "once"
+        for Parameters, whose version says when they change; "each call" for a plain dict,
+        whose arrays may have changed in place before any call, packing only what a GEMM
+        would pack anyway (compiler/native/__init__.py)."""
+        if pack_weights not in self._predict:
             if not any(k.startswith("output:") for k in self.eval_model.graph.outputs):
                 raise DlcError("the model declares no outputs; add `output name = ...`")
-            self._predict = Executable(
+            self._predict[pack_weights] = Executable(
                 predict_graph(self.eval_model),
                 profile=self.profiling,
                 precision=self.precision,
-                pack_weights="each call",
+                pack_weights=pack_weights,
                 int8=self.int8,
                 model=self.eval_model,
             )
-        return self._predict
+        return self._predict[pack_weights]
 
     # -- the optimizer --
     def _update_program(self, starts: tuple | None) -> KernelProgram | None:
@@ -642,6 +657,7 @@ class NativeEngine:
     def _adopt(self, params: dict, opt_state: dict):
         """Move parameters and optimizer state into the flat arrays (the dicts then hold
         views of them, so checkpoints and the trainer see every update)."""
+        require_writable(params, "a train step")
         if self.adopted == (id(params), id(opt_state)) and all(params[n].base is self.flat for n in self.offsets):
             return
         for name, off in self.offsets.items():
@@ -769,6 +785,9 @@ class NativeEngine:
         )
 
     def predict(self, params: dict, batch: dict) -> dict:
-        exe = self.predict_exe
-        arrays, sizes = exe.run({**batch, "rng": NO_KEY}, self._fixed(exe, params, False))
+        versioned = isinstance(params, Parameters)
+        exe = self._prediction("once" if versioned else "each call")
+        arrays, sizes = exe.run(
+            {**batch, "rng": NO_KEY}, self._fixed(exe, params, False), weights=params.version if versioned else None
+        )
         return {name[7:]: exe.output(name, arrays, sizes) for name in exe.program.outputs}

@@ -18,6 +18,7 @@ from dlc.compiler.native import bf16
 from dlc.compiler.passes.autodiff import copy_graph, hvp_graph, prune, train_step
 from dlc.compiler.frontend.model import Model
 from dlc.runtime.engines import budget, interpreter, numerics
+from dlc.runtime.engines.parameters import require_writable
 from dlc.runtime.optim import second_order
 from dlc.runtime.optim.optimizer import Optimizer
 
@@ -152,6 +153,7 @@ def update(
     """One step of `optimizer` (step counts from 1), in place, for the parameters in `grads`:
     its update graph run by the interpreter on their flat concatenation; returns the
     gradient's global norm. In float32, or float64 when a parameter is (a check by hand)."""
+    require_writable(params, "an optimizer's update")
     names = list(grads)
     if not names:
         return 0.0

@@ -14,6 +14,7 @@ from dlc.compiler.frontend.settings import Call
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
 from dlc.runtime.engines.cores import threads
 from dlc.runtime.engines.native import NativeEngine
+from dlc.runtime.engines.parameters import Parameters
 from dlc.runtime.optim.optimizers import make_optimizer
 
 
@@ -57,7 +58,8 @@ def _predict_profile(model, batch: int, dims: dict, steps: int, top: int, precis
     engine = NativeEngine(model, model, profile=True, precision=precision)
     exe = engine.predict_exe
     compile_s = time.perf_counter() - t0
-    params = {k: v.astype(np.float32) for k, v in init_params(model).items()}
+    # a model's weights, packed once as DlcModel.predict's are (runtime/engines/parameters.py)
+    params = Parameters.owning({k: v.astype(np.float32) for k, v in init_params(model).items()})
     sizes = _sizes(model, batch, dims)
     feeds = _feeds(model, sizes)
     return _profile(

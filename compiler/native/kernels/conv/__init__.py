@@ -234,7 +234,7 @@ def _columns_gemm(
 
 def _filters_gemm(lw, n, mnk: tuple, batch, a: tuple, b: tuple, c: tuple, trans_b: bool, **kw):
     """The GemmKernel of a convolution's product with its filters as op(A) (a), which a
-    built library packs once until they change (kernels/gemm `weight_packed_a`)."""
+    prediction packs once until they change (kernels/gemm `weight_packed_a`)."""
     made = weight_packed_a(lw, a, mnk[0], mnk[2], batch, n)
     packed, ready = made or (None, None)
     lw.emit(GemmKernel(*mnk, batch, a, b, c, False, trans_b, packed, ready, packed_a=made is not None, node=n, **kw))

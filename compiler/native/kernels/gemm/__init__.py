@@ -155,11 +155,12 @@ class WeightPacksKernel(Kernel):
     array, role "packed", whose other flags are those of other copies of weights:
     `weight_flag`), is 0 and a GEMM of this call will read the packed copy, and its flag is
     then set: so a weight is packed once, not at every call. Whoever changes a weight clears
-    the flags (runtime/engines/native.py at every call, library.c when one is set). A pack
+    the flags (runtime/engines/native.py when the version of its Parameters changes, or at
+    every call for a plain dict; library.c when one is set). A pack
     of A (a convolution's filters: weight_packed_a; its `rows` None) is always made. The
     GEMMs that read a copy of B: those with more than gemm.FEW_ROWS rows of `rows[i]` (the row
-    counts of its GEMMs) or taking it transposed; and with `one_row` (packs kept between
-    calls: a built library's) the one-row products too, which then stream its panels
+    counts of its GEMMs) or taking it transposed; and with `one_row` (pack_weights
+    "once": packs kept between calls) the one-row products too, which then stream its panels
     instead of B's rows. Without it, a weight that only one-row products take is not
     packed, and they read B (its flag stays clear: GemmKernel.ready)."""
 
@@ -193,7 +194,7 @@ class WeightTransformKernel(Kernel):
     order; `what` names it), on a thread team. With `ready` ((buffer, index) of a flag:
     `weight_flag`; the copy a buffer kept between calls), only while that flag is clear,
     which it then sets, so a built library makes it once until a weight changes (the JIT
-    clears the flags at every call). `pack` (a PackKernel of "a", with `ready` only:
+    clears them as WeightPacksKernel says). `pack` (a PackKernel of "a", with `ready` only:
     `packed_a_weight`): the copy then packed for a GEMM, which reads only the pack, so
     that the copy itself lives for this kernel only."""
 
@@ -240,11 +241,11 @@ def packed_a_weight(lw, a: tuple, m, k, batch, node: int) -> PackKernel | None:
     """The PackKernel of op(A) (a: buffer, offset, ld, batch stride; m x k, `batch`
     matrices, or one broadcast) for the `packed_a` routines, which then read only the pack:
     where A is made of weights only (a convolution's filters, or their Winograd transform)
-    in a float32 prediction whose weights only a setter changes (a built library's:
-    pack_weights "once"), its sizes known. The caller runs it before the GEMM while the
-    weight's flag (`weight_flag`) is clear, and sets the flag. Else None: A is packed by
-    the GEMM at every call (the JIT's caller may hand it new weights at any call, and a
-    copy of every weight made then would cost more than it saves)."""
+    in a float32 prediction whose every change of a weight is known (pack_weights "once":
+    a built library's, the engine's of Parameters), its sizes known. The caller runs it
+    before the GEMM while the weight's flag (`weight_flag`) is clear, and sets the flag.
+    Else None: A is packed by the GEMM at every call (with "each call" the weights may be
+    new at any call, and a copy of every weight made then would cost more than it saves)."""
     buffer, offset, ld, stride = a
     count = batch if stride else 1  # a broadcast A (a per-example product's filters): one pack
     if _program(lw).pack_weights != "once" or lw.bf16 or symbols([m, k, count, offset, ld, stride]):

@@ -84,7 +84,8 @@ def gemm_call(kb: KernelBuilder, f, k, epilogue=None):
         if k.ready is not None:
             flags, i = k.ready
             made = kb.b.load(kb.b.gep(kb.buffer(flags, "i32"), [ir.Constant(i32, i)]))
-            pack = kb.b.select(kb.b.icmp_signed("!=", made, ir.Constant(i32, 0)), pack, ir.Constant(pack.type, None))
+            read = kb.b.icmp_signed("!=", made, ir.Constant(i32, 0))
+            pack = kb.b.select(read, pack, ir.Constant(pack.type, None))
         args.append(pack)
     if k.windows is not None:
         geometry = kb.alloca(ir.ArrayType(ir.IntType(64), len(k.windows)))
