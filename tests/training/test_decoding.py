@@ -327,6 +327,12 @@ def generate(run, capsys, *flags):
     return code, out, err
 
 
+def test_cli_several_prompts_need_a_token_model(char_run, capsys):
+    code, out, err = generate(char_run, capsys, "--prompt", "ba")
+    assert code != 0 and out == ""
+    assert "--prompt: error: chars continues one prompt at a time: several decode together only for a token" in err
+
+
 def test_cli_beam_prints_the_best_continuations_with_their_log_probabilities(char_run, capsys):
     code, out, err = generate(char_run, capsys, "--length", "4", "--beam", "3")
     assert code == 0, err
