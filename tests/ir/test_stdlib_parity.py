@@ -488,7 +488,9 @@ def test_cached_attention_is_attention_over_the_cache_and_the_new_keys(masked):
     def fn(T, f):
         keys, values = torch.cat([T["past_k"], T["k"]], 2), torch.cat([T["past_v"], T["v"]], 2)
         mask = np.concatenate([np.broadcast_to(cached, (2, 1, 3, 5)), np.broadcast_to(causal_, (2, 1, 3, 3))], -1)
-        return {"y": F.scaled_dot_product_attention(T["q"], keys, values, attn_mask=torch.tensor(mask) if masked else None)}
+        return {
+            "y": F.scaled_dot_product_attention(T["q"], keys, values, attn_mask=torch.tensor(mask) if masked else None)
+        }
 
     if masked:
         body = "input cached: f32[2, 1, 1, 5]\ny = cached_attention(q, past_k, past_v, k, v, cached, causal_mask(3))"
