@@ -26,7 +26,7 @@ from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.compiler.frontend.settings import to_text
 from dlc.compiler.frontend.loader import load as load_program
 from dlc.runtime import decoding
-from dlc.runtime.kv_cache import CachedSteps, check_step_model, log_softmax, step_model_name
+from dlc.runtime.kv_cache import CachedSteps, by_length, check_step_model, log_softmax, step_model_name
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data import files
 from dlc.runtime.data.photos import photo_column, photo_paths, top_classes
@@ -462,8 +462,8 @@ class DlcModel:
         with a tokenizer: by `length` tokens of it, `tokenizer`), or decode an
         encoder-decoder's source (`prompt`: token ids) into at most `length` tokens, up to
         EOS, or continue a token language model's prompt (one with a step model, as an
-        imported GPT-2: text its tokenizer reads, token ids, or a list of either, all of one
-        length in tokens, decoded together) by `length` tokens: greedily (the default), by
+        imported GPT-2: text its tokenizer reads, token ids, or a list of either, of any lengths
+        in tokens, decoded together, each row as it would be alone) by `length` tokens: greedily (the default), by
         sampling (a temperature above 0, top_k or top_p; seeded by `seed`) or by beam search
         (runtime/decoding.py says how). A token model decodes one position per token from a
         cache of keys and values (runtime/kv_cache.py); cache=False runs the whole model over
@@ -497,24 +497,23 @@ class DlcModel:
         ids = [[int(t) for t in (tokenizer.corpus(p) if isinstance(p, str) else p)] for p in prompts]
         eos = end_token(Path(self.path))
         decoding.check(length, eos, **options)
-        if len({len(i) for i in ids}) != 1 or not ids[0]:
+        if not all(ids):
             raise DlcError(
-                f"generate: {self.name} continues prompts of at least one token, all of one length when decoded "
-                f"together; got {', '.join(str(len(i)) for i in ids)} tokens"
+                f"generate: {self.name} continues prompts of at least one token; got "
+                f"{', '.join(str(len(i)) for i in ids)} tokens"
             )
         inp = next(i for i in self.eval_model.inputs if not i.is_target)
-        fit_input(inp, np.array(ids), self.eval_model)  # ids the model can look up
-        positions = context_limit(self.eval_model)
-        if positions and len(ids[0]) + length > positions:
+        for row in ids:
+            fit_input(inp, np.array([row]), self.eval_model)  # ids the model can look up
+        positions, longest = context_limit(self.eval_model), max(map(len, ids))
+        if positions and longest + length > positions:
             raise DlcError(
-                f"generate: the prompt's {len(ids[0])} tokens and {length} more exceed the {positions} positions "
+                f"generate: the prompt's {longest} tokens and {length} more exceed the {positions} positions "
                 f"of {self.name}"
             )
         if cache:
             model, engine = self._step_engine(step)
-            next_log_probs = CachedSteps(
-                lambda feeds: engine.predict(self.params, feeds), model, ids, len(ids[0]) + length
-            )
+            next_log_probs = CachedSteps(lambda feeds: engine.predict(self.params, feeds), model, ids, longest + length)
         else:
             next_log_probs = self._token_steps(ids)
         found = decoding.decode(next_log_probs, length, eos, seed=seed, rows=len(ids), **options)
@@ -539,8 +538,13 @@ class DlcModel:
 
         def next_log_probs(prefixes):
             rows = [prompts[0 if len(prompts) == 1 else i] + list(p) for i, p in enumerate(prefixes)]
-            logits = next(iter(self.engine.predict(self.params, {inp.name: np.array(rows, np.int32)}).values()))
-            return log_softmax(logits[:, -1])
+            logp = [None] * len(rows)
+            for group in by_length(rows).values():  # a call for the rows of each length
+                feeds = {inp.name: np.array([rows[i] for i in group], np.int32)}
+                logits = next(iter(self.engine.predict(self.params, feeds).values()))
+                for i, row in zip(group, log_softmax(logits[:, -1])):
+                    logp[i] = row
+            return np.stack(logp)
 
         return next_log_probs
 

@@ -11,10 +11,13 @@ Face GPT-2 writes one, compiler/huggingface/gpt2.py), over the same parameters:
     output keys, values: f32[L, B, H, T, d]         the new tokens', which the cache takes from `length` on
 
 `CachedSteps` is the callback of runtime/decoding.py over it: it runs the prompts through the
-step model at once (the prefill, T their length), then extends each prefix it is asked about
-from the cache of the prefix it grew from by one position (T = 1), so beam search's reordered
-prefixes and sampling's and greedy decoding's single ones all cost one step per token. The
-compiled step loops over T and S as it does over any symbolic dim: one code serves both.
+step model (the prefill, T their length: one call for the prompts of each length), then extends
+each prefix it is asked about from the cache of the prefix it grew from by one position (T = 1),
+so beam search's reordered prefixes and sampling's and greedy decoding's single ones all cost one
+step per token. Each row of the cache has its own `length`, so prompts of different lengths are
+decoded together: a row's keys and values, its mask and its positions are those of the row
+decoded alone. The compiled step loops over T and S as it does over any symbolic dim: one code
+serves both.
 """
 
 from __future__ import annotations
@@ -47,24 +50,37 @@ def check_step_model(model):
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, np.float64)
-    z = z - z.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+    """log(softmax(logits)) along the last axis, in float32 (the logits' precision), the exponentials
+    summed in float64. Worked in place of one copy: over GPT-2's 50257 logits a row, each array
+    made anew costs more than the arithmetic (its memory is fresh pages to fault in), and a
+    float64 copy and its temporaries took several times as long at batch 8."""
+    z = np.array(logits, np.float32)
+    z -= z.max(-1, keepdims=True)
+    z -= np.log(np.exp(z).sum(-1, keepdims=True, dtype=np.float64)).astype(np.float32)
+    return z
+
+
+def by_length(sequences: list) -> dict:
+    """The indices of `sequences`, grouped by their length (the rows one call of a model can take together)."""
+    groups: dict = {}
+    for i, sequence in enumerate(sequences):
+        groups.setdefault(len(sequence), []).append(i)
+    return groups
 
 
 class CachedSteps:
-    """The next-token log-probabilities after each of `prompts` (token ids, all of one length)
-    and a prefix (the callback of runtime/decoding.py: with one prompt every prefix continues
-    it; with several, the i-th prefix continues the i-th), computed by `predict` (the step
-    model's feeds -> its outputs) over a cache of `capacity` positions, which the step model
+    """The next-token log-probabilities after each of `prompts` (token ids, of any lengths of at
+    least one) and a prefix (the callback of runtime/decoding.py: with one prompt every prefix
+    continues it; with several, the i-th prefix continues the i-th), computed by `predict` (the
+    step model's feeds -> its outputs) over a cache of `capacity` positions, which the step model
     reads where it lies (the native engine binds an array it is given, not a copy)."""
 
     def __init__(self, predict: Callable[[dict], dict], model, prompts: list, capacity: int):
         check_step_model(model)
         layers, _, heads, _, width = next(i for i in model.inputs if i.name == "past_k").type.shape
         self.predict, self.prompts, self.capacity = predict, [list(p) for p in prompts], capacity
-        if len({len(p) for p in self.prompts}) != 1 or not self.prompts[0]:
-            raise DlcError("generate: the prompts decoded together need one length, of at least one token")
+        if not all(self.prompts):
+            raise DlcError("generate: a prompt needs at least one token")
         self.shape = (layers, len(self.prompts), heads, capacity, width)
         self.rows: dict = {}  # (prompt, prefix) -> its row of the cache and of logp
         self.keys = self.values = self.logp = None
@@ -77,32 +93,45 @@ class CachedSteps:
             parents = [self.rows[(r, p[:-1])] for r, p in wanted]
             if parents != list(range(len(self.rows))):  # beam search reordered or repeated prefixes
                 self.keys, self.values = self.keys[:, parents], self.values[:, parents]
-            position = len(self.prompts[0]) + len(prefixes[0]) - 1
-            self._step([[p[-1]] for _, p in wanted], position)
+            positions = [len(self.prompts[r]) + len(p) - 1 for r, p in wanted]
+            self.logp = self._step(range(len(wanted)), [[p[-1]] for _, p in wanted], positions, self.keys, self.values)
             self.rows = {w: i for i, w in enumerate(wanted)}
-        return self.logp[[self.rows[w] for w in wanted]]
+        order = [self.rows[w] for w in wanted]
+        return self.logp if order == list(range(len(self.logp))) else self.logp[order]  # a copy only if reordered
 
     def _prefill(self):
-        """The prompts' keys and values in one step; the distribution after them."""
-        n = len(self.prompts)
+        """The prompts' keys and values, a call for the prompts of each length (their rows of an
+        empty cache); the distribution after each."""
         self.keys, self.values = np.zeros(self.shape, np.float32), np.zeros(self.shape, np.float32)
-        self._step(self.prompts, 0)
-        self.rows = {(r, ()): r for r in range(n)}
+        self.logp = None
+        for rows in by_length(self.prompts).values():
+            # every row at once reads the cache itself; a group, an empty cache of its rows (length 0 reads none)
+            past = (self.keys, self.values) if len(rows) == len(self.prompts) else (self._empty(len(rows)),) * 2
+            logp = self._step(rows, [self.prompts[r] for r in rows], [0] * len(rows), *past)
+            if self.logp is None:
+                self.logp = np.empty((len(self.prompts), logp.shape[1]), logp.dtype)
+            self.logp[rows] = logp
+        self.rows = {(r, ()): r for r in range(len(self.prompts))}
 
-    def _step(self, tokens: list, position: int):
-        """The step model on each row's tokens (a list each) from `position` on; their keys and
-        values into the cache there."""
-        n, t = len(tokens), len(tokens[0])
-        if position + t > self.capacity:
-            raise DlcError(f"generate: position {position + t - 1} is past the cache's {self.capacity}")
+    def _empty(self, rows: int) -> np.ndarray:
+        return np.zeros((self.shape[0], rows, *self.shape[2:]), np.float32)
+
+    def _step(self, rows, tokens: list, positions: list, past_k: np.ndarray, past_v: np.ndarray) -> np.ndarray:
+        """The step model on the tokens (a list each, all of one length) of the cache's `rows`, each
+        from its position on, given their cache (`past_k`, `past_v`); their keys and values into
+        the cache there. Returns the log-probabilities after each row's last token."""
+        t = len(tokens[0])
+        if max(positions) + t > self.capacity:
+            raise DlcError(f"generate: position {max(positions) + t - 1} is past the cache's {self.capacity}")
         out = self.predict(
             {
-                "ids": np.array(tokens, np.int32).reshape(n, t),
-                "length": np.full(n, position, np.int32),
-                "past_k": self.keys,
-                "past_v": self.values,
+                "ids": np.array(tokens, np.int32).reshape(len(tokens), t),
+                "length": np.array(positions, np.int32),
+                "past_k": past_k,
+                "past_v": past_v,
             }
         )
-        self.keys[:, :, :, position : position + t] = out["keys"]
-        self.values[:, :, :, position : position + t] = out["values"]
-        self.logp = log_softmax(out["logits"])
+        for i, (row, position) in enumerate(zip(rows, positions)):
+            self.keys[:, row, :, position : position + t] = out["keys"][:, i]
+            self.values[:, row, :, position : position + t] = out["values"][:, i]
+        return log_softmax(out["logits"])

@@ -131,9 +131,10 @@ def stop_gradient(ev, x):
 
 
 @builtin()
-def fused_attention(ev, q, k, v, mask=None, scale=None):
+def fused_attention(ev, q, k, v, mask=None, scale=None, lse=False):
     """softmax(q kᵀ · scale, masked) @ v as one fused primitive (docs/language.md); the
-    mask (bool or additive) broadcasts to the scores [..., Tq, Tk]; scale 1/sqrt(d) unless given."""
+    mask (bool or additive) broadcasts to the scores [..., Tq, Tk]; scale 1/sqrt(d) unless given.
+    With lse = true, (that, the log-sum-exp of each row of scaled, masked scores [..., Tq])."""
     q, k, v = (_tensor(ev, x, what) for x, what in ((q, "q"), (k, "k"), (v, "v")))
     if q.rank < 2:
         _fail(ev, f"fused_attention needs q of rank >= 2, got {q.type}")
@@ -154,7 +155,10 @@ def fused_attention(ev, q, k, v, mask=None, scale=None):
                 f"{TensorType(q.dtype, scores)} without enlarging them",
             )
         operands.append(ops.broadcast_to(mask, scores))
-    return ev.graph.add("attention", operands, scale=float(scale))[0]
+    if not isinstance(lse, bool):
+        _fail(ev, f"lse is true or false, got {describe(lse)}")
+    outputs = ev.graph.add("attention", operands, scale=float(scale))
+    return tuple(outputs) if lse else outputs[0]
 
 
 @builtin()

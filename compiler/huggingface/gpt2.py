@@ -10,7 +10,8 @@ The program holds two models over one set of parameters, so one checkpoint serve
   values, which the runtime writes from position `length` on (runtime/kv_cache.py). The prompt
   takes one call, and each generated token one position.
 Both are written with the standard library's layers (`embedding`, `layernorm`, `dense`,
-`scaled_dot_product_attention`, `dropout`) and a GPT-2 block the program defines.
+`scaled_dot_product_attention`, the step's `cached_attention`, which reads the cache where it lies,
+`dropout`) and a GPT-2 block the program defines.
 
 GPT-2's `Conv1D` layers keep their weights [in, out], as dlc's `dense` does: no transposes. The
 LM head is the token table transposed (tied, as `transformers` ties it) unless the config says
@@ -85,20 +86,19 @@ class Shape:
 # the blocks both models are made of; ACT is the config's activation
 BLOCKS = """
 # causal self-attention: queries, keys and values by one dense (c_attn), the heads, c_proj; with a
-# cache, the keys and values [B, HEADS, S, HEAD_WIDTH] of the positions before come first.
-# Returns the output and this call's keys and values
-def gpt2_attention(x: f32[B, T, D], mask, past_k = none, past_v = none) {
+# cache, the keys and values [B, HEADS, S, HEAD_WIDTH] of the positions before come first (read
+# where they lie, past_mask the cached positions each row reads). Returns the output and this
+# call's keys and values
+def gpt2_attention(x: f32[B, T, D], mask, past_k = none, past_v = none, past_mask = none) {
     q, k, v = split(dense(x, 3 * D, name = "c_attn"), 3, axis = -1)
     q = transpose(reshape(q, B, T, HEADS, HEAD_WIDTH), 0, 2, 1, 3)
     k = transpose(reshape(k, B, T, HEADS, HEAD_WIDTH), 0, 2, 1, 3)
     v = transpose(reshape(v, B, T, HEADS, HEAD_WIDTH), 0, 2, 1, 3)
-    keys = k
-    values = v
-    if not is_none(past_k) {
-        keys = concat(past_k, k, axis = 2)
-        values = concat(past_v, v, axis = 2)
+    if is_none(past_k) {
+        o = scaled_dot_product_attention(q, k, v, mask, ATTENTION_DROPOUT)
+    } else {
+        o = cached_attention(q, past_k, past_v, k, v, past_mask, mask)
     }
-    o = scaled_dot_product_attention(q, keys, values, mask, ATTENTION_DROPOUT)
     o = dense(reshape(transpose(o, 0, 2, 1, 3), B, T, D), D, name = "c_proj")
     return dropout(o, RESIDUAL_DROPOUT), k, v
 }
@@ -109,8 +109,8 @@ def gpt2_mlp(x: f32[B, T, D]) {
 }
 
 # a pre-norm block: the attention and the MLP, each added to the residual stream
-def gpt2_block(x: f32[B, T, D], mask, past_k = none, past_v = none) {
-    a, k, v = gpt2_attention(layernorm(x, EPS, name = "ln_1"), mask, past_k, past_v, name = "attn")
+def gpt2_block(x: f32[B, T, D], mask, past_k = none, past_v = none, past_mask = none) {
+    a, k, v = gpt2_attention(layernorm(x, EPS, name = "ln_1"), mask, past_k, past_v, past_mask, name = "attn")
     x = x + a
     m = gpt2_mlp(layernorm(x, EPS, name = "ln_2"), name = "mlp")
     return x + dropout(m, RESIDUAL_DROPOUT), k, v
@@ -131,13 +131,11 @@ model NAME_step {
     wte = embedding(ids, VOCAB, WIDTH, init = normal_std(0.02))
     param  wpe: f32[POSITIONS, WIDTH] = normal_std(0.02)
     h = wte + gather(wpe, reshape(length, B, 1) + reshape(arange(T), 1, T))
-    cached = select(reshape(arange(S), 1, S) < reshape(length, B, 1), 0.0, -1e9)
-    before = reshape(cached, B, 1, 1, S) + zeros[1, 1, T, 1]
-    mask = concat(before, reshape(causal_mask(T), 1, 1, T, T) + zeros[B, 1, 1, 1], axis = 3)
+    cached = reshape(select(reshape(arange(S), 1, S) < reshape(length, B, 1), 0.0, -1e9), B, 1, 1, S)
     keys = ()
     values = ()
     repeat i in 0..LAYERS {
-        h, k, v = gpt2_block(h, mask, past_k[i], past_v[i], name = "h")
+        h, k, v = gpt2_block(h, causal_mask(T), past_k[i], past_v[i], cached, name = "h")
         keys = keys + (expand_dims(k, 0),)
         values = values + (expand_dims(v, 0),)
     }

@@ -770,7 +770,8 @@ def _matmul(ctx, xs, ta=False, tb=False):
 # optional mask of the scores' shape [..., Tq, Tk] (a broadcast view of a smaller one
 # costs nothing): bool (false: the score becomes MASKED) or float (added to the score).
 # `attention` gives o [..., Tq, dv] and the log-sum-exp of each row of scores, which its
-# gradient `attention_grad` reads to recompute the probabilities.
+# gradient `attention_grad` reads to recompute the probabilities (and a program may read:
+# attention over parts of the keys, combined, as stdlib's cached_attention).
 MASKED = -1e9  # a masked score, as masked_scores in stdlib/attention.dl
 
 
@@ -798,11 +799,23 @@ def _attention_type(ctx, types, scale):
 
 def _attention_vjp(n, g):
     q, k, v = n.inputs[:3]
-    if g[1] is not None:
-        raise AssertionError("attention's log-sum-exp is read by its gradient only")
     o, lse = n.outputs
-    grads = ops.graph_of(g[0]).add("attention_grad", [q, k, v, o, lse, g[0]] + n.inputs[3:], **n.attrs)
-    return grads + [None] * (len(n.inputs) - 3)  # the mask has no gradient
+    grads = [None, None, None]
+    if g[0] is not None:
+        grads = ops.graph_of(g[0]).add("attention_grad", [q, k, v, o, lse, g[0]] + n.inputs[3:], **n.attrs)
+    if g[1] is not None:  # d lse / d scores = the probabilities, composed: the scores a value (lse is read rarely)
+        scale = n.attrs["scale"]
+        mask = n.inputs[3] if len(n.inputs) > 3 else None
+        s = ops.mul(ops.matmul_raw(q, k, False, True), scale)
+        if mask is not None:
+            s = ops.select(mask, s, MASKED) if mask.dtype == "bool" else ops.add(s, mask)
+        p = ops.unary("exp", ops.sub(s, ops.reshape(lse, lse.shape + (1,))))
+        ds = ops.mul(p, ops.mul(ops.reshape(g[1], lse.shape + (1,)), scale))
+        if mask is not None and mask.dtype == "bool":
+            ds = ops.select(mask, ds, 0.0)
+        extra = [ops.matmul_raw(ds, k), ops.matmul_raw(ds, q, True, False), None]
+        grads = [e if d is None else d if e is None else ops.add(d, e) for d, e in zip(grads, extra)]
+    return list(grads) + [None] * (len(n.inputs) - 3)  # the mask has no gradient
 
 
 def _attention_flops(ins, outs, **_):

@@ -97,6 +97,25 @@ def test_greedy_generation_gives_the_tokens_of_transformers(lm):
     assert native.generate([list(r) for r in ids], 24) == want  # the step model compiled
 
 
+def test_prompts_of_different_lengths_decode_together(lm):
+    """A batch of prompts of different lengths: each row's tokens are the row's alone, and
+    transformers' for the batch left-padded with its attention mask; by the cache (one call of the
+    step model per prompt length, then a step for all) and by the whole prefix."""
+    torch_model, model, out = lm
+    rows = [list(r[:n]) for r, n in zip(prompts(4, 9, seed=6), (3, 9, 5, 7))]
+    width = max(map(len, rows))
+    padded = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    want = torch_model.generate(padded, attention_mask=mask, max_new_tokens=16, do_sample=False, pad_token_id=0)
+    want = want.numpy()[:, width:].tolist()
+    assert min(len(set(w)) for w in want) > 2  # not one token repeated
+    assert [model.generate(r, 16) for r in rows] == want
+    assert model.generate(rows, 16) == want
+    assert model.generate(rows, 16, cache=False) == want
+    native = DlcModel(out / "gpt2.dl", backend="native").load_weights(out / "gpt2.npz")
+    assert native.generate(rows, 16) == want
+
+
 @pytest.mark.parametrize(
     "options", [dict(beam=3), dict(top_k=5, seed=3), dict(top_p=0.8, temperature=1.5, seed=4)], ids=str
 )
@@ -188,8 +207,10 @@ def test_prompts_the_model_cannot_continue_are_refused(lm):
     _, model, _ = lm
     with pytest.raises(DlcError, match="exceed the 64 positions"):
         model.generate(list(range(60)), 5)
-    with pytest.raises(DlcError, match="all of one length"):
-        model.generate([[1, 2], [3]], 5)
+    with pytest.raises(DlcError, match="prompts of at least one token; got 2, 0 tokens"):
+        model.generate([[1, 2], []], 5)
+    with pytest.raises(DlcError, match="the prompt's 60 tokens and 5 more exceed"):
+        model.generate([[1, 2], list(range(60))], 5)  # the longest prompt's
     with pytest.raises(DlcError, match="gpt2.tokenizer.json does not exist"):
         model.generate("some text", 5)
 
@@ -217,6 +238,10 @@ def test_dlc_generate_reads_the_imported_tokenizer(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout == want + "\n"
+    several = ["--prompt", prompt, "--prompt", "w17 w3", "--length", "20", "--backend", "reference"]
+    run = subprocess.run(cli + several, capture_output=True, text=True)  # decoded together, a quoted line each
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [json.dumps(p + model.generate(p, 20)) for p in (prompt, "w17 w3")]
 
 
 def test_the_import_exports_back_to_a_folder_transformers_loads(lm, tmp_path):

@@ -2,7 +2,9 @@
 scaled_dot_product_attention is the truth for the values and gradients of both engines,
 under no mask, a causal mask and a padding mask, over several blocks of queries and keys;
 the reference's gradient passes a float64 finite-difference check; and the native
-engine's memory grows linearly with the sequence, the [T, T] scores never stored."""
+engine's memory grows linearly with the sequence, the [T, T] scores never stored; stdlib's
+cached_attention (over a cache and new keys, by each part's log-sum-exp) is attention over
+their concatenation on both engines."""
 
 from __future__ import annotations
 
@@ -135,3 +137,47 @@ model att {
 }
 """)
     assert_bit_identical([str(tmp_path / "att")], tmp_path)
+
+
+CACHED = f"""
+const T = {T}
+model m {{
+    param q: f32[2, 3, 4, 8] = zeros
+    param past_k: f32[2, 3, T, 8] = zeros
+    param past_v: f32[2, 3, T, 8] = zeros
+    param k: f32[2, 3, 4, 8] = zeros
+    param v: f32[2, 3, 4, 8] = zeros
+    input r: f32[2, 3, 4, 8]
+    input cached: f32[2, 1, 1, T]
+    y = cached_attention(q, past_k, past_v, k, v, cached, causal_mask(4))
+    output y
+    loss sum(y * r)
+}}"""
+
+
+def test_cached_attention_on_both_engines_is_attention_over_the_concatenation():
+    """stdlib's cached_attention (each part's fused attention, combined by its log-sum-exp) over a
+    cache of two blocks of keys, of which one row reads none and the other 70, and 4 new keys:
+    torch's attention over the concatenation, values and gradients (through the log-sum-exps)."""
+    rng = np.random.default_rng(5)
+    shapes = {"q": (2, 3, 4, 8), "past_k": (2, 3, T, 8), "past_v": (2, 3, T, 8), "k": (2, 3, 4, 8), "v": (2, 3, 4, 8)}
+    params = {name: rng.standard_normal(shape) for name, shape in shapes.items()}
+    cached = np.where(np.arange(T)[None] < np.array([[0], [70]]), 0.0, -1e9).reshape(2, 1, 1, T)
+    feeds = {"r": rng.standard_normal((2, 3, 4, 8)), "cached": cached}
+    leaves = {name: torch.tensor(a, dtype=torch.float64, requires_grad=True) for name, a in params.items()}
+    causal = np.where(np.tril(np.ones((4, 4))) > 0, 0.0, -1e9)
+    mask = np.concatenate([np.broadcast_to(cached, (2, 1, 4, T)), np.broadcast_to(causal, (2, 1, 4, 4))], -1)
+    keys, values_ = (torch.cat([leaves["past_" + x], leaves[x]], 2) for x in "kv")
+    y = F.scaled_dot_product_attention(leaves["q"], keys, values_, attn_mask=torch.tensor(mask))
+    (y * torch.tensor(feeds["r"])).sum().backward()
+    truth = {"output:y": y.detach().numpy()} | {f"grad:{name}": t.grad.numpy() for name, t in leaves.items()}
+    model = build(CACHED)
+    reference = gradients(model, feeds, params) | {"output:y": forward(model, feeds, params)["output:y"]}
+    native = run_native(
+        Executable(step_graph(model)),
+        feeds | {"r_y": np.zeros((2, 3, 4, 8))},
+        {name: a.astype(np.float32) for name, a in params.items()},
+    )
+    for name, want in truth.items():
+        assert_close(reference[name], want, RTOL, f"reference {name}")
+        assert_close(native[name.replace("output:", "metric:output:")], want, RTOL, f"native {name}")

@@ -476,6 +476,29 @@ def test_scaled_dot_product_attention_rank3_cross():
     )
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "masks"])
+def test_cached_attention_is_attention_over_the_cache_and_the_new_keys(masked):
+    """Attention over a cache's keys and values and the new ones (each part's fused attention
+    weighted by its log-sum-exp) as over their concatenation: the output and every gradient,
+    through the log-sum-exps too; masked, a row that reads none of its cache."""
+    shapes = {"q": (2, 2, 3, 4), "past_k": (2, 2, 5, 4), "past_v": (2, 2, 5, 3), "k": (2, 2, 3, 4), "v": (2, 2, 3, 3)}
+    cached = np.where(np.arange(5)[None] < np.array([[0], [3]]), 0.0, -1e9).reshape(2, 1, 1, 5)  # 0 and 3 cached
+    causal_ = np.where(np.tril(np.ones((3, 3))) > 0, 0.0, -1e9)
+
+    def fn(T, f):
+        keys, values = torch.cat([T["past_k"], T["k"]], 2), torch.cat([T["past_v"], T["v"]], 2)
+        mask = np.concatenate([np.broadcast_to(cached, (2, 1, 3, 5)), np.broadcast_to(causal_, (2, 1, 3, 3))], -1)
+        return {
+            "y": F.scaled_dot_product_attention(T["q"], keys, values, attn_mask=torch.tensor(mask) if masked else None)
+        }
+
+    if masked:
+        body = "input cached: f32[2, 1, 1, 5]\ny = cached_attention(q, past_k, past_v, k, v, cached, causal_mask(3))"
+        parity(shapes, body, fn, feeds={"cached": cached}, scale=1.0)
+    else:
+        parity(shapes, "y = cached_attention(q, past_k, past_v, k, v)", fn, scale=1.0)
+
+
 def _gelu_tanh(x):
     return F.gelu(x, approximate="tanh")
 
@@ -1056,6 +1079,7 @@ def test_every_layer_is_covered():
         "additive_attention",
         "multiplicative_attention",
         "scaled_dot_product_attention",
+        "cached_attention",
         "multi_head_attention",
         "luong_attention",
         "self_attention",

@@ -16,6 +16,7 @@ from dlc.compiler.errors import DlcError
 from dlc.runtime import decoding as D
 from dlc.runtime.api import DlcModel
 from dlc.runtime.cli import main
+from dlc.runtime.kv_cache import log_softmax
 from dlc.runtime.training.gradcheck import init_params
 
 from helpers.programs import ENC_DEC  # a small encoder-decoder, shared
@@ -291,6 +292,19 @@ def test_generate_refuses_bad_prompts_and_options_before_running(tmp_path):
         model.generate([3], 3, beam=2, temperature=1.0)
 
 
+def test_log_softmax_is_float64s_rounded_to_float32():
+    """kv_cache.log_softmax (what a token model's decoding reads) works in float32 in place of a
+    copy: the logits given stay as they were, and it is the float64 computation to float32's rounding."""
+    logits = np.random.default_rng(0).normal(0, 30, (3, 50257)).astype(np.float32)
+    given = logits.copy()
+    got = log_softmax(logits)
+    z = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+    want = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    assert got.dtype == np.float32 and np.array_equal(logits, given)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert (np.argmax(got, -1) == np.argmax(logits, -1)).all()
+
+
 # ---- the command line ------------------------------------------------------------------------------------
 TEXT = "abba cab bab. " * 60
 
@@ -325,6 +339,12 @@ def generate(run, capsys, *flags):
     )
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def test_cli_several_prompts_need_a_token_model(char_run, capsys):
+    code, out, err = generate(char_run, capsys, "--prompt", "ba")
+    assert code != 0 and out == ""
+    assert "--prompt: error: chars continues one prompt at a time: several decode together only for a token" in err
 
 
 def test_cli_beam_prints_the_best_continuations_with_their_log_probabilities(char_run, capsys):

@@ -9,6 +9,7 @@ import json
 from dlc.compiler.errors import DlcError, Span
 from dlc.runtime.api import _sequence_inputs
 from dlc.runtime.decoding import OptionError
+from dlc.runtime.kv_cache import step_model_name
 from dlc.runtime.cli.arguments import model_arguments, whole, positive, real, seed_number, WEIGHTS_HELP
 from dlc.runtime.cli.trained import weighted_model
 
@@ -20,9 +21,10 @@ def arguments(p):
     p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     p.add_argument(
         "--prompt",
-        default="",
+        action="append",
         metavar="TEXT",
-        help="the text to continue (an encoder-decoder's source: token ids, \"3 4 5\")",
+        help="the text to continue (an encoder-decoder's source: token ids, \"3 4 5\"); a token model's several "
+        "prompts, of any lengths, are decoded together, each continuation printed as a quoted line",
     )
     p.add_argument(
         "--length",
@@ -70,31 +72,22 @@ def arguments(p):
 
 def run(args):
     model = weighted_model(args)
+    prompts = args.prompt or [""]
+    if len(prompts) > 1:
+        several(model, prompts, args)
+        return
     if _sequence_inputs(model.eval_model) is None:
-        prompt, show = args.prompt, lambda text: args.prompt + text
+        prompt, show = prompts[0], lambda text: prompts[0] + text
         in_table = lambda text: json.dumps(show(text), ensure_ascii=False)  # quoted: text may span lines
     else:
         try:  # an encoder-decoder: the prompt is the source sequence, as token ids
-            prompt = [int(t) for t in args.prompt.replace(",", " ").split()]
+            prompt = [int(t) for t in prompts[0].replace(",", " ").split()]
         except ValueError:
             raise DlcError(
                 f"{model.name} is an encoder-decoder: give the source as token ids, as in --prompt \"3 4 5\""
             ) from None
         show = in_table = lambda ids: " ".join(str(t) for t in ids)
-    try:
-        found = model.generate(
-            prompt,
-            args.length,
-            args.temperature,
-            args.seed,
-            beam=args.beam,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            length_penalty=args.length_penalty,
-            cache=args.cache,
-        )
-    except OptionError as e:  # at its flag, as every flag's error
-        raise DlcError(e.message, Span.whole("--" + e.option.replace("_", "-"))) from None
+    found = generated(model, prompt, args)
     if args.beam is None:
         print(show(found))
         return
@@ -109,3 +102,36 @@ def run(args):
             "ranked by",
             file=sys.stderr,
         )
+
+
+def several(model, prompts: list, args):
+    """A token model's prompts decoded together: each prompt and its continuation, a quoted line each
+    (a text may span lines)."""
+    if step_model_name(model.program.models, model.name) is None:
+        raise DlcError(
+            f"{model.name} continues one prompt at a time: several decode together only for a token language "
+            "model (one with a step model)",
+            Span.whole("--prompt"),
+        )
+    if args.beam is not None:
+        raise DlcError("beam search continues one prompt at a time: give one --prompt", Span.whole("--beam"))
+    for prompt, text in zip(prompts, generated(model, prompts, args)):
+        print(json.dumps(prompt + text, ensure_ascii=False))
+
+
+def generated(model, prompt, args):
+    """`model.generate` of `prompt` with the options of the command line; an option's error at its flag."""
+    try:
+        return model.generate(
+            prompt,
+            args.length,
+            args.temperature,
+            args.seed,
+            beam=args.beam,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            length_penalty=args.length_penalty,
+            cache=args.cache,
+        )
+    except OptionError as e:  # at its flag, as every flag's error
+        raise DlcError(e.message, Span.whole("--" + e.option.replace("_", "-"))) from None
