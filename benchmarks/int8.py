@@ -18,12 +18,15 @@ The models:
 Each is quantized by dlc (`model.quantize`, min-max) on the first CALIBRATE batches of its
 training data (the train block's batch; the imported ones: random images, batches of 8), and
 by onnxruntime's `quantize_static` (per channel, u8 activations, s8 weights, min-max) of
-dlc's float32 ONNX export on the same batches, twice: in the QDQ format (QuantizeLinear and
+the float32 ONNX file (the imported models' own, PyTorch's export that dlc imported; the
+examples', dlc's export) on the same batches, twice: in the QDQ format (QuantizeLinear and
 DequantizeLinear around float32 operators, which onnxruntime fuses) and in the QOperator
 one (QLinearConv, QLinearMatMul, ... written in the file). OpenVINO, when `import openvino`
 works (an optional peer: not in dlc's test extra, its wheel is 180 MB), runs the QDQ file
 (its low-precision transformations turn the pairs into int8 operators: the same scales, no
-second calibration) and the float32 export. `--observer percentile` (--percentile P)
+second calibration) and the float32 file; where it does not compile one (OpenVINO 2026.4's
+int8 passes throw on the QDQ model of dlc's export, at a dequantized bias add), a note says
+so and that column is missing. `--observer percentile` (--percentile P)
 calibrates both by percentiles instead: dlc's observer (docs/quantization.md) and
 onnxruntime's CalibrationMethod.Percentile cutting the same share of values, (100 - P) %, on
 each side (onnxruntime's cut is (100 - P) / 2 % a side of its own P; its percentiles are
@@ -55,10 +58,10 @@ batch 1 and 8 (--batch), in rounds (benchmarks/rounds.py), each after a pause:
     dlc_int8_lib  the library of `dlc build --int8`, timed as dlc_f32_lib: a column only where
                   this dlc's `dlc build` has --int8, for models of one f32 input; its outputs
                   are first checked to be dlc_int8's bits
-    ort_f32       onnxruntime on dlc's float32 export
+    ort_f32       onnxruntime on the float32 file
     ort_qdq       onnxruntime on quantize_static's QDQ model
     ort_qop       onnxruntime on quantize_static's QOperator model
-    ov_f32        OpenVINO on dlc's float32 export (when installed)
+    ov_f32        OpenVINO on the float32 file (when installed)
     ov_int8       OpenVINO on quantize_static's QDQ model (when installed)
 
 `ort_int8` is the faster of ort_qdq and ort_qop (by their medians; the column `ort int8`
