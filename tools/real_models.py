@@ -28,6 +28,7 @@ import numpy as np
 EXPORTERS = ("torchscript", "dynamo")
 VOCAB, POSITIONS, HIDDEN = 64, 32, 32  # the language models' sizes, small
 SEQUENCE = 7  # the length of the sequences fed to them
+IMAGE = 64  # the classifiers' images' side unless `image` says otherwise
 
 
 def without_torchvision_ops():
@@ -117,8 +118,8 @@ def _hugging_face(name: str):
     return Hidden()
 
 
-def _images(batch, rng):
-    return {"x": rng.standard_normal((batch, 3, 64, 64)).astype(np.float32)}
+def _images(batch, rng, image=IMAGE):
+    return {"x": rng.standard_normal((batch, 3, image, image)).astype(np.float32)}
 
 
 def _features(batch, rng):
@@ -163,9 +164,14 @@ def missing(name: str) -> list:
     return [p for p in dict.fromkeys(("torch", MODELS[name].needs)) if find_spec(p) is None]
 
 
-def example(name: str, batch: int = 2, seed: int = 0) -> dict:
-    """Inputs for the model `name` with `batch` rows."""
-    return MODELS[name].inputs(batch, np.random.default_rng(seed))
+def example(name: str, batch: int = 2, seed: int = 0, image: int | None = None) -> dict:
+    """Inputs for the model `name` with `batch` rows; a classifier's images `image` pixels a
+    side (default IMAGE), an option of the classifiers only."""
+    if image is None:
+        return MODELS[name].inputs(batch, np.random.default_rng(seed))
+    if MODELS[name].inputs is not _images:
+        raise ValueError(f"{name} takes no images: `image` is an option of the classifiers")
+    return _images(batch, np.random.default_rng(seed), image)
 
 
 def _calibrate(model, feeds: dict) -> None:
@@ -185,18 +191,19 @@ def _calibrate(model, feeds: dict) -> None:
         model.train()(*(torch.from_numpy(a) for a in feeds.values()))
 
 
-def export(name: str, path, exporter: str) -> None:
+def export(name: str, path, exporter: str, image: int | None = None) -> None:
     """The model `name` with random weights (seed 0), exported by `exporter` to `path` with
-    axis 0 of every input the symbolic dim "batch". Raises what the exporter raises."""
+    axis 0 of every input the symbolic dim "batch" (a classifier's images `image` pixels a
+    side, as `example`). Raises what the exporter raises."""
     import torch
 
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     torch.manual_seed(0)
     model = MODELS[name].build()
-    _calibrate(model, example(name, batch=8, seed=1))
+    _calibrate(model, example(name, batch=8, seed=1, image=image))
     model.eval()
-    feeds = example(name)
+    feeds = example(name, image=image)
     args = tuple(torch.from_numpy(a) for a in feeds.values())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -86,6 +86,27 @@ def test_the_exported_models_are_not_trivial(tmp_path):
     assert out.shape == (3, 1000) and 0.05 < np.std(out) < 10
 
 
+def test_a_classifier_exports_at_another_image_side(tmp_path):
+    """`image` sets a classifier's images' side (benchmarks/int8.py times 64 and 224), its
+    batch norms calibrated at that side; a model of no images refuses it."""
+    if missing("resnet18"):
+        pytest.skip(f"needs {', '.join(missing('resnet18'))}")
+    import onnx
+    import onnxruntime
+    from dlc.tools.real_models import example
+
+    path = tmp_path / "resnet18.onnx"
+    export("resnet18", path, "torchscript", image=40)
+    (x,) = onnx.load(path).graph.input
+    assert [d.dim_value for d in x.type.tensor_type.shape.dim[1:]] == [3, 40, 40]
+    feeds = example("resnet18", 3, image=40)
+    assert feeds["x"].shape == (3, 3, 40, 40)
+    out = onnxruntime.InferenceSession(str(path)).run(None, feeds)[0]
+    assert out.shape == (3, 1000) and 0.05 < np.std(out) < 10
+    with pytest.raises(ValueError, match="lstm takes no images"):
+        example("lstm", 2, image=40)
+
+
 @pytest.mark.parametrize("opset", [16, 17])
 def test_activations_and_norms_import_as_library_calls(tmp_path, opset):
     """What PyTorch's TorchScript exporter writes for the common activations and norms
