@@ -305,7 +305,9 @@ class Graph:
     def __init__(self, name: str = "main", parent: "Graph | None" = None, budget: NodeBudget | None = None):
         self.name = name
         self.budget = budget  # a model build's graphs share one; derived graphs have none
-        # the nodes (op, attrs, types, span) and the edges (key: operand index, out: output read)
+        # the nodes (op, attrs, types, span) and the edges (key: operand index, out: output read);
+        # the queries below read its own dicts (`_node`, `_pred`, `_succ`), which its views wrap
+        # at a call per lookup: the passes, autodiff and lowering ask them hundreds of thousands of times
         self.nx = nx.MultiDiGraph()
         self.parent = parent
         self.span: Span | None = None
@@ -371,16 +373,16 @@ class Graph:
         return prim.flops([t.type for t in self.inputs(n)], self.types(n), **self.attrs(n))
 
     def op(self, n: int) -> str:
-        return self.nx.nodes[n]["op"]
+        return self.nx._node[n]["op"]
 
     def attrs(self, n: int) -> dict:
-        return self.nx.nodes[n]["attrs"]
+        return self.nx._node[n]["attrs"]
 
     def types(self, n: int) -> list:
-        return self.nx.nodes[n]["types"]
+        return self.nx._node[n]["types"]
 
     def inputs(self, n: int) -> list[Tensor]:
-        edges = sorted((k, u, data["out"]) for u, keys in self.nx.pred[n].items() for k, data in keys.items())
+        edges = sorted((k, u, data["out"]) for u, keys in self.nx._pred[n].items() for k, data in keys.items())
         return [Tensor(self, u, out) for _, u, out in edges]
 
     def outputs_of(self, n: int) -> list[Tensor]:
@@ -392,14 +394,14 @@ class Graph:
     def order(self) -> list[int]:
         """Nodes in a topological order that keeps creation order where it can: the smallest
         ready node first (networkx's lexicographical sort, without its overhead per edge)."""
-        waiting = {n: sum(map(len, pred.values())) for n, pred in self.nx.pred.items()}  # edges not yet met
+        waiting = {n: sum(map(len, pred.values())) for n, pred in self.nx._pred.items()}  # edges not yet met
         ready = [n for n, k in waiting.items() if not k]
         heapq.heapify(ready)
         out = []
         while ready:
             n = heapq.heappop(ready)
             out.append(n)
-            for v, keys in self.nx.succ[n].items():
+            for v, keys in self.nx._succ[n].items():
                 waiting[v] -= len(keys)
                 if not waiting[v]:
                     heapq.heappush(ready, v)

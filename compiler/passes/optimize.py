@@ -489,14 +489,16 @@ def optimize(graph: Graph, passes=PIPELINE, dump: str | None = None, dump_to=Non
         raise ValueError(f"no graph pass {unknown[0]!r}; the passes are {', '.join(PASSES)}")
     write = dump_to if callable(dump_to) else (dump_to or sys.stderr).write
     g, _ = copy_graph(graph, keep_ids=True)
+    start = _fingerprint(g)  # once a round (and around a dumped pass): a large graph's takes a tenth of a second
     for round_ in range(1, ROUNDS + 1):
-        start = before = _fingerprint(g)
         for name in passes:
+            shown = dump in (name, "all")
+            before = _fingerprint(g) if shown and round_ > 1 else None
             g = PASSES[name](g)
-            after = _fingerprint(g)
-            if dump in (name, "all") and (round_ == 1 or after != before):
+            if shown and (before is None or _fingerprint(g) != before):
                 write(f"// {g.name} after {name} (round {round_})\n{to_text(g)}\n")
-            before = after
-        if before == start:
+        end = _fingerprint(g)
+        if end == start:
             break
+        start = end
     return g

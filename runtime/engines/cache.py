@@ -51,6 +51,7 @@ from dlc.compiler.native.codegen.gemm.blocking import default_config
 from dlc.compiler.native.codegen.gemm.buffers import buffer_function, buffers_module
 from dlc.compiler.native.codegen.gemm.library import gemm_module, program_configs, routine_configs, routine_names
 from dlc.compiler.errors import DlcError
+from dlc.compiler.ir.graph import collector_paused
 from dlc.compiler.native.codegen import jit, parallel_compile, threadpool
 from dlc.compiler.native.codegen.amx import tiles_usable
 from dlc.compiler.frontend.parse_cache import cache_dir, private
@@ -485,7 +486,8 @@ def _load_gemm(name: str, config):
                 flush=True,
             )
             _announced = True
-        return gemm_module((config,), frozenset({name}), shared_buffers=True), []
+        with collector_paused():  # as building a step's module (codegen/driver.py)
+            return gemm_module((config,), frozenset({name}), shared_buffers=True), []
 
     _gemm_loaded[name] = compile_routine(("dlc_gemm", config, name), build)
     jit.add_symbol(name, _gemm_loaded[name].address(name))

@@ -22,16 +22,19 @@ does not run). Built without, the module is the same as ever.
 
 from __future__ import annotations
 
+import io
+import pickle
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 from llvmlite import ir
 
+from dlc.compiler.ir.graph import collector_paused
 from dlc.compiler.native.codegen.builder import Arguments, KernelBuilder, fault_flag
 from dlc.compiler.native.codegen.fpmode import subnormals_flushed
 from dlc.compiler.native.codegen.parallel import parallel_loop
-from dlc.compiler.native.program import KernelProgram
+from dlc.compiler.native.program import Kernel, KernelProgram
 from dlc.compiler.native.codegen.types import i8, i32, i64
 
 CHECK = "dlc_check"  # i64 (*)(i64 kernel): 0 if what kernel wrote is finite (set by the engine)
@@ -79,6 +82,9 @@ class StepModule:
     functions: list
 
 
+# llvmlite makes several objects per instruction, all alive until the module is compiled: the
+# cyclic collector, passing over them again and again, took 30-40% of the time of building a module
+@collector_paused()
 def build_module(
     prog: KernelProgram,
     name: str = "dlc_step",
@@ -97,13 +103,21 @@ def build_module(
     numbered: list = []
     functions: dict = {}  # kernel number -> the name of its function
     alike: dict = {}  # the text of a kernel's functions, their name left out -> the kernel function
+    # a kernel with its buffers renamed (`canonical`) -> (its function, the canonical buffer behind each slot)
+    alike_fields: dict = {}
 
     def kernel(k, depth: int, prog: KernelProgram = prog) -> tuple:
         """(its function, the entries of `prog` behind its argument slots, its profile
         number) of kernel k of `prog`; the function is one built before when that one is
-        alike to the letter."""
+        alike to the letter, or (not built again) when that one's kernel differs from k
+        only in its buffers."""
         number = len(numbered)
         numbered.append((k, depth))
+        key, buffers = canonical(k, prog)
+        if key in alike_fields:
+            fn, slots = alike_fields[key]
+            functions[number] = fn.name
+            return fn, [buffers[s] for s in slots], number
         nested = [kernel(j, depth + 1, prog) for j in k.nested()]
         before = set(module.globals)
         fn = ir.Function(module, sig, f"kernel{number}")
@@ -123,6 +137,8 @@ def build_module(
             for g in made:
                 del module.globals[g.name]
         functions[number] = alike.setdefault(text, fn).name
+        if key is not None and set(kb.args.refs) <= set(buffers):  # its slots hold buffers only
+            alike_fields[key] = alike[text], [buffers.index(e) for e in kb.args.refs]
         return alike[text], kb.args.refs, number
 
     def calls(b, compiled: list, args):
@@ -166,6 +182,43 @@ def build_module(
             calls(b, updates, [b.gep(driver.args[0], [ir.Constant(i64, at)]), driver.args[1], driver.args[2]])
     b.ret_void()
     return StepModule(module, arguments, [functions[i] for i in range(len(numbered))])
+
+
+def canonical(k, prog: KernelProgram) -> tuple:
+    """(a key, its buffers): kernels of equal keys differ only in their buffers, the i-th of
+    one's standing where the other's i-th stands, so their code is one function (a slot of
+    it holding buffer i of one holds buffer i of the other). The key is k with its buffers
+    renamed -1, -2, ... in the order its text names them, and what its code reads of them and
+    of the program (dtype, size and role; the sizes' symbols); (None, None) for a kernel of a
+    kind that cannot be renamed (Kernel.renamed) or that runs nested kernels."""
+    if k.nested():
+        return None, None
+    touched = set().union(*(reads | writes for reads, writes in k.members()))
+    named = dict.fromkeys(int(b) for line in k.text() for b in _BUFFER.findall(line) if int(b) in touched)
+    buffers = list(named) + sorted(touched - named.keys())
+    renamed = k.renamed({b: -1 - i for i, b in enumerate(buffers)})
+    if renamed is None or any(b >= 0 for reads, writes in renamed.members() for b in reads | writes):
+        return None, None
+    described = [(prog.buffers[b].dtype, prog.buffers[b].size, prog.buffers[b].role) for b in buffers]
+    key = io.BytesIO()
+    _CodePickler(key, protocol=5).dump((type(k), renamed, described, tuple(prog.symbols)))
+    return key.getvalue(), buffers
+
+
+_BUFFER = re.compile(r"\bb(\d+)\b")  # a buffer in a kernel's text: b12
+
+
+class _CodePickler(pickle.Pickler):
+    """Pickles kernels (and those they hold) without where they come from (`node`, `nodes`,
+    `origin`), which is no part of their code: the layers of a network give equal keys."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, Kernel):
+            return type(obj), tuple((f.name, getattr(obj, f.name)) for f in fields(obj) if f.name not in _ORIGIN)
+        return NotImplemented
+
+
+_ORIGIN = {"node", "nodes", "origin"}
 
 
 def nonfinite_counter(module: ir.Module, dtype: str):

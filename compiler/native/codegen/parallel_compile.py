@@ -96,6 +96,10 @@ def split(module: ir.Module, pieces: dict, parts: int) -> list[str]:
         loads[p] += sizes[r]
     part = {name: part_of_unit[root(name)] for name in defined}
     called_across = {other for name in defined for other in references[name] if part[other] != part[name]}
+    used_in: dict = {}  # the parts whose functions reference each function
+    for name in defined:
+        for other in references[name]:
+            used_in.setdefault(other, set()).add(part[name])
 
     texts = []
     for p in range(len(loads)):
@@ -106,7 +110,7 @@ def split(module: ir.Module, pieces: dict, parts: int) -> list[str]:
                 body.append(text)
             elif part[name] == p:
                 body.append(_external(text) if name in called_across else text)
-            elif any(part[user] == p and name in references[user] for user in defined):
+            elif p in used_in.get(name, ()):
                 body.append(_declaration(text))
         texts.append(_assemble(module, body))
     return texts

@@ -323,6 +323,14 @@ class Kernel(ABC):
         scan's body)."""
         return []
 
+    def renamed(self, names: dict) -> "Kernel | None":
+        """This kernel reading and writing buffer names[b] wherever it reads or writes b (every
+        buffer of its `members`), all else the same: the code generator builds one function for
+        the kernels that differ only in their buffers, as a deep network's layers do, without
+        building the others (codegen/driver.py). None for a kind that does not say: its
+        kernels are built, and one function kept for those whose code is alike to the letter."""
+        return None
+
     def heading(self) -> str | None:
         """What stands for it in `dlc compile --emit fused` when it runs nested kernels
         (a scan's loop); None when it computes graph nodes itself."""
@@ -420,6 +428,14 @@ def contiguous(buffer: int, shape, dtype) -> Load:
 def expr_reads(e) -> set:
     """The buffers an expression loads from."""
     return {leaf.read_buffer for leaf in e.leaves()}
+
+
+def expr_renamed(e, names: dict):
+    """The expression reading buffer names[b] wherever it reads b (Kernel.renamed); the new
+    names are none of the old (the driver's are negative), so one renaming cannot undo another."""
+    for old in expr_reads(e) & names.keys():
+        e = e.renamed(old, names[old])
+    return e
 
 
 def contiguous_along(accesses, axis: int) -> bool:

@@ -7,7 +7,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from dlc.compiler.ir.dims import numel
-from dlc.compiler.native.program import Affine, Const, Kernel, Load, Op, contiguous, expr_reads, render, row_major
+from dlc.compiler.native.program import (
+    Affine,
+    Const,
+    Kernel,
+    Load,
+    Op,
+    contiguous,
+    expr_reads,
+    expr_renamed,
+    render,
+    row_major,
+)
 from dlc.compiler.native.program.registry import register_lowering
 
 
@@ -39,6 +50,9 @@ class MapKernel(Kernel):
     def accesses(self) -> tuple:
         return expr_reads(self.expr), {self.out}
 
+    def renamed(self, names: dict) -> "MapKernel":
+        return replace(self, out=names[self.out], expr=expr_renamed(self.expr, names))
+
     def emit(self, f):
         return emit_loop(self, f)
 
@@ -65,6 +79,11 @@ class FusedMapKernel(Kernel):
 
     def members(self) -> list:
         return [m.accesses() for m in self.maps]
+
+    def renamed(self, names: dict) -> "FusedMapKernel":
+        return replace(
+            self, maps=[m.renamed(names) for m in self.maps], registers=frozenset(names[b] for b in self.registers)
+        )
 
     def accesses(self) -> tuple:
         parts = self.members()

@@ -3,10 +3,10 @@ reduce_sum, reduce_max and argmax. The loop nests are in loops.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dlc.compiler.ir.dims import numel
-from dlc.compiler.native.program import Kernel, contiguous, expr_reads, render
+from dlc.compiler.native.program import Kernel, contiguous, expr_reads, expr_renamed, render
 from dlc.compiler.native.program.registry import register_lowering
 
 # columns of a team's share of a reduction split along its last axis: whole cache lines
@@ -36,6 +36,10 @@ class ReduceKernel(Kernel):
 
     def accesses(self) -> tuple:
         return set().union(*(expr_reads(e) for _, e in self.sums())), {out for out, _ in self.sums()}
+
+    def renamed(self, names: dict) -> "ReduceKernel":
+        (out, expr), *also = [(names[o], expr_renamed(e, names)) for o, e in self.sums()]
+        return replace(self, out=out, expr=expr, also=tuple(also))
 
     def sums(self) -> list:
         """Its (out, expr) pairs: its own, then those of `also`."""
