@@ -62,11 +62,11 @@ With `--precision bf16`, dlc's products multiply bfloat16 operands (`precision =
 docs/native.md) and PyTorch's forward runs under torch.autocast("cpu", dtype=torch.bfloat16),
 in training torch_compile's too; dlc_import and torch_eval are not run. dlc's float32 step is
 timed in the same rounds (`dlc_f32`, not a peer: dlc_f32/dlc is what bf16 buys), and the
-first-step losses agree to BF16_LOSS_RTOL. Prediction is the imported model's by dlc's JIT
-in bf16 (`dlc_jit`; `dlc build` has no bf16 prediction) against torch_eval under autocast,
-with dlc's float32 JIT (`dlc_f32`) and ort_sleep (float32) beside; the outputs agree with
-onnxruntime's within BF16_OUTPUT_RTOL (dlc's bf16) and AUTOCAST_OUTPUT_RTOL (torch's) of
-the largest.
+first-step losses agree to BF16_LOSS_RTOL (dlc's two) and AUTOCAST_LOSS_RTOL (dlc's and
+torch's). Prediction is the imported model's by dlc's JIT in bf16 (`dlc_jit`; `dlc build`
+has no bf16 prediction) against torch_eval under autocast, with dlc's float32 JIT
+(`dlc_f32`) and ort_sleep (float32) beside; the outputs agree with onnxruntime's within
+BF16_OUTPUT_RTOL (dlc's bf16) and AUTOCAST_OUTPUT_RTOL (torch's) of the largest.
 
     python benchmarks/models.py
     python benchmarks/models.py --only resnet18 --rounds 3 --steps 1 --json /tmp/models.json
@@ -116,6 +116,10 @@ PAIRS = (("dlc", "torch"), ("dlc", "torch_compile"), ("dlc_import", "torch_eval"
 # with --precision bf16: dlc and the peers in bf16, dlc_f32 dlc's float32 step (not a peer)
 BF16_FRAMEWORKS = ("dlc", "dlc_f32", "torch", "torch_compile")
 BF16_PAIRS = (("dlc", "torch"), ("dlc", "torch_compile"), ("dlc_f32", "dlc"))
+# the first-step losses of dlc's bf16 step and torch's under autocast, relative: autocast stores
+# activations in bfloat16 too (MobileNetV2 at 64 x 64 pixels, batch 8: torch's 2.2 % from
+# dlc's float32 loss, dlc's bf16 0.4 %)
+AUTOCAST_LOSS_RTOL = 5e-2
 BERT = {"base": {}, "small": {"LAYERS": 4, "WIDTH": 256, "HEADS": 4, "SEQ": 64}}  # over bert_encoder.dl's constants
 PREDICT_BATCHES = (1, 8)
 PREDICTORS = ("dlc_jit", "dlc_library", "ort_spin", "ort_sleep", "ort_nchw", "torch_eval")
@@ -361,6 +365,14 @@ def run_bert(args) -> dict:
     )
 
 
+def loss_rtol(precision: str, peer: str) -> float:
+    """How far a first-step loss may be from `peer`'s: LOSS_RTOL in float32; with bf16
+    products BF16_LOSS_RTOL from dlc's own, AUTOCAST_LOSS_RTOL from torch's under autocast."""
+    if precision != "bf16":
+        return LOSS_RTOL
+    return AUTOCAST_LOSS_RTOL if peer.startswith("torch") else BF16_LOSS_RTOL
+
+
 def trained(name: str, runners: dict, args, row: dict, pairs) -> dict:
     """The runners' first steps (their losses checked pair by pair), then their steps in
     rounds, then dlc's kernel kinds' shares: the row."""
@@ -370,8 +382,8 @@ def trained(name: str, runners: dict, args, row: dict, pairs) -> dict:
             f"  {r.run.framework:<20} first step {r.run.first_s * 1e3:10.1f} ms   loss {r.run.losses[0]:.7f}",
             flush=True,
         )
-    rtol = BF16_LOSS_RTOL if args.precision == "bf16" else LOSS_RTOL
     for a, b in pairs:
+        rtol = loss_rtol(args.precision, b)
         d = rel(runners[a].run.losses[0], runners[b].run.losses[0])
         row[f"{a}/{b} check"] = d
         if not d <= rtol:
