@@ -137,8 +137,10 @@ BF16_PREDICTORS = ("dlc_jit", "dlc_f32", "torch_eval", "ort_sleep")
 BF16_PREDICT_PAIRS = (("dlc_jit", "torch_eval"), ("dlc_jit", "ort_sleep"), ("dlc_f32", "dlc_jit"))
 # a bf16 prediction's outputs against onnxruntime's float32, of the largest: dlc's, whose
 # products' operands have 8 bits of mantissa, and torch's under autocast, which stores its
-# activations in bfloat16 too (ResNet-18 at 64 x 64 pixels, batch 1: 6.3e-2)
-BF16_OUTPUT_RTOL, AUTOCAST_OUTPUT_RTOL = 5e-2, 0.15
+# activations in bfloat16 too. At 64 x 64 pixels, batch 1: ResNet-18's 1.8e-2 and 6.3e-2,
+# MobileNetV2's 0.19 and 0.36 (the reference engine's emulation of dlc's rounding 0.18: 52
+# products of random weights); a check of the function, not of the rounding
+BF16_OUTPUT_RTOL, AUTOCAST_OUTPUT_RTOL = 0.3, 0.6
 # each predictor's calls in a round: about half a second of them, the C timer's as the others'
 # (with a third of a second for all five, each in-process one made about 15 calls, which
 # the slowness of a framework's first calls after the others' ran dominated: onnxruntime's
