@@ -76,12 +76,23 @@ keeps its weights packed between calls, which the JIT packs again at every call:
 library is the slower of the two in more than three rounds of four (dlc_library/dlc_jit's
 p25 above 1), its row's `library <= jit` cell says FAIL and the run exits with status 1.
 
+With `--precision bf16`, dlc's products multiply bfloat16 operands (`precision = "bf16"`,
+docs/native.md) and PyTorch's forward runs under torch.autocast("cpu", dtype=torch.bfloat16),
+in training torch_compile's too; dlc_import and torch_eval are not run. dlc's float32 step is
+timed in the same rounds (`dlc_f32`, not a peer: dlc_f32/dlc is what bf16 buys), and the
+first-step losses agree to BF16_LOSS_RTOL (dlc's two) and AUTOCAST_LOSS_RTOL (dlc's and
+torch's). Prediction is the imported model's by dlc's JIT in bf16 (`dlc_jit`; `dlc build`
+has no bf16 prediction) against torch_eval under autocast, with dlc's float32 JIT
+(`dlc_f32`) and ort_sleep (float32) beside; the outputs agree with onnxruntime's within
+BF16_OUTPUT_RTOL (dlc's bf16) and AUTOCAST_OUTPUT_RTOL (torch's) of the largest.
+
     python benchmarks/models.py
     python benchmarks/models.py --only resnet18 --rounds 3 --steps 1 --json /tmp/models.json
     python benchmarks/models.py --only mobilenet_v2 --side predict --predict-batch 1
     python benchmarks/models.py --only bert_encoder --bert base --batch 8
     python benchmarks/models.py --only bert_finetune --bert base --batch 8
     python benchmarks/models.py --image 224 --batch 8 --threads 1
+    python benchmarks/models.py --precision bf16 --image 224 --batch 8
 """
 
 from __future__ import annotations
@@ -101,6 +112,7 @@ from imported import first_prediction_s, imported
 from machine import print_results
 from rounds import ROUNDS, interleave, others_cell, ratio_cell, reported, timed, time_o3_code
 from train_step import (
+    BF16_LOSS_RTOL,
     DEFAULT_BATCH,
     LOSS_RTOL,
     PAUSE_S,
@@ -122,6 +134,13 @@ MODELS = CNNS + BERTS
 BATCH, IMAGE, CLASSES = 32, 64, 10  # the .dl files' IMAGE (the default side) and CLASSES
 FRAMEWORKS = ("dlc", "torch", "torch_compile", "dlc_import", "torch_eval")
 PAIRS = (("dlc", "torch"), ("dlc", "torch_compile"), ("dlc_import", "torch_eval"))
+# with --precision bf16: dlc and the peers in bf16, dlc_f32 dlc's float32 step (not a peer)
+BF16_FRAMEWORKS = ("dlc", "dlc_f32", "torch", "torch_compile")
+BF16_PAIRS = (("dlc", "torch"), ("dlc", "torch_compile"), ("dlc_f32", "dlc"))
+# the first-step losses of dlc's bf16 step and torch's under autocast, relative: autocast stores
+# activations in bfloat16 too (MobileNetV2 at 64 x 64 pixels, batch 8: torch's 2.2 % from
+# dlc's float32 loss, dlc's bf16 0.4 %)
+AUTOCAST_LOSS_RTOL = 5e-2
 BERT = {"base": {}, "small": {"LAYERS": 4, "WIDTH": 256, "HEADS": 4, "SEQ": 64}}  # over bert_encoder.dl's constants
 BERT_VOCAB, BERT_LABELS = 30522, 2  # bert-base-uncased's WordPiece vocabulary; a binary classifier
 PREDICT_BATCHES = (1, 8)
@@ -136,6 +155,15 @@ PREDICT_PAIRS = (
     ("dlc_library", "dlc_jit"),
 )
 OUTPUT_RTOL = 1e-4
+# bf16 predictors: dlc's bf16 JIT, its float32 one, torch under autocast, onnxruntime (float32)
+BF16_PREDICTORS = ("dlc_jit", "dlc_f32", "torch_eval", "ort_sleep")
+BF16_PREDICT_PAIRS = (("dlc_jit", "torch_eval"), ("dlc_jit", "ort_sleep"), ("dlc_f32", "dlc_jit"))
+# a bf16 prediction's outputs against onnxruntime's float32, of the largest: dlc's, whose
+# products' operands have 8 bits of mantissa, and torch's under autocast, which stores its
+# activations in bfloat16 too. At 64 x 64 pixels, batch 1: ResNet-18's 1.8e-2 and 6.3e-2,
+# MobileNetV2's 0.19 and 0.36 (the reference engine's emulation of dlc's rounding 0.18: 52
+# products of random weights); a check of the function, not of the rounding
+BF16_OUTPUT_RTOL, AUTOCAST_OUTPUT_RTOL = 0.3, 0.6
 # each predictor's calls in a round: about half a second of them, the C timer's as the others'
 # (with a third of a second for all five, each in-process one made about 15 calls, which
 # the slowness of a framework's first calls after the others' ran dominated: onnxruntime's
@@ -279,7 +307,9 @@ def kernel_shares(runner: DlcRunner, steps: int = 3) -> list:
     from dlc.runtime.engines.interpreter import bind_sizes
     from dlc.runtime.engines.native import NativeEngine
 
-    engine = NativeEngine(runner.train, runner.ev, runner.opt, runner.trainable, profile=True)
+    engine = NativeEngine(
+        runner.train, runner.ev, runner.opt, runner.trainable, profile=True, precision=runner.precision
+    )
     params = {k: v.copy() for k, v in runner.init.items()}
     state = runner.opt.init({n: params[n] for n in runner.trainable})
 
@@ -314,7 +344,8 @@ def kernel_shares(runner: DlcRunner, steps: int = 3) -> list:
 
 def shares_text(name: str, shares: list, peak_gflops: float | None) -> str:
     lines = [
-        f"  {name}: dlc's train step by kernel kind (a profiling build; % of peak: of {peak_gflops:.0f} GFLOP/s)"
+        f"  {name}: dlc's train step by kernel kind (a profiling build; % of peak: of {peak_gflops:.0f} GFLOP/s, "
+        "float32's FMAs)"
         if peak_gflops
         else f"  {name}: dlc's train step by kernel kind (a profiling build)"
     ]
@@ -343,11 +374,21 @@ def run_bert(args) -> dict:
     batch = make_batch(name, args.seed, batch_size, sizes)
     state = workload_torch_state(name, init, sizes)
     runners = {
-        "dlc": DlcRunner(name, init, batch, "native", args.lr, args.seed, sizes=sizes),
-        "torch": TorchRunner(name, state, batch, args.lr, "torch", sizes=sizes),
-        "torch_compile": TorchRunner(name, state, batch, args.lr, "torch_compile", sizes=sizes),
+        "dlc": DlcRunner(name, init, batch, "native", args.lr, args.seed, sizes=sizes, precision=args.precision),
+        "torch": TorchRunner(name, state, batch, args.lr, "torch", sizes=sizes, precision=args.precision),
+        "torch_compile": TorchRunner(
+            name, state, batch, args.lr, "torch_compile", sizes=sizes, precision=args.precision
+        ),
     }
-    return bert_trained(name, runners, args, batch_size)
+    if args.precision == "bf16":
+        runners["dlc_f32"] = DlcRunner(name, init, batch, "native", args.lr, args.seed, sizes=sizes, label="dlc_f32")
+    return trained(
+        name,
+        runners,
+        args,
+        {"model": f"{name} ({args.bert})", "batch": batch_size},
+        BF16_PAIRS if args.precision == "bf16" else (("dlc", "torch"), ("dlc", "torch_compile")),
+    )
 
 
 def transformers_package():
@@ -422,6 +463,8 @@ def run_bert_finetune(args, folder: Path) -> dict:
     from dlc.runtime.interop import checkpoint
 
     name = "bert_finetune"
+    if args.precision != "f32":
+        raise SystemExit(f"{name} is timed in float32 only (--precision bf16 times bert_encoder)")
     sizes = workload_sizes("bert_encoder") | BERT[args.bert]
     batch_size = args.batch or DEFAULT_BATCH["bert_encoder"]
     print(
@@ -452,6 +495,14 @@ def bert_trained(name: str, runners: dict, args, batch_size: int) -> dict:
     return trained(name, runners, args, row, (("dlc", "torch"), ("dlc", "torch_compile")))
 
 
+def loss_rtol(precision: str, peer: str) -> float:
+    """How far a first-step loss may be from `peer`'s: LOSS_RTOL in float32; with bf16
+    products BF16_LOSS_RTOL from dlc's own, AUTOCAST_LOSS_RTOL from torch's under autocast."""
+    if precision != "bf16":
+        return LOSS_RTOL
+    return AUTOCAST_LOSS_RTOL if peer.startswith("torch") else BF16_LOSS_RTOL
+
+
 def trained(name: str, runners: dict, args, row: dict, pairs) -> dict:
     """The runners' first steps (their losses checked pair by pair), then their steps in
     rounds, then dlc's kernel kinds' shares: the row."""
@@ -462,10 +513,11 @@ def trained(name: str, runners: dict, args, row: dict, pairs) -> dict:
             flush=True,
         )
     for a, b in pairs:
+        rtol = loss_rtol(args.precision, b)
         d = rel(runners[a].run.losses[0], runners[b].run.losses[0])
-        row[f"{a} check"] = d
-        if not d <= LOSS_RTOL:
-            raise SystemExit(f"{name}: {a}'s first-step loss differs from {b}'s by {d:.1e} relative")
+        row[f"{a}/{b} check"] = d
+        if not d <= rtol:
+            raise SystemExit(f"{name}: {a}'s first-step loss differs from {b}'s by {d:.1e} relative (> {rtol:g})")
     measured = interleave(
         {k: timed(r.step) for k, r in runners.items()}, args.rounds, args.steps, args.warmup, pause_s=PAUSE_S
     )
@@ -481,36 +533,84 @@ def run_model(name: str, args, folder: Path) -> dict:
     print(f"\n== {name} ==  (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus)", flush=True)
     batch = image_batch(args, args.batch or BATCH)
     twin, init, state = twin_of(name, args, torch, batch)
-    program, weights = imported_program(twin, torch, folder, name, args.image)
-
+    sizes, precision = {"IMAGE": args.image}, args.precision
     runners = {
-        "dlc": DlcRunner(name, init, batch, "native", args.lr, args.seed, sizes={"IMAGE": args.image}),
-        "torch": TorchRunner(name, state, batch, args.lr, "torch", model=torchvision_model(name, torch)),
+        "dlc": DlcRunner(name, init, batch, "native", args.lr, args.seed, sizes=sizes, precision=precision),
+        "torch": TorchRunner(
+            name, state, batch, args.lr, "torch", model=torchvision_model(name, torch), precision=precision
+        ),
         "torch_compile": TorchRunner(
-            name, state, batch, args.lr, "torch_compile", model=torchvision_model(name, torch)
-        ),
-        "dlc_import": DlcRunner(
-            name, weights, batch, "native", args.lr, args.seed, label="dlc_import", program=program
-        ),
-        "torch_eval": TorchRunner(
-            name, state, batch, args.lr, "torch_eval", model=frozen(torchvision_model(name, torch), torch)
+            name, state, batch, args.lr, "torch_compile", model=torchvision_model(name, torch), precision=precision
         ),
     }
-    return trained(name, runners, args, {"model": name, "image": args.image, "batch": args.batch or BATCH}, PAIRS)
+    row = {"model": name, "image": args.image, "batch": args.batch or BATCH}
+    if precision == "bf16":
+        runners["dlc_f32"] = DlcRunner(name, init, batch, "native", args.lr, args.seed, sizes=sizes, label="dlc_f32")
+        return trained(name, runners, args, row, BF16_PAIRS)
+    program, weights = imported_program(twin, torch, folder, name, args.image)
+    runners["dlc_import"] = DlcRunner(
+        name, weights, batch, "native", args.lr, args.seed, label="dlc_import", program=program
+    )
+    runners["torch_eval"] = TorchRunner(
+        name, state, batch, args.lr, "torch_eval", model=frozen(torchvision_model(name, torch), torch)
+    )
+    return trained(name, runners, args, row, PAIRS)
+
+
+def prediction_model(name: str, args, folder: Path, torch):
+    """torchvision's model (evaluation mode) exported to ONNX and imported by `dlc import`
+    (without --def), with its first prediction made: (the twin, the ONNX file, the .dl
+    program, the DlcModel)."""
+    twin, _, _ = twin_of(name, args, torch, image_batch(args, BATCH))
+    onnx_path = exported(twin, torch, folder, f"{name}_predict", args.image)
+    program, weights, _ = imported(onnx_path, folder)
+    model, _ = first_prediction_s(program, weights, {"x": image_batch(args, 1)["x"]})
+    twin.eval()
+    return twin, onnx_path, program, model
+
+
+def ort_session(onnx_path: Path, threads: int, spin: bool, blocked: bool = True):
+    """onnxruntime on the file, its pool spinning between calls or not; `blocked` False: no
+    NchwcTransformer (its layout-changing optimizations are level ALL's)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if not blocked:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def prediction_row(name: str, args, batch: int, want, outputs: dict, slots: dict, names, pairs) -> dict:
+    """The predictors' outputs checked against onnxruntime's `want` (each of `outputs`: its
+    array and its tolerance, of the largest), then `slots` timed in rounds: the row."""
+    errors = {}
+    for k, (got, rtol) in outputs.items():
+        errors[k] = err = float(np.abs(got.ravel() - want.ravel()).max() / np.abs(want).max())
+        if got.size != want.size or err > rtol:
+            raise SystemExit(f"{name}, batch {batch}: {k}'s outputs differ from onnxruntime's ({err:.2e} > {rtol:g})")
+    print(
+        f"  batch {batch}: outputs against onnxruntime's, of the largest: "
+        + ", ".join(f"{k} {e:.1e}" for k, e in errors.items()),
+        flush=True,
+    )
+    measured = interleave(slots, args.rounds, warmup=1, seconds_each=PREDICT_SECONDS, pause_s=PAUSE_S)
+    row = reported(
+        measured, {"model": name, "image": args.image, "batch": batch}, f"{name} prediction batch {batch}", pairs
+    )
+    print("  batch {}: {}".format(batch, ", ".join(f"{k} {row[k]:.2f} ms" for k in names)), flush=True)
+    return row
 
 
 def predicted(name: str, args, folder: Path) -> list:
     """The imported model's prediction by dlc's JIT and built library, onnxruntime spinning
     and not, and torch: a row per batch size."""
-    import onnxruntime as ort
     import torch
     from dlc.runtime.interop import checkpoint
 
     print(f"\n== {name}: prediction ==  (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus)", flush=True)
-    twin, _, _ = twin_of(name, args, torch, image_batch(args, BATCH))
-    onnx_path = exported(twin, torch, folder, f"{name}_predict", args.image)
-    program, weights, _ = imported(onnx_path, folder)
-    model, _ = first_prediction_s(program, weights, {"x": image_batch(args, 1)["x"]})
+    twin, onnx_path, program, model = prediction_model(name, args, folder, torch)
     npz = folder / f"{name}_weights.npz"
     checkpoint.save(npz, model.params, {}, {})
     library = folder / f"{name}_library"
@@ -522,22 +622,12 @@ def predicted(name: str, args, folder: Path) -> list:
     if built.returncode:
         raise SystemExit(f"dlc build of {name} failed: {built.stderr}")
     exe = timer(folder)
-
-    def session(spin: bool, blocked: bool = True):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        if not blocked:  # no NchwcTransformer: its layout-changing optimizations are level ALL's
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-
-    spinning, sleeping, nchw = session(True), session(False), session(False, blocked=False)
-    twin.eval()
+    spinning, sleeping = ort_session(onnx_path, args.threads, True), ort_session(onnx_path, args.threads, False)
+    nchw = ort_session(onnx_path, args.threads, False, blocked=False)
     rows = []
     for batch in args.predict_batch:
         x = image_batch(args, batch)["x"]
         feeds, tx = {"x": x}, torch.from_numpy(x)
-        want = sleeping.run(["y"], feeds)[0]
 
         def library_ms():
             return c_point(exe, library, model.name, npz, feeds, PREDICT_SECONDS, folder, args.threads)
@@ -548,10 +638,6 @@ def predicted(name: str, args, folder: Path) -> list:
             "ort_nchw": nchw.run(["y"], feeds)[0],
             "torch_eval": twin.net(tx).detach().numpy(),
         }
-        for k, got in outputs.items():
-            err = float(np.abs(got.ravel() - want.ravel()).max() / np.abs(want).max())
-            if got.size != want.size or err > OUTPUT_RTOL:
-                raise SystemExit(f"{name}, batch {batch}: {k}'s outputs differ from onnxruntime's ({err:.2e})")
 
         def torch_eval():
             with torch.no_grad():
@@ -565,15 +651,48 @@ def predicted(name: str, args, folder: Path) -> list:
             "ort_nchw": timed(lambda: nchw.run(["y"], feeds)),
             "torch_eval": timed(torch_eval),
         }
-        measured = interleave(slots, args.rounds, warmup=1, seconds_each=PREDICT_SECONDS, pause_s=PAUSE_S)
-        row = reported(
-            measured,
-            {"model": name, "image": args.image, "batch": batch},
-            f"{name} prediction batch {batch}",
-            PREDICT_PAIRS,
-        )
-        rows.append(row)
-        print("  batch {}: {}".format(batch, ", ".join(f"{k} {row[k]:.2f} ms" for k in PREDICTORS)), flush=True)
+        want = sleeping.run(["y"], feeds)[0]
+        checked = {k: (v, OUTPUT_RTOL) for k, v in outputs.items()}
+        rows.append(prediction_row(name, args, batch, want, checked, slots, PREDICTORS, PREDICT_PAIRS))
+    return rows
+
+
+def predicted_bf16(name: str, args, folder: Path) -> list:
+    """The imported model's prediction with bfloat16 products by dlc's JIT (the native
+    engine at precision bf16), against torch under autocast, with dlc's float32 JIT and
+    onnxruntime (float32, its pool sleeping) beside: a row per batch size."""
+    import torch
+    from dlc.runtime.engines.native import NativeEngine
+
+    print(
+        f"\n== {name}: prediction, bf16 ==  (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus)",
+        flush=True,
+    )
+    twin, onnx_path, _, model = prediction_model(name, args, folder, torch)
+    engine = NativeEngine(model.eval_model, model.eval_model, precision="bf16")
+    sleeping = ort_session(onnx_path, args.threads, False)
+    rows = []
+    for batch in args.predict_batch:
+        x = image_batch(args, batch)["x"]
+        feeds, tx = {"x": x}, torch.from_numpy(x)
+
+        def torch_eval():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                return twin.net(tx)
+
+        outputs = {
+            "dlc_jit": (engine.predict(model.params, feeds)["y"], BF16_OUTPUT_RTOL),
+            "dlc_f32": (model.predict(feeds, batch=batch)["y"], OUTPUT_RTOL),
+            "torch_eval": (torch_eval().float().numpy(), AUTOCAST_OUTPUT_RTOL),
+        }
+        slots = {
+            "dlc_jit": timed(lambda: engine.predict(model.params, feeds)),
+            "dlc_f32": timed(lambda: model.predict(feeds, batch=batch)),
+            "torch_eval": timed(torch_eval),
+            "ort_sleep": timed(lambda: sleeping.run(["y"], feeds)),
+        }
+        want = sleeping.run(["y"], feeds)[0]
+        rows.append(prediction_row(name, args, batch, want, outputs, slots, BF16_PREDICTORS, BF16_PREDICT_PAIRS))
     return rows
 
 
@@ -639,6 +758,12 @@ def main(argv=None) -> int:
         help=f"threads of every framework: torch's, onnxruntime's and dlc's "
         f"team (DLC_NUM_THREADS) (default: {THREADS} for the peers, dlc's the cores others leave free)",
     )
+    ap.add_argument(
+        "--precision",
+        choices=("f32", "bf16"),
+        default="f32",
+        help='of the products: bf16 is dlc\'s precision = "bf16" against torch.autocast (default f32)',
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
@@ -658,11 +783,12 @@ def main(argv=None) -> int:
     peak = cached_or_measure()
     args.peak = peak["gflops"].get(args.threads) or peak["gflops"].get(str(args.threads))
     print(
-        f"standard models against torch {torch.__version__} eager, {args.threads} threads, Adam lr {args.lr}, "
+        f"standard models against torch {torch.__version__} eager, {args.precision} products, {args.threads} threads, "
+        f"Adam lr {args.lr}, "
         f"3 x {args.image} x {args.image} images; median ms per step over {args.rounds} rounds of {args.steps} "
         f"steps, the frameworks in turn; {describe(peak)}"
     )
-    rows, predictions = [], []
+    rows, predictions, bf16 = [], [], args.precision == "bf16"
     with tempfile.TemporaryDirectory(prefix="dlc-models-") as tmp:
         for name in args.only or MODELS:
             if "train" in sides:
@@ -672,17 +798,23 @@ def main(argv=None) -> int:
                 }
                 rows.append(run.get(name, lambda: run_model(name, args, Path(tmp)))())
             if "predict" in sides and name in CNNS:
-                predictions += predicted(name, args, Path(tmp))
+                predictions += (predicted_bf16 if bf16 else predicted)(name, args, Path(tmp))
     text = "\n\n".join(
         t
         for t in (
-            table(rows, FRAMEWORKS, PAIRS) if rows else "",
-            table(predictions, PREDICTORS, PREDICT_PAIRS, library_slower) if predictions else "",
+            table(rows, *((BF16_FRAMEWORKS, BF16_PAIRS) if bf16 else (FRAMEWORKS, PAIRS))) if rows else "",
+            (
+                table(predictions, BF16_PREDICTORS, BF16_PREDICT_PAIRS)
+                if bf16
+                else table(predictions, PREDICTORS, PREDICT_PAIRS, library_slower)
+            )
+            if predictions
+            else "",
         )
         if t
     )
-    print_results(text, json_safe({"train": rows, "predict": predictions}), args.json)
-    slower = [f"{r['model']} batch {r['batch']}" for r in predictions if library_slower(r)]
+    print_results(text, json_safe({"precision": args.precision, "train": rows, "predict": predictions}), args.json)
+    slower = [f"{r['model']} batch {r['batch']}" for r in predictions if not bf16 and library_slower(r)]
     if slower:
         print(f"FAIL: the built library is slower than the JIT: {', '.join(slower)}", file=sys.stderr)
         return 1

@@ -427,11 +427,11 @@ model m {
 """
 
 
-def _direct_model_gradients(engine: str, precision: str) -> np.ndarray:
-    """The flat gradients of one step of DIRECT_MODEL from its initial parameters."""
+def _model_gradients(source: str, engine: str, precision: str) -> np.ndarray:
+    """The flat gradients of one step of model m of `source` from its initial parameters."""
     from dlc.runtime.training.gradcheck import init_params, sample_inputs
 
-    program = load_text(DIRECT_MODEL)
+    program = load_text(source)
     train, ev = program.build("m", training=True), program.build("m", training=False)
     trainable = [p.name for p in train.params if p.trainable]
     eng = make_engine(engine, train, ev, drift._optimizer("sgd", 1.0), trainable, split=True, precision=precision)
@@ -452,7 +452,37 @@ def test_convolutions_kept_float32_give_the_float32_bits():
     gradients) is the float32 step under bf16, bit for bit, on both engines."""
     assert not any(p.bf16 for p in bf16.products(_step_graph(DIRECT_MODEL)))
     for engine in ("native", "reference"):
-        assert np.array_equal(_direct_model_gradients(engine, "bf16"), _direct_model_gradients(engine, "f32"))
+        assert np.array_equal(
+            _model_gradients(DIRECT_MODEL, engine, "bf16"), _model_gradients(DIRECT_MODEL, engine, "f32")
+        )
+
+
+# few taps but many filters, one group: direct in float32, GEMMs in bf16 (ResNet's stem and projections)
+MANY_FILTERS_MODEL = """
+model m {
+    input x: f32[B, 3, 12, 12]
+    target y: i32[B]
+    a = conv2d(x, 8, 1, act = relu)
+    s = conv2d(a, 64, 3, stride = 2, padding = 1, act = relu)
+    p = conv2d(s, 64, 1, stride = 2)
+    loss sparse_cross_entropy(dense(global_avg_pool(p), 10), y)
+}
+"""
+
+
+def test_convolutions_of_many_filters_run_in_bf16_as_the_reference_emulates():
+    """A convolution of few taps and at least 64 filters (3 x 3 and 1 x 1 stride 2, as
+    ResNet's stem and projections) is direct in float32 and, with its gradients, a GEMM in
+    bf16: the native engine's bf16 gradients are the reference engine's emulation of it
+    (the same operands rounded), and differ from float32's."""
+    graph = _step_graph(MANY_FILTERS_MODEL)
+    assert all(p.bf16 for p in bf16.products(graph))
+    assert "direct conv" in render.program(lower(graph))
+    ref, g32 = (_model_gradients(MANY_FILTERS_MODEL, "reference", p) for p in ("bf16", "f32"))
+    native = _model_gradients(MANY_FILTERS_MODEL, "native", "bf16")
+    norm = np.linalg.norm
+    assert norm(g32 - ref) >= 1e-3 * norm(ref)
+    assert norm(native - ref) <= 1e-5 * norm(ref)
 
 
 def test_summary_says_which_products_run_in_bf16(tmp_path, capsys):

@@ -70,13 +70,40 @@ CASES = {
         None,
         ["direct by channels"],
     ),
-    # 64 filters on 3 channels: a GEMM of the image's windows in float32, which bf16 has not
+    # 64 filters on 3 channels: a GEMM of the image's windows in float32; in bf16 a GEMM of
+    # im2col's columns, which its weight gradient's small GEMM reads too
     "many-filters": (
         (3, 30, 30),
         "h = conv2d(x, 64, 3, padding = 1)",
         {"conv2d": ["windows over the batch"], "conv2d_weight_grad": ["direct"]},
-        {"conv2d": ["direct by channels"], "conv2d_weight_grad": ["direct"]},
+        {"conv2d": ["im2col"], "conv2d_weight_grad": ["small filters"]},
         ["windows per example"],
+    ),
+    # ... on 16 channels after a layer: its input gradient direct in float32, col2im in bf16;
+    # 8 filters stay direct in bf16
+    "many-filters-inner": (
+        (8, 12, 12),
+        "a = conv2d(x, 16, 3, padding = 1, act = relu)\n    h = conv2d(a, 64, 3, padding = 1)",
+        {
+            "conv2d": ["direct", "windows over the batch"],
+            "conv2d_input_grad": ["direct"],
+            "conv2d_weight_grad": ["direct", "direct"],
+        },
+        {
+            "conv2d": ["direct", "im2col"],
+            "conv2d_input_grad": ["col2im"],
+            "conv2d_weight_grad": ["direct", "im2col"],
+        },
+        ["direct", "windows over the batch"],
+    ),
+    # a ResNet projection (1 x 1, stride 2) of many filters: direct in float32 (its weight gradient,
+    # over 4 x 4 pixels, a GEMM of im2col's columns), a GEMM in bf16
+    "projection-many-filters": (
+        (64, 8, 8),
+        "h = conv2d(x, 128, 1, stride = 2)",
+        {"conv2d": ["direct"], "conv2d_weight_grad": ["im2col"]},
+        {"conv2d": ["im2col"], "conv2d_weight_grad": ["im2col"]},
+        ["direct"],
     ),
     "grouped-dilated": (
         (3, 12, 12),

@@ -93,7 +93,7 @@ def test_a_stem_by_channels_at_other_vector_widths_matches_torch(case, config, m
         ("conv2d(x, 32, 3, stride = 2, padding = 1)", "f32", "by channels"),  # MobileNetV2's stem
         ("conv2d(x, 48, 5, padding = 2)", "f32", "by channels"),
         ("conv2d(x, 64, 7, stride = 2, padding = 3)", "f32", "gemm"),  # ResNet's: a GEMM of windows
-        ("conv2d(x, 64, 7, stride = 2, padding = 3)", "bf16", "by channels"),  # bf16: no GEMM of windows
+        ("conv2d(x, 64, 7, stride = 2, padding = 3)", "bf16", "gemm"),  # bf16: a GEMM of im2col's columns
         ("conv2d(x, 24, 3, padding = 1)", "f32", "by pixels"),  # filters not in whole tiles of 16
         ("conv2d(h, 32, 3, padding = 1)", "f32", "by pixels"),  # 8 channels: not an image's few
         ("conv2d(x, 48, 3, padding = 1, groups = 3)", "f32", "by pixels"),
@@ -101,16 +101,14 @@ def test_a_stem_by_channels_at_other_vector_widths_matches_torch(case, config, m
 )
 def test_which_convolutions_are_by_channels(source, precision, kind):
     """By channels: a direct convolution of an image's few channels into whole tiles of
-    filters; with 64 or more, the GEMM of the image's windows where it applies."""
+    filters; with 64 or more, the GEMM of the image's windows where it applies, and in bf16
+    the GEMM of im2col's columns."""
     model = load_text(
         f"model m {{\n    input x: f32[B, 3, 32, 32]\n    h = conv2d(x, 8, 1)\n    output y = {source}\n}}\n", "m.dl"
     ).build(training=True)
-    program = Executable(step_graph(model), precision=precision).program
-    forward = next(
-        line
-        for line in (k.text()[0] for k in program.kernels)  # in program order
-        if (line.startswith("direct conv") or "windows of" in line) and "weight gradient" not in line
-    )
+    exe = Executable(step_graph(model), precision=precision)
+    node = [n for n in exe.graph.order() if exe.graph.op(n) == "conv2d"][-1]  # y's
+    forward = next(k.text()[0] for k in exe.program.kernels if node in k.nodes and k.family in ("conv", "gemm"))
     found = "by channels" if "by channels" in forward else "gemm" if forward.startswith("gemm") else "by pixels"
     assert found == kind, forward
 

@@ -148,19 +148,30 @@ def _pointwise_over_the_batch(c: Conv) -> bool:
 WINDOWS_FILTERS = 64  # filters from which a direct convolution is a GEMM when it can read the image's windows
 
 
+def _many_filters(c: Conv) -> bool:
+    """One group and many filters (WINDOWS_FILTERS): a GEMM's tiles filled."""
+    return c.s.groups == 1 and c.s.O >= WINDOWS_FILTERS
+
+
+def _bf16_gemm(c: Conv) -> bool:
+    """Whether a convolution or gradient the direct kernel would compute is, in a bf16
+    program, a GEMM in bf16 (the entries below: im2col's columns, col2im): of many filters
+    (_many_filters: ResNet's stem and its 1 x 1 stride-2 projections). The direct kernel
+    multiplies float32 vectors, the bf16 GEMM bfloat16 pairs (AMX tiles, vdpbf16ps, BFDOT),
+    and the product and weight gradient share one buffer of columns."""
+    return c.bf16 and _many_filters(c)
+
+
 def _direct_conv(c: Conv) -> bool:
-    """A direct convolution (_direct), but where it has many filters and can read its
-    image's windows (_from_the_image), a GEMM of those (the entries below): many filters
-    (WINDOWS_FILTERS), one group — the GEMM's tiles filled (batch 8, 2 threads: ResNet's
-    7 x 7 stem on 3 channels, 64 filters, at 224 x 224 pixels 13 ms against 26 direct; 3 x 3
-    on 3 channels, 64 filters, at 64 x 64 1.4 against 3.1; on 16 channels at 56 x 56 3.4
-    against 3.9; with 32 filters or fewer the direct kernel was as fast or faster). Its
-    weight gradient stays direct: as a GEMM of windows the latter took 5.4 ms against 3.4,
-    the stem's 25 against 29–33."""
-    s = c.s
-    return _direct(s.group_taps, s.kw, c.attrs) and not (
-        s.groups == 1 and s.O >= WINDOWS_FILTERS and _from_the_image(c)
-    )
+    """A direct convolution (_direct), but where it has many filters (_many_filters) and can
+    read its image's windows (_from_the_image), a GEMM of those, and in a bf16 program a GEMM
+    of im2col's columns (_bf16_gemm; the entries below) — the GEMM's tiles filled (batch 8,
+    2 threads: ResNet's 7 x 7 stem on 3 channels, 64 filters, at 224 x 224 pixels 13 ms
+    against 26 direct; 3 x 3 on 3 channels, 64 filters, at 64 x 64 1.4 against 3.1; on 16
+    channels at 56 x 56 3.4 against 3.9; with 32 filters or fewer the direct kernel was as
+    fast or faster). In float32 its weight gradient stays direct: as a GEMM of windows the
+    latter took 5.4 ms against 3.4, the stem's 25 against 29–33."""
+    return _direct(c.s.group_taps, c.s.kw, c.attrs) and not (_many_filters(c) and _from_the_image(c) or _bf16_gemm(c))
 
 
 IMAGE_CHANNELS = 4  # input channels up to which a direct convolution into whole tiles of filters is by channels
@@ -290,9 +301,10 @@ def _few_pixels(c: Conv) -> bool:
 
 def _direct_weight_grad(c: Conv) -> bool:
     """Direct (_direct) but a 1 x 1 one of one group (a strided projection), which would
-    sum along an example's rows of few pixels, a few lanes of each vector."""
+    sum along an example's rows of few pixels, a few lanes of each vector, and in a bf16
+    program one of many filters (_bf16_gemm), whose GEMM reads the product's columns."""
     s = c.s
-    return _direct(s.group_taps, s.kw, c.attrs) and (s.groups > 1 or (s.kh, s.kw) != (1, 1))
+    return _direct(s.group_taps, s.kw, c.attrs) and (s.groups > 1 or (s.kh, s.kw) != (1, 1)) and not _bf16_gemm(c)
 
 
 SMALL_FILTER = 4096  # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
@@ -375,7 +387,7 @@ CONV2D_INPUT_GRAD = (
     Implementation(
         "direct",
         "direct conv",
-        lambda c: _stride_1(c) and _direct(c.s.taps, c.s.kw, c.attrs),
+        lambda c: _stride_1(c) and _direct(c.s.taps, c.s.kw, c.attrs) and not _bf16_gemm(c),
         "few taps: g convolved with the filters flipped, their channels swapped, in one pass",
     ),
     Implementation(
