@@ -733,6 +733,7 @@ LAYERS = {
     "self_attention": "output y = self_attention(dense(x, 4), 1)",
     # v through a layer: with T = 1 (one key) the gradient through the scores is zero, only rounding noise
     "scaled_dot_product": "q = dense(x, 4)\n output y = scaled_dot_product_attention(q, q, dense(x, 3), causal_mask(T))",
+    "cached_attention": "q = dense(x, 4)\n output y = cached_attention(q, dense(x, 4), dense(x, 3), q, dense(x, 3), causal_mask(T))",
     "sinusoidal_encoding": "output y = dense(x, 4) * sinusoidal_encoding(T, 4)",
     "positional_embedding": "output y = positional_embedding(x, 16)",
     "feed_forward": "output y = feed_forward(x, 8)",
