@@ -71,9 +71,10 @@ Prediction (the CNNs, `--side predict`), the imported model of the training's dl
     torch_eval         torchvision's model, eager, evaluation mode, under torch.no_grad
 
 Their outputs must agree with onnxruntime's within 1e-4 of the largest before anything is
-timed; all six are timed in rounds, each after a pause (spinning pools sleep). The library
-keeps its weights packed between calls, which the JIT packs again at every call: where the
-library is the slower of the two in more than three rounds of four (dlc_library/dlc_jit's
+timed; all six are timed in rounds, each after a pause (spinning pools sleep). Both keep
+their weights packed between calls while the weights are unchanged (the library until a
+setter, the JIT until its Parameters change), so neither should trail: where the library
+is the slower of the two in more than three rounds of four (dlc_library/dlc_jit's
 p25 above 1), its row's `library <= jit` cell says FAIL and the run exits with status 1.
 
 With `--precision bf16`, dlc's products multiply bfloat16 operands (`precision = "bf16"`,
