@@ -37,8 +37,12 @@ def pytest_xdist_setupnodes(config, specs):
     # core every core is compiling already, and a module's parts compiled in child processes
     # (compiler/native/codegen/parallel_compile.py) would only add their start-up beside them.
     # tests/native/test_parallel_compile.py sets its own
+    # The same holds for numpy's BLAS (the reference engine's products) and torch's OpenMP pool:
+    # their threads beside the other workers only wait for a core, which made a product of a
+    # millisecond take tens of them
     if len(specs) > 1:
-        os.environ.setdefault("DLC_COMPILE_JOBS", "1")
+        for variable in ("DLC_COMPILE_JOBS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+            os.environ.setdefault(variable, "1")
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -946,6 +946,37 @@ def _grouped(a, axis, groups):
     return a.reshape(a.shape[:axis] + (groups, a.shape[axis] // groups) + a.shape[axis + 1 :])
 
 
+def _columns(x, kernel, stride, padding, dilation, groups):
+    """The windows of x as the columns of a product (im2col): [groups, C/groups · kh · kw, N, Ho,
+    Wo], rows in the weights' (channel, row tap, column tap) order. Filled a tap at a time from
+    slices of the padded input, whose rows stay contiguous: copying a strided window view (as
+    `_windows` gives) into this order takes many times longer than the product."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    n, c, h, w = x.shape
+    ho, wo = (h + 2 * ph - (kh - 1) * dh - 1) // sh + 1, (w + 2 * pw - (kw - 1) * dw - 1) // sw + 1
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    columns = np.empty((groups, c // groups, kh, kw, n, ho, wo), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            tap = x[:, :, i * dh : i * dh + sh * (ho - 1) + 1 : sh, j * dw : j * dw + sw * (wo - 1) + 1 : sw]
+            columns[:, :, i, j] = _grouped(tap, 1, groups).transpose(1, 2, 0, 3, 4)
+    return columns.reshape(groups, -1, n, ho, wo)
+
+
+def _by_group(a, axis, groups):
+    """The [groups, a.shape[axis] / groups, rest] matrices of a: weights by their filters (axis 0),
+    or values [N, C, H, W] by their channels (axis 1), the batch and pixels after them."""
+    a = _grouped(a, axis, groups)
+    if axis == 1:
+        a = a.transpose(1, 2, 0, 3, 4)
+    return a.reshape(groups, a.shape[1], -1)
+
+
+def _from_groups(y, batch_hw):
+    """[N, C, H, W] from the products' [groups, C/groups, N · H · W]."""
+    return np.ascontiguousarray(y.reshape((-1,) + tuple(batch_hw)).transpose(1, 0, 2, 3))
+
+
 def _add_windows(shape, input_hw, kernel, stride, padding, contribution, dtype, dilation=(1, 1)):
     """The adjoint of taking windows: add contribution(i, j) (one value per output
     position) at offset (i, j) of every window, then crop the padding."""
@@ -981,9 +1012,9 @@ def _conv_flops(ins, outs, **_):
 @primitive("conv2d", Pattern.WINDOW, _conv_type, _conv_vjp, _conv_flops, memory_operands=None, memory_reason="window")
 def _conv2d(ctx, xs, stride, padding, dilation, groups):
     x, w = ctx.operands(xs)
-    v = _grouped(_windows(x, w.shape[2], w.shape[3], stride, padding, dilation), 1, groups)
-    y = np.einsum("ngchwij,gocij->ngohw", v, _grouped(w, 0, groups), optimize=True)
-    return [y.reshape(y.shape[:1] + (-1,) + y.shape[3:]).astype(x.dtype)]
+    columns = _columns(x, w.shape[2:], stride, padding, dilation, groups)
+    y = _by_group(w, 0, groups) @ columns.reshape(groups, columns.shape[1], -1)
+    return [_from_groups(y, columns.shape[2:]).astype(x.dtype)]
 
 
 def _conv_input_grad_type(ctx, types, stride, padding, dilation, groups, input_hw):
@@ -1021,11 +1052,13 @@ def _conv2d_input_grad(ctx, xs, stride, padding, dilation, groups, input_hw):
     """Also the transposed convolution (conv_transpose) of xs[0] by the weights xs[1]."""
     g, w = ctx.operands(xs)
     shape = (g.shape[0], w.shape[1] * groups) + g.shape[2:]
-    gg, wg = _grouped(g, 1, groups), _grouped(w, 0, groups)
+    # the columns' gradient [groups, C/groups, kh, kw, N, Ho, Wo], added back into the windows
+    columns = (_by_group(w, 0, groups).transpose(0, 2, 1) @ _by_group(g, 1, groups)).reshape(
+        (groups, w.shape[1]) + w.shape[2:] + (g.shape[0],) + g.shape[2:]
+    )
 
     def contribution(i, j):
-        c = np.einsum("ngohw,goc->ngchw", gg, wg[:, :, :, i, j])
-        return c.reshape(shape)
+        return columns[:, :, i, j].reshape(shape[1], shape[0], *shape[2:]).transpose(1, 0, 2, 3)
 
     return [_add_windows(shape, input_hw, w.shape[2:], stride, padding, contribution, g.dtype, dilation)]
 
@@ -1057,9 +1090,9 @@ def _conv_weight_grad_vjp(n, g):
 )
 def _conv2d_weight_grad(ctx, xs, stride, padding, dilation, groups, kernel):
     x, g = ctx.operands(xs)
-    v = _grouped(_windows(x, kernel[0], kernel[1], stride, padding, dilation), 1, groups)
-    dw = np.einsum("ngchwij,ngohw->gocij", v, _grouped(g, 1, groups), optimize=True)
-    return [dw.reshape((-1,) + dw.shape[2:]).astype(x.dtype)]
+    columns = _columns(x, kernel, stride, padding, dilation, groups)
+    dw = _by_group(g, 1, groups) @ columns.reshape(groups, columns.shape[1], -1).transpose(0, 2, 1)
+    return [dw.reshape((g.shape[1], x.shape[1] // groups) + tuple(kernel)).astype(x.dtype)]
 
 
 def _pool_type(ctx, types, kernel, stride, padding):
