@@ -43,7 +43,8 @@ OPERANDS): the packed panels are rounded in place once packed and the float32
 micro-kernel runs on them ("bf16-round", the conversion path), or on a host with
 AVX512_BF16 (or AArch64's bf16) rows k and k+1 of each panel become interleaved bfloat16
 pairs that the micro-kernel multiplies with vdpbf16ps (BFDOT), two products per lane
-("bf16-pairs"; K slices start at even k), or on a host with AMX the panels are packed
+("bf16-pairs"; K slices start at even k; not on the cores whose vdpbf16ps is slower than
+their FMAs, blocking.SLOW_PAIRS), or on a host with AMX the panels are packed
 into the tiles' layouts and a 32 x 32 block of C is summed in four tiles by tdpbf16ps
 ("bf16-amx"; K slices of whole tiles of 32; Linux grants the tile state on request,
 codegen/amx.py).
