@@ -176,14 +176,16 @@ def test_amx_workers_need_no_request_of_their_own(tmp_path):
 
 
 def test_refused_tile_state_falls_back_and_says_so_once(monkeypatch, capsys):
-    """Where Linux refuses the tile state, the bf16 routines take the vdpbf16ps pairs (the
-    conversion path without AVX512_BF16), and one line on stderr says so."""
+    """Where Linux refuses the tile state, the bf16 routines take the vdpbf16ps pairs, or on
+    the cores whose pairs are slower than their FMAs (SLOW_PAIRS: every core with AMX so far)
+    the conversion path, and one line on stderr says so."""
     if not (jit.host_has("amx-bf16") and jit.host_has("amx-tile")):
         pytest.skip("the host has no AMX")
     monkeypatch.setattr(amx, "request_tiles", lambda: 22)
     amx.tiles_granted.cache_clear()
+    fallback = "bf16-round" if jit.host_cpu()[0] in blocking.SLOW_PAIRS else "bf16-pairs"
     try:
-        assert [blocking.bf16_config().operands for _ in range(2)] == ["bf16-pairs"] * 2
+        assert [blocking.bf16_config().operands for _ in range(2)] == [fallback] * 2
         with pytest.raises(RuntimeError, match="tile state"):
             GemmLibrary([(False, False, False)], config=blocking.AMX)
     finally:
@@ -191,7 +193,27 @@ def test_refused_tile_state_falls_back_and_says_so_once(monkeypatch, capsys):
     assert capsys.readouterr().err.count("did not grant the AMX tile state (Invalid argument)") == 1
 
 
-PATHS = ("bf16-round", "bf16-pairs", "bf16-amx")  # each faster than the one before
+PATHS = ("bf16-round", "bf16-pairs", "bf16-amx")  # each needs the features of the one before
+
+
+@pytest.mark.parametrize(
+    "cpu, target, operands",
+    [
+        ("emeraldrapids", "host", "bf16-round"),
+        ("znver4", "host", "bf16-pairs"),
+        ("emeraldrapids", "avx512bf16", "bf16-pairs"),
+    ],
+)
+def test_the_pairs_are_taken_where_they_are_faster_than_the_fmas(cpu, target, operands, monkeypatch):
+    """A core whose vdpbf16ps multiplies fewer products a cycle than its FMAs (SLOW_PAIRS: an
+    Emerald Rapids without its tiles) takes the conversion path, one with AVX512_BF16 otherwise
+    the pairs; DLC_TARGET=avx512bf16 forces the pairs on any."""
+    features = "+avx2,+fma,+avx512f,+avx512bw,+avx512bf16,-amx-bf16,-amx-tile"
+    monkeypatch.setattr(jit, "host_cpu", lambda: (cpu, features))
+    monkeypatch.setattr(blocking, "has_tiles", lambda instruction: False)
+    monkeypatch.setenv("DLC_TARGET", target)
+    monkeypatch.delenv("DLC_GEMM_VW", raising=False)
+    assert blocking.bf16_config() == replace(blocking.AVX512, operands=operands)
 
 
 @pytest.mark.sets_target
@@ -208,12 +230,13 @@ def test_dlc_target_forces_each_path(target, best, tmp_path):
         "from dlc.compiler.native.codegen import amx, jit; from dlc.compiler.native.codegen.gemm import blocking; "
         "c = blocking.bf16_config(); "
         "amx = amx.has_tiles('tdpbf16ps'); "
-        "print(c.operands, c.vw, jit.host_has('avx512bf16'), amx)"
+        "print(c.operands, c.vw, jit.host_has('avx512bf16'), amx, jit.host_cpu()[0] in blocking.SLOW_PAIRS)"
     )
     env = dict(os.environ, DLC_TARGET=target, DLC_CACHE_DIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    got, vw, pairs, amx = out.split()
-    assert got == ("bf16-amx" if amx == "True" else "bf16-pairs" if pairs == "True" else "bf16-round")
+    got, vw, pairs, amx, slow_pairs = out.split()
+    pairs = pairs == "True" and (slow_pairs == "False" or target == "avx512bf16")
+    assert got == ("bf16-amx" if amx == "True" else "bf16-pairs" if pairs else "bf16-round")
     assert PATHS.index(got) <= PATHS.index(best) and (vw == "8") == (target == "avx2")
     if target == "host" and "amx" in gemm_paths():
         assert got == "bf16-amx"

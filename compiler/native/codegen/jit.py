@@ -177,12 +177,17 @@ def target_arch() -> str:
     return "aarch64" if arch in ("aarch64", "arm64") else arch
 
 
+def forced_target() -> str:
+    """The target DLC_TARGET names (one of TARGETS), or "host"."""
+    return os.environ.get("DLC_TARGET") or "host"
+
+
 @functools.cache
 def host_cpu() -> tuple[str, str]:
     """(cpu name, feature string) of the target we compile for: the machine we run on
     (or the one `compile_for` names), less the features DLC_TARGET removes (REMOVED)."""
     _init()
-    target = os.environ.get("DLC_TARGET") or "host"
+    target = forced_target()
     if target not in TARGETS:
         from dlc.compiler.errors import DlcError
 

@@ -39,11 +39,12 @@ deep in each.
 
 The bf16 routines (`gemm_name(..., bf16=True)`: `dlc_bgemm_*`) take the same float32
 arrays and multiply them rounded to bfloat16, summing in float32 (a config's `operands`,
-OPERANDS): the packed panels are rounded in place once packed and the float32
+OPERANDS): the panels are rounded as they are packed and the float32
 micro-kernel runs on them ("bf16-round", the conversion path), or on a host with
 AVX512_BF16 (or AArch64's bf16) rows k and k+1 of each panel become interleaved bfloat16
 pairs that the micro-kernel multiplies with vdpbf16ps (BFDOT), two products per lane
-("bf16-pairs"; K slices start at even k), or on a host with AMX the panels are packed
+("bf16-pairs"; K slices start at even k; not on the cores whose vdpbf16ps is slower than
+their FMAs, blocking.SLOW_PAIRS), or on a host with AMX the panels are packed
 into the tiles' layouts and a 32 x 32 block of C is summed in four tiles by tdpbf16ps
 ("bf16-amx"; K slices of whole tiles of 32; Linux grants the tile state on request,
 codegen/amx.py).
@@ -84,7 +85,7 @@ The package's modules, BLIS's layers (each imported by its own name; this file h
 - packs.py: op(A)'s and op(B)'s panels; window_packs.py: op(B) as a convolution's windows,
   packed from the image;
 - few_rows.py, few_columns.py: the blocks multiplied without packing;
-- bf16_operands.py: the bf16 routines' operands (rounded, or pairs); amx_tiles.py: the
+- bf16_operands.py: the bf16 routines' pairs and the rounding; amx_tiles.py: the
   micro-kernel and the packs on the AMX tiles;
 - buffers.py: the pack buffers of each thread slot; context.py: what the modules share
   while they add a blocking's routines to a module (`Gen`); ir_helpers.py: loops and

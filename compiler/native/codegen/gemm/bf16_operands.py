@@ -1,29 +1,25 @@
 """The bf16 routines' conversions: a packed panel of floats made into the micro-kernel's
-bfloat16 operands in place ("bf16-round": rounded; "bf16-pairs": rows k and k+1 interleaved
-into pairs), and the rounding itself (`bf16_halves`), which the AMX packs use too."""
+bfloat16 pairs in place ("bf16-pairs": rows k and k+1 interleaved; the conversion path's
+panels are rounded as packs.py stores them), and the rounding itself (`bf16_halves`), which
+the AMX packs use too."""
 
 from __future__ import annotations
 
 from llvmlite import ir
 
 from dlc.compiler.native.codegen import jit
-from dlc.compiler.native.codegen.intrinsics import LLVMType, bf16_bits, declare, round_bf16
+from dlc.compiler.native.codegen.intrinsics import LLVMType, bf16_bits, declare
 from dlc.compiler.native.codegen.types import f32, i32
 from dlc.compiler.native.codegen.gemm.ir_helpers import c64, ceil_div, gep, loop, smin
 
 
-def to_bf16(gen, b, panel, kc, P):
-    """A packed panel (kc rows of P floats) made into the micro-kernel's bfloat16
-    operands, in place: each float rounded ("bf16-round"), or rows k and k+1 rounded
-    and interleaved into P 32-bit pairs ("bf16-pairs": a zero row after an odd last
-    row). Pair row q is written over the bytes of float row q, which rows 2q and 2q+1
-    (read first) are at or after."""
+def to_pairs(gen, b, panel, kc, P):
+    """A packed panel (kc rows of P floats) made into the micro-kernel's bfloat16 pairs,
+    in place: rows k and k+1 rounded and interleaved into P 32-bit pairs (a zero row
+    after an odd last row). Pair row q is written over the bytes of float row q, which
+    rows 2q and 2q+1 (read first) are at or after."""
     fty = ir.VectorType(f32, P)
     row = lambda k: b.bitcast(gep(b, panel, b.mul(k, c64(P))), fty.as_pointer())
-    if gen.cfg.operands == "bf16-round":
-        with loop(b, 0, kc, name="bf") as k:
-            b.store(round_bf16(b, b.load(row(k), align=4)), row(k), align=4)
-        return
     # rows k and k+1 side by side, rounded together (one conversion of 2P lanes), then
     # their halves interleaved into pairs
     pty = ir.VectorType(ir.IntType(16), 2 * P)

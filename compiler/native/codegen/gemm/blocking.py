@@ -98,6 +98,13 @@ NEON = GemmConfig(mr=12, nr=8, vw=4, kc=256, mc=144, nc=1024)
 # 32 x 32 of C in four tiles; a K slice of A's panel and of B's is 32 KB each (bfloat16)
 AMX = GemmConfig(mr=32, nr=32, vw=16, kc=512, mc=256, nc=1024, operands="bf16-amx")
 
+# The cores (LLVM's names) whose vdpbf16ps multiplies fewer pairs than their FMAs floats: Intel's with AMX
+# issue a 512-bit vdpbf16ps once in two cycles and it takes both FMA ports (an Emerald Rapids without its
+# tiles: 0.46 a cycle against 2 FMAs, 14.6 products a cycle against 32), so its bf16 GEMM ran at 0.5-0.6 of
+# the float32 one. Without the tiles (a virtual machine that hides them, Linux's refusal) they multiply
+# rounded floats by FMAs.
+SLOW_PAIRS = ("sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d", "diamondrapids")
+
 
 def default_config(vector_width: int | None = None) -> GemmConfig:
     """`NEON` on AArch64 (vector_width 4); on x86-64 `AVX2` (8) or `AVX512` (16). When
@@ -120,12 +127,16 @@ def default_config(vector_width: int | None = None) -> GemmConfig:
 def bf16_config() -> GemmConfig:
     """The blocking of the bf16 routines, by the host's features: the AMX tiles where it
     has AMX-BF16 (and Linux grants the tile state), else bfloat16 pairs and vdpbf16ps
-    where it has AVX512_BF16 (and the AVX-512 blocking is the default), or BFDOT in the
-    NEON blocking where the AArch64 target has bf16, else the default
-    blocking with its operands rounded while packing. DLC_TARGET forces each path on a
-    host that has more (jit.REMOVED)."""
+    where it has AVX512_BF16 (and the AVX-512 blocking is the default) and is not one of
+    SLOW_PAIRS, or BFDOT in the NEON blocking where the AArch64 target has bf16, else the
+    default blocking with its operands rounded while packing. DLC_TARGET forces each path
+    on a host that has more (jit.REMOVED; avx512bf16: the pairs, on SLOW_PAIRS too)."""
     cfg = default_config()
     if cfg.vw == 16 and has_tiles("tdpbf16ps"):
         return AMX
-    pairs = jit.host_has("bf16") if cfg.vw == 4 else cfg.vw == 16 and jit.host_has("avx512bf16")
+    if cfg.vw == 4:
+        pairs = jit.host_has("bf16")
+    else:
+        pays = jit.host_cpu()[0] not in SLOW_PAIRS or jit.forced_target() == "avx512bf16"
+        pairs = cfg.vw == 16 and jit.host_has("avx512bf16") and pays
     return replace(cfg, operands="bf16-pairs" if pairs else "bf16-round")

@@ -1,16 +1,17 @@
 """The packs of op(A) and op(B) (BLIS's packing): a K slice of a block of MR rows of op(A),
 or of NR columns of op(B), copied into k-major panels that the micro-kernel reads in order
-(panels along K transposed 8 x 8 in registers, rows past the end zero), made the bf16
-routines' operands after (bf16_operands.py); on the AMX tiles amx_tiles.py's packs."""
+(panels along K transposed 8 x 8 in registers, rows past the end zero), rounded to bfloat16
+as they are stored for the conversion path, made pairs after (bf16_operands.py); on the AMX
+tiles amx_tiles.py's packs."""
 
 from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.native.codegen.intrinsics import transpose8, vec_ptr
+from dlc.compiler.native.codegen.intrinsics import round_bf16, transpose8, vec_ptr
 from dlc.compiler.native.codegen.types import f32, i32, i64
 from dlc.compiler.native.codegen.gemm.amx_tiles import build_tile_pack
-from dlc.compiler.native.codegen.gemm.bf16_operands import to_bf16
+from dlc.compiler.native.codegen.gemm.bf16_operands import to_pairs
 from dlc.compiler.native.codegen.gemm.blocking import TILE_DEPTH
 from dlc.compiler.native.codegen.gemm.ir_helpers import c64, ceil_div, fptr, gep, internal, loop, smin
 
@@ -44,12 +45,14 @@ def _build_pack(gen, fn, which, contig_k):
     Element (p, k) of the block — p along the panel direction (rows of op(A) or
     columns of op(B)), k along K — is src[p*ld + k] when `contig_k`, else src[k*ld + p].
     Panel q is stored at dst + q*P*kc, element (p, k) at [k*P + p % P]; rows past `len`
-    are zero.
+    are zero. The conversion path's values are rounded as they are stored, in the pass that
+    packs them, not in a pass of their own over the panel.
     """
     cfg, vty = gen.cfg, gen.vty
     P = cfg.mr if which == "a" else cfg.nr
     kc, length, src, ld, dst = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    operand = (lambda x: round_bf16(b, x)) if cfg.operands == "bf16-round" else (lambda x: x)
     npanels = ceil_div(b, length, P)
     zero = ir.Constant(f32, 0.0)
 
@@ -84,11 +87,11 @@ def _build_pack(gen, fn, which, contig_k):
                             head = ir.Constant(ir.VectorType(i32, w), list(range(w)))
                             col = b.shuffle_vector(col, col, head)
                         dst_p = gep(b, o, c64(kk * P + g))
-                        b.store(col, b.bitcast(dst_p, ir.VectorType(f32, w).as_pointer()), align=4)
+                        b.store(operand(col), b.bitcast(dst_p, ir.VectorType(f32, w).as_pointer()), align=4)
             with loop(b, k8, kc, name="k") as k:
                 o = gep(b, out, b.mul(k, c64(P)))
                 for p in range(P):
-                    b.store(b.load(gep(b, lines[p], k), align=4), gep(b, o, c64(p)), align=4)
+                    b.store(operand(b.load(gep(b, lines[p], k), align=4)), gep(b, o, c64(p)), align=4)
         else:
             base = gep(b, src, p0)
             with loop(b, 0, kc, name="k") as k:
@@ -97,10 +100,10 @@ def _build_pack(gen, fn, which, contig_k):
                 if P % cfg.vw == 0:
                     for v in range(P // cfg.vw):
                         x = b.load(vec_ptr(b, gep(b, line, c64(v * cfg.vw)), vty), align=4)
-                        b.store(x, vec_ptr(b, gep(b, o, c64(v * cfg.vw)), vty), align=4)
+                        b.store(operand(x), vec_ptr(b, gep(b, o, c64(v * cfg.vw)), vty), align=4)
                 else:
                     for p in range(P):
-                        b.store(b.load(gep(b, line, c64(p)), align=4), gep(b, o, c64(p)), align=4)
+                        b.store(operand(b.load(gep(b, line, c64(p)), align=4)), gep(b, o, c64(p)), align=4)
         b.branch(next_bb)
 
         # partial panel: clamp the index, zero what is past the end
@@ -116,9 +119,9 @@ def _build_pack(gen, fn, which, contig_k):
                 line = gep(b, gep(b, src, p0), b.mul(k, ld))
             for p in range(P):
                 x = b.load(gep(b, lines[p], k) if contig_k else gep(b, line, idx[p]), align=4)
-                b.store(b.select(ok[p], x, zero), gep(b, o, c64(p)), align=4)
+                b.store(operand(b.select(ok[p], x, zero)), gep(b, o, c64(p)), align=4)
         b.branch(next_bb)
         b.position_at_end(next_bb)
-        if cfg.bf16:
-            to_bf16(gen, b, out, kc, P)
+        if cfg.operands == "bf16-pairs":
+            to_pairs(gen, b, out, kc, P)
     b.ret_void()
