@@ -34,8 +34,7 @@ def _pair(v):
 def _model(op, kernel, stride, padding, h, w, channels=3):
     k, s, p = (f"({a}, {b})" for a, b in map(_pair, (kernel, stride, padding)))
     return load_text(
-        f"model m {{\n    input x: f32[B, {channels}, {h}, {w}]\n"
-        f"    output y = {op}_pool(x, {k}, {s}, {p})\n}}\n",
+        f"model m {{\n    input x: f32[B, {channels}, {h}, {w}]\n    output y = {op}_pool(x, {k}, {s}, {p})\n}}\n",
         "m.dl",
     ).build(None, training=False)
 

@@ -123,7 +123,9 @@ def _map(lw, n, ins, attrs, typ):
 def _reduction(lw, n, ins, attrs, typ):
     op, e = _windows(lw, n, ins[0], attrs)
     out = _fresh(lw, typ)
-    lw.emit(ReduceKernel((*typ.shape, *attrs["kernel"]), (4, 5), "max" if op == "max" else "sum", out.buffer, e, node=n))
+    lw.emit(
+        ReduceKernel((*typ.shape, *attrs["kernel"]), (4, 5), "max" if op == "max" else "sum", out.buffer, e, node=n)
+    )
     lw.set(n, out)
 
 
