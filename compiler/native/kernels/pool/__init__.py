@@ -54,7 +54,7 @@ class PoolKernel(Kernel):
     def text(self) -> list:
         window = "x".join(map(str, self.kernel))
         return [
-            f"pool {self.op} {window} stride {render.shape(self.stride)} of {render.shape(self.x_shape)}: "
+            f"pool {self.op} {window} stride {'x'.join(map(str, self.stride))} of {render.shape(self.x_shape)}: "
             f"b{self.out} <- b{self.x}{render.located(self)}"
         ]
 
