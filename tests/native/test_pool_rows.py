@@ -109,16 +109,16 @@ def test_pooling_by_rows_is_the_maps_bits(name, width, threads, monkeypatch, tmp
 
 
 @pytest.mark.parametrize(
-    "kernel, stride, int8, chosen",
+    "kernel, stride, channels_last, chosen",
     [
         ((3, 3), (2, 2), False, "rows"),  # ResNet's after its stem
         ((2, 2), (2, 2), False, "rows"),
         ((3, 3), (2, 3), False, "map"),  # a stride of 3 along W: the rows' vectors take every lane or every other
         ((1, 9), (1, 1), False, "map"),  # a row of taps longer than ROW_TAPS
-        ((3, 3), (2, 2), True, "map"),  # an int8 program's images may lie channels last
+        ((3, 3), (2, 2), True, "map"),  # an int8 program's image between integer convolutions
         ((5, 5), (1, 1), False, "reduction"),  # more taps than SMALL_WINDOW
     ],
 )
-def test_which_poolings_are_by_rows(kernel, stride, int8, chosen):
+def test_which_poolings_are_by_rows(kernel, stride, channels_last, chosen):
     attrs = {"kernel": kernel, "stride": stride, "padding": (0, 0)}
-    assert pooling.chosen(pooling.Pool((1, 8, 32, 32), attrs, int8)).name == chosen
+    assert pooling.chosen(pooling.Pool((1, 8, 32, 32), attrs, channels_last)).name == chosen

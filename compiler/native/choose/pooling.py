@@ -11,12 +11,12 @@ from dlc.compiler.native.choose import Implementation, first
 @dataclass(frozen=True)
 class Pool:
     """A pooling as its list reads it: x's shape [N, C, H, W], its attributes (kernel,
-    stride, padding), and whether its program is an int8 one (whose images between two
-    integer convolutions may lie channels last)."""
+    stride, padding), and whether x lies channels last (an int8 program's image between two
+    integer convolutions: Lowering.channels_last)."""
 
     x_shape: tuple
     attrs: dict
-    int8: bool
+    channels_last: bool
 
 
 def chosen(p: Pool) -> Implementation:
@@ -35,9 +35,9 @@ def _small(p: Pool) -> bool:
 
 def _rows(p: Pool) -> bool:
     """A small window (_small) of at most ROW_TAPS columns, stride 1 or 2 along W (the
-    rows' vectors, every other lane of two at stride 2), in a float program (an int8 one's
-    map reads and writes the channels-last images in place)."""
-    return _small(p) and p.attrs["kernel"][1] <= ROW_TAPS and p.attrs["stride"][1] in (1, 2) and not p.int8
+    rows' vectors, every other lane of two at stride 2), of an image laid out [N, C, H, W]
+    (the map reads and writes a channels-last one in place, its loop along the channels)."""
+    return _small(p) and p.attrs["kernel"][1] <= ROW_TAPS and p.attrs["stride"][1] in (1, 2) and not p.channels_last
 
 
 POOLING = (
@@ -53,7 +53,7 @@ POOLING = (
         "map",
         _small,
         "a map over the outputs folding the window's loads: its loop over Wo vectorizes and runs on the "
-        "map's team, and in an int8 program reads and writes channels last in place",
+        "map's team, and reads and writes an int8 program's channels-last images in place",
     ),
     Implementation(
         "reduction", "reduction", lambda p: True, "a window of many taps: a reduction over each window's kh x kw taps"

@@ -16,8 +16,9 @@ from dlc.compiler.native.program.registry import IMPLEMENTATIONS, register_lower
 
 @register_lowering("maxpool2d", "avgpool2d", floats=("f32",))
 def _pool(lw, n, ins, attrs, typ):
-    op = lw.graph.op(n)
-    IMPLEMENTATIONS[op, chosen(Pool(ins[0].shape, attrs, lw.int8)).name](lw, n, ins, attrs, typ)
+    x = ins[0]
+    pool = Pool(x.shape, attrs, lw.channels_last(x, lw.expr(x)))
+    IMPLEMENTATIONS[lw.graph.op(n), chosen(pool).name](lw, n, ins, attrs, typ)
 
 
 @register_lowering("maxpool2d_gather", floats=("f32",))
