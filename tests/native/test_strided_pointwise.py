@@ -39,10 +39,10 @@ def _source(c, o, stride, h, w) -> str:
     )
 
 
-def _chosen(model) -> str:
+def _chosen(model, bf16: bool = False) -> str:
     graph = model.graph
     node = next(n for n in graph.order() if graph.op(n) == "conv2d")
-    return conv.chosen(conv.Conv.node(graph, node, False)).name
+    return conv.chosen(conv.Conv.node(graph, node, bf16)).name
 
 
 def _run(case: str):
@@ -66,6 +66,27 @@ def test_a_strided_pointwise_convolution_is_a_gemm_of_its_pixels_and_matches_tor
     want = F.conv2d(torch.relu(torch.from_numpy(x).double()), torch.from_numpy(weights).double(), stride=s).numpy()
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_a_bf16_prediction_rounds_its_operands_as_the_reference_emulates():
+    """In a bf16 program the GEMM multiplies bfloat16 operands (compiler/native/bf16.py reads
+    the entry's kernel): the native prediction is the reference engine's emulation, and not
+    float32's."""
+    from dlc.runtime.engines.native import NativeEngine
+    from dlc.runtime.engines.reference import ReferenceEngine
+
+    c, o, stride, h, w, batch = CASES["resnet-64px-layer3"]
+    model = load_text(_source(c, o, stride, h, w), "m.dl").build(None, training=False)
+    assert _chosen(model, bf16=True) == "pointwise of the strided pixels"
+    rng = np.random.default_rng(3)
+    params = {"y.W": (rng.standard_normal((o, c, 1, 1)) / np.sqrt(c)).astype(np.float32)}
+    feeds = {"x": rng.standard_normal((2, c, h, w)).astype(np.float32)}
+    native = NativeEngine(model, model, precision="bf16").predict(params, feeds)["y"]
+    emulated = ReferenceEngine(model, model, precision="bf16").predict(params, feeds)["y"]
+    float32 = ReferenceEngine(model, model).predict(params, feeds)["y"]
+    norm = np.linalg.norm
+    assert norm(native - emulated) <= 1e-5 * norm(emulated)
+    assert norm(float32 - emulated) >= 1e-3 * norm(emulated)
 
 
 @pytest.mark.parametrize(
