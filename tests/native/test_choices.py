@@ -1,5 +1,6 @@
-"""The choice lists of conv2d and its gradients (compiler/native/choose/conv.py) and of
-matmul (choose/matmul.py): every entry an implementation a kind of kernels/ registers, and
+"""The choice lists of conv2d and its gradients (compiler/native/choose/conv.py), of
+matmul (choose/matmul.py) and of pooling (choose/pooling.py; which pooling takes each entry:
+tests/native/test_pool_rows.py): every entry an implementation a kind of kernels/ registers, and
 every registered one listed; each list ending in an entry that always applies; which
 implementation each convolution's shape gets in a train step and a prediction, in float32
 and bf16, and which one the lowering calls for each matmul of a train step, a prediction
@@ -10,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from dlc.compiler.frontend.loader import load_text
-from dlc.compiler.native.choose import matmul
+from dlc.compiler.native.choose import matmul, pooling
 from dlc.compiler.native.choose.conv import LISTS, Conv, chosen
 from dlc.compiler.native.lower import lower
 from dlc.compiler.native.program.registry import IMPLEMENTATIONS
@@ -20,7 +21,7 @@ from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.engines.reference import predict_graph
 
 
-EVERY_LIST = {**LISTS, "matmul": matmul.MATMUL}
+EVERY_LIST = {**LISTS, "matmul": matmul.MATMUL, "maxpool2d": pooling.POOLING, "avgpool2d": pooling.POOLING}
 
 
 def test_every_entry_is_a_registered_implementation_and_every_one_is_listed():
@@ -96,14 +97,15 @@ CASES = {
         },
         ["direct", "windows over the batch"],
     ),
-    # a ResNet projection (1 x 1, stride 2) of many filters: direct in float32 (its weight gradient,
-    # over 4 x 4 pixels, a GEMM of im2col's columns), a GEMM in bf16
+    # a ResNet projection (1 x 1, stride 2) of many filters: in a train step direct in float32
+    # (its weight gradient, over 4 x 4 pixels, a GEMM of im2col's columns), a GEMM in bf16; in a
+    # prediction a GEMM of its pixels gathered
     "projection-many-filters": (
         (64, 8, 8),
         "h = conv2d(x, 128, 1, stride = 2)",
         {"conv2d": ["direct"], "conv2d_weight_grad": ["im2col"]},
         {"conv2d": ["im2col"], "conv2d_weight_grad": ["im2col"]},
-        ["direct"],
+        ["pointwise of the strided pixels"],
     ),
     "grouped-dilated": (
         (3, 12, 12),

@@ -174,6 +174,29 @@ def _direct_conv(c: Conv) -> bool:
     return _direct(c.s.group_taps, c.s.kw, c.attrs) and not (_many_filters(c) and _from_the_image(c) or _bf16_gemm(c))
 
 
+def _strided_pointwise(c: Conv) -> bool:
+    """A 1 x 1 convolution strided (no padding, one group) of many filters (_many_filters)
+    whose examples have at most FEW_COLUMNS output pixels each, too few for the GEMM of
+    the image's windows (_windows_apply): the direct kernel's rows of a few pixels would
+    fill a few lanes of its vectors (ResNet's projections at 64 x 64 pixels into 4 x 4 and
+    2 x 2, 5-11 GFLOP/s). Its pixels, gathered channels first by a map (a quarter of x at
+    stride 2), are the columns of one GEMM over the batch, whose filters a prediction packs
+    once. In a program that does not train them (no weight gradient reads x: a
+    prediction's): a train step's weight gradient of it is a GEMM of im2col's columns,
+    which a GEMM of its product could share (not built: its product stays direct, and in
+    bf16 the GEMM of those columns, _bf16_gemm)."""
+    s = c.s
+    return (
+        (s.kh, s.kw) == (1, 1)
+        and c.attrs["stride"] != (1, 1)
+        and c.attrs["padding"] == (0, 0)
+        and _many_filters(c)
+        and isinstance(s.pixels, int)
+        and s.pixels <= FEW_COLUMNS
+        and not _weight_grads(c.graph, c.x)
+    )
+
+
 IMAGE_CHANNELS = 4  # input channels up to which a direct convolution into whole tiles of filters is by channels
 SMALL_PLANE = 16  # outputs a channel up to which a depthwise convolution is by channels
 
@@ -248,6 +271,13 @@ CONV2D = (
         "gemm",
         lambda c: _pointwise(c.s.kh, c.s.kw, c.attrs),
         "a GEMM of an example's pixels as x lies, each wide enough, and no copy of x",
+    ),
+    Implementation(
+        "pointwise of the strided pixels",
+        "gemm",
+        _strided_pointwise,
+        "a prediction's strided 1 x 1 convolution of many filters into few pixels: a GEMM over the batch of "
+        "its pixels gathered channels first, not the direct kernel's rows of a few lanes",
     ),
     Implementation(
         "direct by channels",

@@ -22,9 +22,10 @@ class ConvRows:
     lane is inside x, else masked (`row_load`: lanes outside the row, and every lane of a
     row outside x, read nothing and are 0), and vectors are stored the same way (`store`);
     sums are kept in `registers` vector registers (of 32 with AVX-512 and NEON, 16 with
-    AVX2, a few left for the operands)."""
+    AVX2, a few left for the operands). `fill`: what a lane outside x reads (0 for a
+    convolution's padding, -inf for a max-pool's)."""
 
-    def __init__(self, kb: KernelBuilder, k, whole_lanes: bool = False, vectors: int | None = None):
+    def __init__(self, kb: KernelBuilder, k, whole_lanes: bool = False, vectors: int | None = None, fill=0.0):
         self.kb, self.k = kb, k
         self.vw = vector_width()
         self.registers = 13 if self.vw == 8 else 28
@@ -33,6 +34,7 @@ class ConvRows:
         self.mload, self.mstore = masked(kb.m, self.vty)
         self.fma = declare(kb.m, f"llvm.fma.v{self.vw}f32", self.vty, [self.vty] * 3)
         self.zero = ir.Constant(self.vty, [0.0] * self.vw)
+        self.fill = ir.Constant(self.vty, [fill] * self.vw)
         self.lanes = ir.Constant(self.ity, list(range(self.vw)))
         if vectors is None:  # a row chunk of up to 16 or 64 columns
             Wo = k.out_hw[1]
@@ -68,11 +70,11 @@ class ConvRows:
         b = self.kb.b
         # not `inbounds`: masked-off lanes may lie outside the buffer
         p = vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at]), self.vty)
-        return b.call(self.mload, [p, ir.Constant(i32, 4), mask, self.zero])
+        return b.call(self.mload, [p, ir.Constant(i32, 4), mask, self.fill])
 
     def row_load(self, bid, at, start, size, row_ok):
         """The vector of a row at `at`, its lanes at columns start + l of a row of `size`
-        (a row outside the image, `row_ok` false, reads nothing): whole when every lane is
+        (a row outside the image, `row_ok` false, reads nothing: `fill`): whole when every lane is
         inside, as most are, else masked (`whole_or_masked`)."""
         b = self.kb.b
         whole = b.and_(
@@ -154,7 +156,7 @@ class ConvRows:
         column j of the row from one load of it: the row's vectors are loaded once, as far
         as the last tap reaches, each of its sw streams of columns (every sw-th, from t) is
         taken from them (`every`), and tap j = k·sw + t is stream t shifted k lanes — the
-        same values as a load per tap, a lane's column outside the row 0. (With stride 2
+        same values as a load per tap, a lane's column outside the row `fill`. (With stride 2
         along W, intrinsics.strided_load's one load under a spread mask took a tenth longer
         in ResNet's stem's weight gradient.)"""
         kb, b, k = self.kb, self.kb.b, self.k

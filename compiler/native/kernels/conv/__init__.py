@@ -270,11 +270,31 @@ def _group_taps(lw, x: Tensor, w: Tensor, attrs) -> list:
 # ---- implementations: how compiler/native/choose/conv.py's entries compute ---------------------------
 @register_implementation("conv2d", "pointwise over the batch")
 def _pointwise_over_the_batch(lw, n, ins, attrs, typ, s: ConvShape):
-    # one GEMM over the batch, y stored [O, N, H, W]: y (O x N*HW) = W (O x C) @ x as C x N*HW (channels first)
     x, w = ins
-    out = lw.p.buffer("f32", numel(typ.shape), "temp")
     wm = lw.materialize(w)
-    xt, columns = lw.channels_first(x, n), s.N * s.pixels
+    _over_the_batch_of(lw, n, wm, lw.channels_first(x, n), typ, s)
+
+
+@register_implementation("conv2d", "pointwise of the strided pixels")
+def _strided_pointwise(lw, n, ins, attrs, typ, s: ConvShape):
+    # the pixels a strided 1 x 1 convolution reads, gathered channels first [C, N, Ho, Wo] by
+    # a map, are the columns of one GEMM over the batch
+    x, w = ins
+    wm = lw.materialize(w)
+    picked = lw.windows(x, attrs["stride"], (0, 0), order="nchwij")  # [N, C, Ho, Wo, 1, 1]
+    sn, sc, sh, sw = picked.at.coeffs[:4]
+    shape = (s.C, s.N, s.Ho, s.Wo)
+    pixels = lw.p.buffer("f32", numel(shape), "temp")
+    source = Load(picked.buffer, Affine(picked.at.offset, (sc, sn, sh, sw)), "f32")
+    lw.emit(MapKernel(shape, pixels.id, Affine(0, row_major(shape)), source, node=n))
+    _over_the_batch_of(lw, n, wm, contiguous(pixels.id, shape, "f32"), typ, s)
+
+
+def _over_the_batch_of(lw, n, wm: Load, xt: Load, typ, s: ConvShape):
+    """A pointwise convolution's one GEMM over the batch of its pixels xt, laid out
+    C x N·Ho·Wo (channels first), y stored [O, N, Ho, Wo]: y (O x N·HoWo) = W (O x C) @ xt."""
+    out = lw.p.buffer("f32", numel(typ.shape), "temp")
+    columns = s.N * s.pixels
     _filters_gemm(
         lw,
         n,
