@@ -250,3 +250,32 @@ model m {{
 }}"""
         with pytest.raises(DlcError, match="the key counts .* must be integers that broadcast to the batch dims"):
             load_text(text, "m.dl").build(training=False)
+
+
+def test_one_query_gets_the_bits_it_gets_among_others():
+    """A step of decoding's single query takes its scores as k qᵀ (the keys' rows as they lie),
+    a block of queries as q kᵀ: each score is the same chain of FMAs along d, so a query's output
+    and lse have the same bits either way, over three blocks of keys, masked and bounded."""
+    model = build(
+        """
+model m {
+    input q: f32[3, 2, 5, 8]
+    input k: f32[3, 2, 600, 8]
+    input v: f32[3, 2, 600, 8]
+    input length: i32[3, 1]
+    mask = reshape(select(reshape(arange(600), 1, 600) % 7 == 3, -1e9, 0.0), 1, 1, 1, 600)
+    all, all_lse = fused_attention(q, k, v, mask, lse = true, keys = length)
+    one, one_lse = fused_attention(q[:, :, 2:3], k, v, mask, lse = true, keys = length)
+    output all
+    output all_lse
+    output one
+    output one_lse
+}""",
+        training=False,
+    )
+    rng = np.random.default_rng(11)
+    feeds = {x: rng.standard_normal((3, 2, 5 if x == "q" else 600, 8)).astype(np.float32) for x in "qkv"}
+    feeds["length"] = np.array([[600], [1], [333]], np.int32)
+    out = run_native(Executable(model.graph), feeds, {})
+    assert out["output:one"].tobytes() == out["output:all"][:, :, 2:3].tobytes()
+    assert out["output:one_lse"].tobytes() == out["output:all_lse"][:, :, 2:3].tobytes()

@@ -64,6 +64,19 @@ class _Attention:
             args += [self.ptr(bid, at), ld if isinstance(ld, ir.Value) else self.c(ld), self.c(0)]
         self.b.call(self.gemms[ta, tb], args + [self.c(1), self.c(1)])
 
+    def scores_block(self, mq, nk, q: tuple, i0, key: tuple, j0, out: int):
+        """The block of scores q[i0 : i0 + mq] key[j0 : j0 + nk]ᵀ into the scratch at `out`
+        (rows BLOCK_K apart). One query (a step of decoding) takes them as key @ qᵀ, a column
+        of nk rows (contiguous: the same row of scores), which the GEMM multiplies as the keys'
+        rows lie, where q kᵀ would pack kᵀ first: each score the same chain of FMAs along d."""
+        b = self.b
+        one = b.icmp_signed("==", mq, self.c(1))
+        with b.if_else(one) as (column, block):
+            with column:
+                self.gemm(False, True, nk, mq, self.d, self.at(key, j0), self.at(q, i0), (self.k.scratch, out, 1))
+            with block:
+                self.gemm(False, True, mq, nk, self.d, self.at(q, i0), self.at(key, j0), (self.k.scratch, out, self.k.block_k))
+
     def matrices(self, body, first):
         """body(n, batch index) for each matrix n of the thread's slice `first`."""
 
@@ -176,7 +189,7 @@ def attention(kb: KernelBuilder, k, first, library):
             a.fill(a.rows_of(a.row), 0, mq, None, 0.0)
 
             def key_block(j0, nk):
-                a.gemm(False, True, mq, nk, a.d, a.at(q, i0), a.at(key, j0), (scratch, a.scores, bk))
+                a.scores_block(mq, nk, q, i0, key, j0, a.scores)
 
                 def row(idx):
                     r = idx[0]
@@ -283,7 +296,7 @@ def attention_grad(kb: KernelBuilder, k, first, library):
             a.rows((mq,), delta)
 
             def key_block(j0, nk):
-                a.gemm(False, True, mq, nk, a.d, a.at(q, i0), a.at(key, j0), (scratch, a.scores, bk))
+                a.scores_block(mq, nk, q, i0, key, j0, a.scores)
 
                 def probability(idx):
                     r, c = idx
