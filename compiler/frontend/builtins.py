@@ -163,9 +163,8 @@ def fused_attention(ev, q, k, v, mask=None, scale=None, lse=False, keys=None):
     if keys is not None:
         keys = _tensor(ev, keys, "the key counts")
         batch = q.shape[:-2]
-        if keys.type.is_float or keys.dtype == "bool" or len(keys.shape) > len(batch) or (
-            ops.broadcast_shapes(ev.graph, keys.shape, batch) != batch
-        ):
+        integers = not keys.type.is_float and keys.dtype != "bool"
+        if not integers or len(keys.shape) > len(batch) or ops.broadcast_shapes(ev.graph, keys.shape, batch) != batch:
             _fail(ev, f"the key counts {keys.type} must be integers that broadcast to the batch dims of q {q.type}")
         operands.append(ops.broadcast_to(ops.cast(keys, "i32"), batch))
         bounded = {"bounded": True}

@@ -69,13 +69,12 @@ class _Attention:
         (rows BLOCK_K apart). One query (a step of decoding) takes them as key @ qᵀ, a column
         of nk rows (contiguous: the same row of scores), which the GEMM multiplies as the keys'
         rows lie, where q kᵀ would pack kᵀ first: each score the same chain of FMAs along d."""
-        b = self.b
-        one = b.icmp_signed("==", mq, self.c(1))
-        with b.if_else(one) as (column, block):
+        b, scratch = self.b, self.k.scratch
+        with b.if_else(b.icmp_signed("==", mq, self.c(1))) as (column, block):
             with column:
-                self.gemm(False, True, nk, mq, self.d, self.at(key, j0), self.at(q, i0), (self.k.scratch, out, 1))
+                self.gemm(False, True, nk, mq, self.d, self.at(key, j0), self.at(q, i0), (scratch, out, 1))
             with block:
-                self.gemm(False, True, mq, nk, self.d, self.at(q, i0), self.at(key, j0), (self.k.scratch, out, self.k.block_k))
+                self.gemm(False, True, mq, nk, self.d, self.at(q, i0), self.at(key, j0), (scratch, out, self.k.block_k))
 
     def matrices(self, body, first):
         """body(n, batch index) for each matrix n of the thread's slice `first`."""
