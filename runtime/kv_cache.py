@@ -15,9 +15,10 @@ step model (the prefill, T their length: one call for the prompts of each length
 each prefix it is asked about from the cache of the prefix it grew from by one position (T = 1),
 so beam search's reordered prefixes and sampling's and greedy decoding's single ones all cost one
 step per token. Each row of the cache has its own `length`, so prompts of different lengths are
-decoded together: a row's keys and values, its mask and its positions are those of the row
-decoded alone. The compiled step loops over T and S as it does over any symbolic dim: one code
-serves both.
+decoded together: a row's keys and values, the cached positions it reads (its first `length`,
+the rest never read: a step costs the positions written, not S) and its positions are those of
+the row decoded alone. The compiled step loops over T and S as it does over any symbolic dim:
+one code serves both.
 """
 
 from __future__ import annotations

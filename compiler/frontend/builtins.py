@@ -131,10 +131,12 @@ def stop_gradient(ev, x):
 
 
 @builtin()
-def fused_attention(ev, q, k, v, mask=None, scale=None, lse=False):
+def fused_attention(ev, q, k, v, mask=None, scale=None, lse=False, keys=None):
     """softmax(q kᵀ · scale, masked) @ v as one fused primitive (docs/language.md); the
     mask (bool or additive) broadcasts to the scores [..., Tq, Tk]; scale 1/sqrt(d) unless given.
-    With lse = true, (that, the log-sum-exp of each row of scaled, masked scores [..., Tq])."""
+    With lse = true, (that, the log-sum-exp of each row of scaled, masked scores [..., Tq]).
+    `keys` (integers broadcast to the batch dims [...]): how many keys each matrix has, the
+    keys from there on not read."""
     q, k, v = (_tensor(ev, x, what) for x, what in ((q, "q"), (k, "k"), (v, "v")))
     if q.rank < 2:
         _fail(ev, f"fused_attention needs q of rank >= 2, got {q.type}")
@@ -157,7 +159,16 @@ def fused_attention(ev, q, k, v, mask=None, scale=None, lse=False):
         operands.append(ops.broadcast_to(mask, scores))
     if not isinstance(lse, bool):
         _fail(ev, f"lse is true or false, got {describe(lse)}")
-    outputs = ev.graph.add("attention", operands, scale=float(scale))
+    bounded = {}
+    if keys is not None:
+        keys = _tensor(ev, keys, "the key counts")
+        batch = q.shape[:-2]
+        integers = not keys.type.is_float and keys.dtype != "bool"
+        if not integers or len(keys.shape) > len(batch) or ops.broadcast_shapes(ev.graph, keys.shape, batch) != batch:
+            _fail(ev, f"the key counts {keys.type} must be integers that broadcast to the batch dims of q {q.type}")
+        operands.append(ops.broadcast_to(ops.cast(keys, "i32"), batch))
+        bounded = {"bounded": True}
+    outputs = ev.graph.add("attention", operands, scale=float(scale), **bounded)
     return tuple(outputs) if lse else outputs[0]
 
 

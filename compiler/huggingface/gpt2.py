@@ -10,8 +10,8 @@ The program holds two models over one set of parameters, so one checkpoint serve
   values, which the runtime writes from position `length` on (runtime/kv_cache.py). The prompt
   takes one call, and each generated token one position.
 Both are written with the standard library's layers (`embedding`, `layernorm`, `dense`,
-`scaled_dot_product_attention`, the step's `cached_attention`, which reads the cache where it lies,
-`dropout`) and a GPT-2 block the program defines.
+`scaled_dot_product_attention`, the step's `cached_attention`, which reads the cache's written
+positions where they lie, `dropout`) and a GPT-2 block the program defines.
 
 GPT-2's `Conv1D` layers keep their weights [in, out], as dlc's `dense` does: no transposes. The
 LM head is the token table transposed (tied, as `transformers` ties it) unless the config says
@@ -87,9 +87,9 @@ class Shape:
 BLOCKS = """
 # causal self-attention: queries, keys and values by one dense (c_attn), the heads, c_proj; with a
 # cache, the keys and values [B, HEADS, S, HEAD_WIDTH] of the positions before come first (read
-# where they lie, past_mask the cached positions each row reads). Returns the output and this
+# where they lie, the first past_length [B, 1] of each row's S). Returns the output and this
 # call's keys and values
-def gpt2_attention(x: f32[B, T, D], mask, past_k = none, past_v = none, past_mask = none) {
+def gpt2_attention(x: f32[B, T, D], mask, past_k = none, past_v = none, past_length = none) {
     q, k, v = split(dense(x, 3 * D, name = "c_attn"), 3, axis = -1)
     q = transpose(reshape(q, B, T, HEADS, HEAD_WIDTH), 0, 2, 1, 3)
     k = transpose(reshape(k, B, T, HEADS, HEAD_WIDTH), 0, 2, 1, 3)
@@ -97,7 +97,7 @@ def gpt2_attention(x: f32[B, T, D], mask, past_k = none, past_v = none, past_mas
     if is_none(past_k) {
         o = scaled_dot_product_attention(q, k, v, mask, ATTENTION_DROPOUT)
     } else {
-        o = cached_attention(q, past_k, past_v, k, v, past_mask, mask)
+        o = cached_attention(q, past_k, past_v, k, v, none, mask, past_length)
     }
     o = dense(reshape(transpose(o, 0, 2, 1, 3), B, T, D), D, name = "c_proj")
     return dropout(o, RESIDUAL_DROPOUT), k, v
@@ -109,8 +109,8 @@ def gpt2_mlp(x: f32[B, T, D]) {
 }
 
 # a pre-norm block: the attention and the MLP, each added to the residual stream
-def gpt2_block(x: f32[B, T, D], mask, past_k = none, past_v = none, past_mask = none) {
-    a, k, v = gpt2_attention(layernorm(x, EPS, name = "ln_1"), mask, past_k, past_v, past_mask, name = "attn")
+def gpt2_block(x: f32[B, T, D], mask, past_k = none, past_v = none, past_length = none) {
+    a, k, v = gpt2_attention(layernorm(x, EPS, name = "ln_1"), mask, past_k, past_v, past_length, name = "attn")
     x = x + a
     m = gpt2_mlp(layernorm(x, EPS, name = "ln_2"), name = "mlp")
     return x + dropout(m, RESIDUAL_DROPOUT), k, v
@@ -131,7 +131,7 @@ model NAME_step {
     wte = embedding(ids, VOCAB, WIDTH, init = normal_std(0.02))
     param  wpe: f32[POSITIONS, WIDTH] = normal_std(0.02)
     h = wte + gather(wpe, reshape(length, B, 1) + reshape(arange(T), 1, T))
-    cached = reshape(select(reshape(arange(S), 1, S) < reshape(length, B, 1), 0.0, -1e9), B, 1, 1, S)
+    cached = reshape(length, B, 1)
     keys = ()
     values = ()
     repeat i in 0..LAYERS {

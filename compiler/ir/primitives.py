@@ -769,15 +769,26 @@ def _matmul(ctx, xs, ta=False, tb=False):
 # (docs/native.md, "Attention"): q [..., Tq, d], k [..., Tk, d], v [..., Tk, dv] and an
 # optional mask of the scores' shape [..., Tq, Tk] (a broadcast view of a smaller one
 # costs nothing): bool (false: the score becomes MASKED) or float (added to the score).
+# With `bounded`, a last operand of the batch dims' shape (i32) says how many keys each
+# matrix has: keys from there on are not read (a cache's positions not yet written, as
+# stdlib's cached_attention bounds them); a matrix of no keys gives o = 0 and lse = -inf.
 # `attention` gives o [..., Tq, dv] and the log-sum-exp of each row of scores, which its
 # gradient `attention_grad` reads to recompute the probabilities (and a program may read:
 # attention over parts of the keys, combined, as stdlib's cached_attention).
 MASKED = -1e9  # a masked score, as masked_scores in stdlib/attention.dl
 
 
-def _attention_operands(ctx, types, rest: int):
+def mask_and_keys(xs, first: int, bounded: bool) -> tuple:
+    """(mask, key counts) of attention's (first = 3) or attention_grad's (first = 6) operands
+    `xs` (types, tensors or arrays), each None where it is not given."""
+    extra = list(xs[first:])
+    keys = extra.pop() if bounded else None
+    return (extra[0] if extra else None), keys
+
+
+def _attention_operands(ctx, types, rest: int, bounded: bool):
     q, k, v = types[:3]
-    mask = types[3 + rest] if len(types) > 3 + rest else None
+    mask, keys = mask_and_keys(types, 3 + rest, bounded)
     if q.rank < 2 or k.rank != q.rank or v.rank != q.rank:
         ctx.fail(f"needs q, k, v of one rank >= 2, got {q}, {k} and {v}")
     if len({q.dtype, k.dtype, v.dtype}) != 1 or q.dtype not in ctx.dtypes:
@@ -789,11 +800,13 @@ def _attention_operands(ctx, types, rest: int):
     scores = q.shape[:-1] + (k.shape[-2],)
     if mask is not None and (mask.shape != scores or mask.dtype not in ("bool", q.dtype)):
         ctx.fail(f"the mask {mask} must be bool or {q.dtype} of the scores' shape {shape_str(scores)}")
+    if bounded and (keys is None or keys.shape != q.shape[:-2] or keys.dtype != "i32"):
+        ctx.fail(f"the key counts {keys} must be i32 of the batch dims' shape {shape_str(q.shape[:-2])}")
     return q, k, v
 
 
-def _attention_type(ctx, types, scale):
-    q, k, v = _attention_operands(ctx, types, 0)
+def _attention_type(ctx, types, scale, bounded=False):
+    q, k, v = _attention_operands(ctx, types, 0, bounded)
     return [TensorType(q.dtype, q.shape[:-1] + v.shape[-1:]), TensorType(q.dtype, q.shape[:-1])]
 
 
@@ -805,17 +818,25 @@ def _attention_vjp(n, g):
         grads = ops.graph_of(g[0]).add("attention_grad", [q, k, v, o, lse, g[0]] + n.inputs[3:], **n.attrs)
     if g[1] is not None:  # d lse / d scores = the probabilities, composed: the scores a value (lse is read rarely)
         scale = n.attrs["scale"]
-        mask = n.inputs[3] if len(n.inputs) > 3 else None
+        mask, keys = mask_and_keys(n.inputs, 3, n.attrs.get("bounded", False))
         s = ops.mul(ops.matmul_raw(q, k, False, True), scale)
         if mask is not None:
             s = ops.select(mask, s, MASKED) if mask.dtype == "bool" else ops.add(s, mask)
         p = ops.unary("exp", ops.sub(s, ops.reshape(lse, lse.shape + (1,))))
+        if keys is not None:  # the keys past the count are not read (a row of none: lse = -inf, p = 0)
+            count = ops.reshape(keys, keys.shape + (1, 1))
+            p = ops.select(ops.compare("lt", _key_index(k), count), p, 0.0)
         ds = ops.mul(p, ops.mul(ops.reshape(g[1], lse.shape + (1,)), scale))
         if mask is not None and mask.dtype == "bool":
             ds = ops.select(mask, ds, 0.0)
         extra = [ops.matmul_raw(ds, k), ops.matmul_raw(ds, q, True, False), None]
         grads = [e if d is None else d if e is None else ops.add(d, e) for d, e in zip(grads, extra)]
-    return list(grads) + [None] * (len(n.inputs) - 3)  # the mask has no gradient
+    return list(grads) + [None] * (len(n.inputs) - 3)  # the mask and the key counts have no gradient
+
+
+def _key_index(k):
+    """The index of each key of k [..., Tk, d], as a row [1, Tk] of the scores."""
+    return k.graph.add1("iota", shape=(1, k.shape[-2]), axis=1, dtype="i32")
 
 
 def _attention_flops(ins, outs, **_):
@@ -837,6 +858,13 @@ def _scores(q, k, mask, scale):
     return np.where(mask, s, np.asarray(MASKED, q.dtype)) if mask.dtype == np.bool_ else s + mask
 
 
+def _read_keys(k, keys):
+    """Which keys of k [..., Tk, d] each matrix reads, [..., 1, Tk]: all without key counts."""
+    if keys is None:
+        return np.ones(k.shape[:-2] + (1, k.shape[-2]), bool)
+    return np.arange(k.shape[-2]) < np.asarray(keys)[..., None, None]
+
+
 @primitive(
     "attention",
     Pattern.OPAQUE,
@@ -848,17 +876,20 @@ def _scores(q, k, mask, scale):
     memory_reason="gemm",
     recomputed_operand=3,
 )
-def _attention(ctx, xs, scale):
+def _attention(ctx, xs, scale, bounded=False):
     q, k, v = xs[:3]
-    s = _scores(q, k, xs[3] if len(xs) > 3 else None, scale)
+    mask, keys = mask_and_keys(xs, 3, bounded)
+    read = _read_keys(k, keys)
+    s = np.where(read, _scores(q, k, mask, scale), np.asarray(-np.inf, q.dtype))
     top = np.max(s, axis=-1, keepdims=True)
-    e = np.exp(s - top)
+    e = np.where(read, np.exp(s - np.where(np.isfinite(top), top, 0)), 0)  # a row of no keys: all -inf
     total = np.sum(e, axis=-1, keepdims=True)
-    return [np.matmul(e / total, v), (top + np.log(total))[..., 0]]
+    with np.errstate(divide="ignore"):  # a row of no keys: o = 0, lse = -inf
+        return [np.matmul(e / np.where(total > 0, total, 1), v), (top + np.log(total))[..., 0]]
 
 
-def _attention_grad_type(ctx, types, scale):
-    q, k, v = _attention_operands(ctx, types, 3)
+def _attention_grad_type(ctx, types, scale, bounded=False):
+    q, k, v = _attention_operands(ctx, types, 3, bounded)
     o, lse, do = types[3:6]
     if o.shape != q.shape[:-1] + v.shape[-1:] or do.shape != o.shape or lse.shape != q.shape[:-1]:
         ctx.fail(f"needs attention's outputs and the output's cotangent, got {o}, {lse} and {do}")
@@ -876,12 +907,13 @@ def _attention_grad_type(ctx, types, scale):
     memory_reason="gemm",
     recomputed_operand=6,
 )
-def _attention_grad(ctx, xs, scale):
+def _attention_grad(ctx, xs, scale, bounded=False):
     """The probabilities p recomputed from the scores and the saved log-sum-exp; a masked
-    (bool) score is a constant, so its gradient is zero."""
+    (bool) score is a constant, so its gradient is zero; a key past the count is not read."""
     q, k, v, o, lse, do = xs[:6]
-    mask = xs[6] if len(xs) > 6 else None
-    p = np.exp(_scores(q, k, mask, scale) - lse[..., None])
+    mask, keys = mask_and_keys(xs, 6, bounded)
+    with np.errstate(invalid="ignore", over="ignore"):  # a row of no keys: lse = -inf
+        p = np.where(_read_keys(k, keys), np.exp(_scores(q, k, mask, scale) - lse[..., None]), 0)
     dp = np.matmul(do, np.swapaxes(v, -1, -2))
     ds = p * (dp - np.sum(do * o, axis=-1, keepdims=True)) * np.asarray(scale, q.dtype)
     if mask is not None and mask.dtype == np.bool_:

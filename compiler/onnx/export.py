@@ -671,10 +671,16 @@ def _matmul(b, n, xs, ta=False, tb=False):
 
 
 @export_rule("attention")
-def _attention(b, n, xs, scale):
+def _attention(b, n, xs, scale, bounded=False):
     """As the primitive's definition: the scores, masked, their softmax times v, and the
     log-sum-exp of each row where the graph reads it (ONNX runtimes have no fused attention at
-    opset 18)."""
+    opset 18). Key counts are refused: a softmax over no keys is NaN in ONNX, 0 in dlc."""
+    if bounded:
+        raise DlcError.at_user_line(
+            "attention bounded by key counts (fused_attention's keys, cached_attention's length) cannot be "
+            "exported to ONNX: export the model that masks the keys instead",
+            b.span,
+        )
     q, k, v = xs[:3]
     dtype, rank = _dtype(b, n), b.graph.inputs(n)[0].rank
     kt = b.op("Transpose", [k], perm=list(range(rank - 2)) + [rank - 1, rank - 2])

@@ -403,6 +403,23 @@ def test_a_random_draw_is_refused_at_its_line():
     assert "random cannot be exported to ONNX" in e.value.render()
 
 
+def test_attention_bounded_by_key_counts_is_refused_at_the_users_call():
+    """A softmax over no keys is 0 in dlc and NaN in ONNX: cached_attention's length is refused."""
+    program = load_text(
+        """model m {
+    input q: f32[B, 2, 1, 8]
+    input cache: f32[B, 2, 16, 8]
+    input length: i32[B, 1]
+    output y = cached_attention(q, cache, cache, q, q, none, none, length)
+}""",
+        "step.dl",
+    )
+    with pytest.raises(DlcError) as e:
+        to_onnx(program.build(training=False), {})
+    assert (e.value.span.file, e.value.span.line) == ("step.dl", 5)
+    assert "bounded by key counts" in e.value.render()
+
+
 def test_a_refused_op_inside_the_standard_library_points_at_the_users_call():
     program = load_text(
         """

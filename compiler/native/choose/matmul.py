@@ -12,7 +12,7 @@ applies (codegen/gemm/macro_loop.py `block`), by its rows M, columns N, and whet
 is given packed (the `packed_a` routines': a built library's convolution filters):
 1. K = 0: C = 0 (or unchanged);
 2. few rows, B's panels: at most FEW_ROWS rows, op(B) given packed (the `packed`
-   float32 routines, B not transposed) and the block's columns from a panel's start:
+   float32 routines, B transposed or not) and the block's columns from a panel's start:
    each row streams the K-long panels (few_rows.py);
 3. few rows: at most FEW_ROWS rows (B not transposed, not a convolution's windows), op(A)
    not given packed: each row times B's rows as they lie (few_rows.py);

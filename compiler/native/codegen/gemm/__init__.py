@@ -53,13 +53,13 @@ codegen/amx.py).
 An operand B that many products share (a recurrent weight, at every step of a scan; a
 built library's weights) can be packed once by `add_pack` into K-long NR-wide panels; the
 `packed` routines take that copy as one more argument (or null: not packed) and skip
-packing B. With a row or two of A the float32 ones not transposing B read the panels
-too, each contiguous over K, where the routines without it read B's rows
-(few_rows.py). The float32 `packed_a` routines take op(A) so, packed by `add_pack` of
-"a" into K-long MR-tall panels (a built library's convolution filters), and read only it.
-With at most FEW_COLUMNS columns of C nothing is packed: groups of op(A)'s rows are
-multiplied as they lie, or its given panels one a group (few_columns.py; the weight of a
-convolution's im2col product is A). Every path sums each element in the same order; the
+packing B. With a row or two of A the float32 ones read the panels too, each contiguous
+over K, B transposed or not (a transposed weight's panels are op(B)'s), where the routines
+without it read B's rows (few_rows.py; B transposed, they tile). The float32 `packed_a`
+routines take op(A) so, packed by `add_pack` of "a" into K-long MR-tall panels (a built
+library's convolution filters), and read only it. With at most FEW_COLUMNS columns of C
+nothing is packed: groups of op(A)'s rows are multiplied as they lie, or its given panels
+one a group (few_columns.py; the weight of a convolution's im2col product is A). Every path sums each element in the same order; the
 order in which a block takes them is compiler/native/choose/matmul.py's docstring's.
 
 Threads: the work is handed to dlc's thread pool (codegen/threadpool.py) in CHUNKS_PER_THREAD

@@ -94,11 +94,10 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
     rows_few = b.icmp_signed("<=", b.sub(m1, m0), c64(FEW_ROWS))
     # a block given op(A) packed reads the pack only (a caller may keep no other A): tiled
     unpacked_a = b.icmp_unsigned("==", Ak, ir.Constant(fptr, None)) if packed_a else ir.Constant(i1, 1)
-    if packed and not trans_b and not cfg.bf16:
+    if packed and not cfg.bf16:
         # op(B) packed (given, not null) and the columns from a panel's start: the
-        # one-row product streams its panels (a null Bk: the caller's pack is not made).
-        # Not for Bᵀ: its one-row products are tiled, whose sums over K slices and C
-        # are added otherwise (a pack must change no bit)
+        # one-row product streams its panels (a null Bk: the caller's pack is not made),
+        # Bᵀ's too (a transposed weight's panels are op(B)'s: an LM head's tied table)
         from_panels = b.and_(
             b.icmp_unsigned("!=", Bk, ir.Constant(fptr, None)), b.icmp_signed("==", b.srem(n0, c64(cfg.nr)), c64(0))
         )

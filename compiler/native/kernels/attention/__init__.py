@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.ir.graph import Tensor
+from dlc.compiler.ir.primitives import mask_and_keys
 from dlc.compiler.native.program import Affine, Kernel, Load, contiguous, expr_reads, render, row_major
 from dlc.compiler.native.program.registry import register_lowering
 
@@ -22,7 +23,9 @@ class AttentionKernel(Kernel):
     the forward pass writes o and lse, the log-sum-exp of each row of scores; with
     `grad`, the backward pass reads o, lse and do and writes dq, dk, dv. `mask`: an
     expression over the scores' index [*batch, Tq, Tk] (bool, or float added to the
-    score), None without. `scratch`: per batch index, the blocks of scores and products."""
+    score), None without. `scratch`: per batch index, the blocks of scores and products.
+    `keys`: an expression over the batch index, how many keys its matrix has (None: all
+    tk), so that the blocks of keys stop there: the keys past it are never read."""
 
     batch: tuple
     tq: object
@@ -35,6 +38,7 @@ class AttentionKernel(Kernel):
     writes: tuple  # o, lse; with grad dq, dk, dv: the same
     scratch: int
     mask_bool: bool = False  # a bool mask picks the score or MASKED; a float one is added
+    keys: object = None
     grad: bool = False
     block_q: int = BLOCK_Q
     block_k: int = BLOCK_K
@@ -52,6 +56,7 @@ class AttentionKernel(Kernel):
     def text(self) -> list:
         q, k, v = (f"b{x[0]}" for x in self.reads[:3])
         mask = f", mask {self.mask.text()}" if self.mask is not None else ""
+        mask += f", keys {self.keys.text()}" if self.keys is not None else ""
         shape = f"{render.shape(self.batch)} x [{self.tq} x {self.tk}]"
         outs = ", ".join(f"b{x[0]}" for x in self.writes)
         what = (
@@ -65,7 +70,7 @@ class AttentionKernel(Kernel):
         ]
 
     def accesses(self) -> tuple:
-        mask = expr_reads(self.mask) if self.mask is not None else set()
+        mask = set().union(*(expr_reads(e) for e in (self.mask, self.keys) if e is not None))
         return {x[0] for x in self.reads} | mask, {x[0] for x in self.writes} | {self.scratch}
 
     def emit(self, f):
@@ -87,7 +92,7 @@ def _attention(lw, n, ins, attrs, typ):
     (docs/native.md, "Attention")."""
     grad = lw.graph.op(n) == "attention_grad"
     operands = ins[:6] if grad else ins[:3]
-    mask = ins[len(operands)] if len(ins) > len(operands) else None
+    mask, keys = mask_and_keys(ins, len(operands), attrs.get("bounded", False))
     q, k, v = ins[:3]
     batch = q.shape[:-2]
     d, dv = q.shape[-1], v.shape[-1]
@@ -111,6 +116,7 @@ def _attention(lw, n, ins, attrs, typ):
             tuple(writes),
             scratch.id,
             mask is not None and mask.dtype == "bool",
+            lw.use(keys) if keys is not None else None,
             grad,
             node=n,
         )

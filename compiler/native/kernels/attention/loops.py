@@ -64,6 +64,18 @@ class _Attention:
             args += [self.ptr(bid, at), ld if isinstance(ld, ir.Value) else self.c(ld), self.c(0)]
         self.b.call(self.gemms[ta, tb], args + [self.c(1), self.c(1)])
 
+    def scores_block(self, mq, nk, q: tuple, i0, key: tuple, j0, out: int):
+        """The block of scores q[i0 : i0 + mq] key[j0 : j0 + nk]ᵀ into the scratch at `out`
+        (rows BLOCK_K apart). One query (a step of decoding) takes them as key @ qᵀ, a column
+        of nk rows (contiguous: the same row of scores), which the GEMM multiplies as the keys'
+        rows lie, where q kᵀ would pack kᵀ first: each score the same chain of FMAs along d."""
+        b, scratch = self.b, self.k.scratch
+        with b.if_else(b.icmp_signed("==", mq, self.c(1))) as (column, block):
+            with column:
+                self.gemm(False, True, nk, mq, self.d, self.at(key, j0), self.at(q, i0), (scratch, out, 1))
+            with block:
+                self.gemm(False, True, mq, nk, self.d, self.at(q, i0), self.at(key, j0), (scratch, out, self.k.block_k))
+
     def matrices(self, body, first):
         """body(n, batch index) for each matrix n of the thread's slice `first`."""
 
@@ -91,6 +103,16 @@ class _Attention:
 
     def rows(self, shape: tuple, body):
         self.kb.loops(shape, body)
+
+    def key_count(self, where: list) -> ir.Value:
+        """How many keys the matrix at the batch index `where` has: its key count within
+        0..tk where the kernel is given them, else tk."""
+        if self.k.keys is None:
+            return self.tk
+        b = self.b
+        n = b.sext(self.kb.expr(self.k.keys, where), i64)
+        n = b.select(b.icmp_signed("<", n, self.tk), n, self.tk)
+        return b.select(b.icmp_signed("<", n, self.c(0)), self.c(0), n)
 
     def score(self, s: ir.Value, where: list) -> ir.Value:
         """A score scaled and masked, at the index `where` = [*batch, query, key]."""
@@ -158,6 +180,7 @@ def attention(kb: KernelBuilder, k, first, library):
     def matrix(n, where):
         q, key, v = (a.matrix(x, where) for x in k.reads)
         o, lse = (a.matrix(x, where) for x in k.writes)
+        keys = a.key_count(where)
 
         def query_block(i0, mq):
             a.fill(o, i0, mq, a.dv, 0.0)
@@ -165,7 +188,7 @@ def attention(kb: KernelBuilder, k, first, library):
             a.fill(a.rows_of(a.row), 0, mq, None, 0.0)
 
             def key_block(j0, nk):
-                a.gemm(False, True, mq, nk, a.d, a.at(q, i0), a.at(key, j0), (scratch, a.scores, bk))
+                a.scores_block(mq, nk, q, i0, key, j0, a.scores)
 
                 def row(idx):
                     r = idx[0]
@@ -213,12 +236,16 @@ def attention(kb: KernelBuilder, k, first, library):
 
                 a.rows((mq, a.dv), rescale)
 
-            a.blocks(a.tk, bk, key_block)
+            a.blocks(keys, bk, key_block)
 
             def finish(idx):
                 r, c = idx
                 at = a.element(o, a.add(i0, r), c)
-                a.store(o[0], at, b.fdiv(a.load(o[0], at), a.load(scratch, a.add(a.row, r))))
+                total = a.load(scratch, a.add(a.row, r))
+                out = b.fdiv(a.load(o[0], at), total)
+                if k.keys is not None:  # a matrix of no keys: o stays 0 (the sum is at least 1 otherwise)
+                    out = b.select(b.fcmp_ordered(">", total, ir.Constant(f32, 0.0)), out, a.load(o[0], at))
+                a.store(o[0], at, out)
 
             a.rows((mq, a.dv), finish)
 
@@ -246,6 +273,7 @@ def attention_grad(kb: KernelBuilder, k, first, library):
     def matrix(n, where):
         q, key, v, o, lse, do = (a.matrix(x, where) for x in k.reads)
         dq, dk, dv = (a.matrix(x, where) for x in k.writes)
+        keys = a.key_count(where)
         a.fill(dk, 0, a.tk, a.d, 0.0)
         a.fill(dv, 0, a.tk, a.dv, 0.0)
 
@@ -267,7 +295,7 @@ def attention_grad(kb: KernelBuilder, k, first, library):
             a.rows((mq,), delta)
 
             def key_block(j0, nk):
-                a.gemm(False, True, mq, nk, a.d, a.at(q, i0), a.at(key, j0), (scratch, a.scores, bk))
+                a.scores_block(mq, nk, q, i0, key, j0, a.scores)
 
                 def probability(idx):
                     r, c = idx
@@ -299,7 +327,7 @@ def attention_grad(kb: KernelBuilder, k, first, library):
                 a.gemm(True, False, nk, a.d, mq, (scratch, a.second, bk), a.at(q, i0), (scratch, a.product, a.d))
                 a.add_into(dk, j0, nk, a.d)
 
-            a.blocks(a.tk, bk, key_block)
+            a.blocks(keys, bk, key_block)
 
         a.blocks(a.tq, bq, query_block)
 
