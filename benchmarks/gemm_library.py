@@ -28,8 +28,8 @@ class GemmLibrary:
 
     def __init__(self, variants=None, config: GemmConfig | None = None, packed: bool = False, level: int | None = None):
         """`packed`: also the routines of each variant that take op(B) packed, and the
-        pack functions (call with packed=True), and for float32 those that take op(A)
-        packed (call with packed_a=True). `level`: LLVM's, by default dlc's routines'
+        pack functions (call with packed=True), and those that take op(A) packed (call
+        with packed_a=True; a bf16 one one matrix of A). `level`: LLVM's, by default dlc's routines'
         (`jit.settled_level`: O3, quick code under DLC_QUICK_CODE=only)."""
         self.config = config or default_config()
         if self.config.amx and not tiles_granted():
@@ -38,7 +38,7 @@ class GemmLibrary:
             variants = [(ta, tb, acc) for ta in (False, True) for tb in (False, True) for acc in (False, True)]
         self.module = ir.Module(name="dlc_gemm")
         kinds = (False, True) if packed else (False,)
-        a_kinds = (True,) if packed and not self.config.bf16 else ()
+        a_kinds = (True,) if packed else ()
         for ta, tb, acc in variants:
             for pk in kinds:
                 add_gemm(self.module, trans_a=ta, trans_b=tb, accumulate=acc, packed=pk, config=self.config)
@@ -61,7 +61,7 @@ class GemmLibrary:
         self._fns.update(
             {
                 v + ("a",): self._function(
-                    gemm_name(*v, packed_a=True), ctypes.c_int32, *_ARGTYPES + (ctypes.c_void_p,)
+                    gemm_name(*v, bf16=self.config.bf16, packed_a=True), ctypes.c_int32, *_ARGTYPES + (ctypes.c_void_p,)
                 )
                 for v in variants
                 for _ in a_kinds
@@ -71,7 +71,9 @@ class GemmLibrary:
             tb: self._function(pack_name(tb, self.config.bf16), None, *_PACK_ARGTYPES) for tb in (False, True) if packed
         }
         self._a_packs = {
-            ta: self._function(pack_name(ta, which="a"), None, *_PACK_ARGTYPES) for ta in (False, True) for _ in a_kinds
+            ta: self._function(pack_name(ta, self.config.bf16, which="a"), None, *_PACK_ARGTYPES)
+            for ta in (False, True)
+            for _ in a_kinds
         }
 
     def _function(self, name: str, restype, *argtypes):
@@ -143,7 +145,9 @@ class GemmLibrary:
         of "a"): each matrix of A (one where its batch stride is 0) a_pack_floats apart,
         64-byte aligned, with NaN past what the packing writes."""
         M, N, K, a, lda, stride_a, *_, batch, _ = args
-        count, each = (batch if stride_a else 1), a_pack_floats(K, M)
+        count, each = (batch if stride_a else 1), a_pack_floats(K, M, self.config.bf16)
+        if count > 1 and self.config.bf16:
+            raise ValueError("a bf16 routine's packed a must be one matrix")
         room = np.full(count * each + 64, np.nan, np.float32)
         out = room[(-room.ctypes.data % 64) // 4 :]
         for i in range(count):

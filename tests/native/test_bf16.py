@@ -23,7 +23,7 @@ from dlc.compiler.native.program import render
 from dlc.compiler.native import bf16
 from dlc.compiler.native.codegen import amx, jit
 from dlc.compiler.native.codegen.gemm import blocking, routine
-from dlc.compiler.native.kernels.gemm import packed_floats
+from dlc.compiler.native.kernels.gemm import a_pack_floats, packed_floats
 from dlc.compiler.native.lower import lower
 from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.passes.optimize import optimize
@@ -157,6 +157,49 @@ def test_gemm_stays_in_its_buffers(path):
                 assert np.isnan(room).sum() == room.size - m * n, (m, n, k, t, packed)
             panels = lib._packed(lib.args(np.zeros((0, k), np.float32), b, np.zeros((0, n), np.float32), False, t), t)
             assert np.isnan(panels[packed_floats(k, n, tiles=True) :]).all()
+
+
+@pytest.mark.parametrize("path", list(gemm_paths()))
+def test_packed_a_gives_the_bits_of_packing_in_the_product(path):
+    """op(A) packed once (a prediction's filters, kept while the weights stay the same):
+    the bits of the product that packs A in each K slice, on one thread or two, over edge
+    rows, odd K, several K slices and a few columns (on the conversion path, by the few-columns
+    path: its bits are the tiled ones); A itself is never read (NaN in it
+    after its pack was made changes nothing), and the pack fills at most what lowering
+    allocates (a_pack_floats)."""
+    variants = [(False, tb, acc) for tb in (False, True) for acc in (False, True)]
+    lib = GemmLibrary(variants, config=gemm_paths()[path], packed=True)
+    rng = np.random.default_rng(5)
+    for m, n, k in [(3, 40, 7), (33, 3, 17), (70, 4, 1100), (64, 100, 301), (130, 70, 1100)]:
+        for _, tb, acc in variants:
+            a = rng.standard_normal((m, k)).astype(np.float32)
+            b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+            c0 = rng.standard_normal((m, n)).astype(np.float32)
+            want = lib(a, b, c0.copy() if acc else None, trans_b=tb, accumulate=acc, nthreads=2)
+            args = lib.args(a, b, want, False, tb)
+            pack = lib._packed_a(args, False)
+            assert not np.isnan(pack[: a_pack_floats(k, m, bf16=True)]).all()
+            assert np.isnan(pack[a_pack_floats(k, m, bf16=True) :]).all()
+            for nthreads in (1, 2):
+                c = c0.copy() if acc else np.full((m, n), np.nan, np.float32)
+                run = lib.bind(a, b, c, trans_b=tb, accumulate=acc, nthreads=nthreads, packed_a=True)
+                kept = a.copy()
+                a[...] = np.nan
+                assert run() == 0
+                a[...] = kept
+                assert c.tobytes() == want.tobytes(), (m, n, k, tb, acc, nthreads)
+
+
+def test_a_bf16_packed_a_of_few_columns_takes_the_few_columns_path_on_the_conversion_path():
+    """A bf16 `packed_a` routine multiplies a block of few columns by the few-columns path
+    on A's rounded panels where its products are the float32 kernel's (the conversion
+    path), not by the tiled one, whose narrow micro-kernel would fill a few of each
+    vector's lanes; the pairs and the tiles sum their own way, so they tile."""
+    for operands, few in [("bf16-round", True), ("bf16-pairs", False), ("bf16-amx", False)]:
+        config = blocking.AMX if operands == "bf16-amx" else replace(blocking.AVX512, operands=operands)
+        m = ir.Module()
+        routine.add_gemm(m, "packed_a", packed_a=True, config=config)
+        assert ("few_columns_packed_a" in str(m)) == few, operands
 
 
 def test_amx_workers_need_no_request_of_their_own(tmp_path):

@@ -55,9 +55,10 @@ built library's weights) can be packed once by `add_pack` into K-long NR-wide pa
 `packed` routines take that copy as one more argument (or null: not packed) and skip
 packing B. With a row or two of A the float32 ones read the panels too, each contiguous
 over K, B transposed or not (a transposed weight's panels are op(B)'s), where the routines
-without it read B's rows (few_rows.py; B transposed, they tile). The float32 `packed_a`
-routines take op(A) so, packed by `add_pack` of "a" into K-long MR-tall panels (a built
-library's convolution filters), and read only it. With at most FEW_COLUMNS columns of C
+without it read B's rows (few_rows.py; B transposed, they tile). The `packed_a` routines
+take op(A) so, packed by `add_pack` of "a" into K-long MR-tall panels (a prediction's
+convolution filters; a bf16 routine's as its own packs round them, one matrix of A, on the
+tiled path), and read only it. With at most FEW_COLUMNS columns of C
 nothing is packed: groups of op(A)'s rows are multiplied as they lie, or its given panels
 one a group (few_columns.py; the weight of a convolution's im2col product is A). Every path sums each element in the same order; the
 order in which a block takes them is compiler/native/choose/matmul.py's docstring's.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.native.codegen.intrinsics import declare, masked, splat, transpose8, vec_ptr
+from dlc.compiler.native.codegen.intrinsics import declare, masked, round_bf16, splat, transpose8, vec_ptr
 from dlc.compiler.native.codegen.types import f32, i1, i32, i64
 from dlc.compiler.native.codegen.gemm.ir_helpers import c64, carrying_loop, first_rows, gep, loop, smin
 
@@ -28,7 +28,8 @@ def few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_
     routines': MR-tall panels, each K long, k-major, m0 a panel's first row), a group is
     a panel, its vector at k MR contiguous floats of the pack, and A is not read (a built
     library's filters, with B's few columns: the tiled path's narrow micro-kernel would
-    fill a few of each vector's lanes). Each element is summed as the tiled routine sums
+    fill a few of each vector's lanes; on bf16's conversion path, the panels rounded and
+    op(B)'s values rounded as they are read). Each element is summed as the tiled routine sums
     it: K slices `kstep` deep, each one chain of FMAs along k from zero, added to C in
     slice order — the same bits whichever path or thread takes it."""
     G = COLUMN_ROWS if Ak is None else gen.cfg.mr
@@ -38,8 +39,16 @@ def few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_
         mload, _ = masked(gen.m, vty)
     zero = ir.Constant(vty, None)
 
-    def b_at(k, j):  # op(B)[k, j], broadcast
-        return splat(b, b.load(gep(b, B, b.add(b.mul(j, ldb), k) if trans_b else b.add(b.mul(k, ldb), j))), vty)
+    rounded = gen.cfg.operands == "bf16-round"  # as the conversion path's packs are (A's given panels are)
+
+    def b_at(k, j, t):
+        """op(B)[k + s, j] for s < t, broadcast; rounded, Bᵀ's t values as one vector (its row j)."""
+        if rounded and trans_b and t > 1:
+            line = b.load(vec_ptr(b, gep(b, B, b.add(b.mul(j, ldb), k)), vty), align=4)
+            return [splat(b, b.extract_element(round_bf16(b, line), i32(s)), vty) for s in range(t)]
+        at = lambda s: b.add(b.mul(j, ldb), b.add(k, c64(s))) if trans_b else b.add(b.mul(b.add(k, c64(s)), ldb), j)
+        xs = [b.load(gep(b, B, at(s))) for s in range(t)]
+        return [splat(b, round_bf16(b, x) if rounded else x, vty) for x in xs]
 
     with loop(b, m0, m1, G, name="ci") as i:
         rows = smin(b, c64(G), b.sub(m1, i))
@@ -86,11 +95,9 @@ def few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_
 
                     def step(k, t, acc):
                         cols = vectors_at(k, t)
+                        values = [b_at(k, b.add(j, c64(c)), t) for c in range(width)]
                         for s in range(t):
-                            acc = [
-                                b.call(fma, [cols[s], b_at(b.add(k, c64(s)), b.add(j, c64(c))), acc[c]])
-                                for c in range(width)
-                            ]
+                            acc = [b.call(fma, [cols[s], values[c][s], acc[c]]) for c in range(width)]
                         return acc
 
                     with carrying_loop(b, k8, [zero] * width, name="ck", start=pc, step=G) as (k, acc, new):

@@ -15,8 +15,8 @@ from dlc.compiler.native.codegen.gemm.routine import add_gemm, add_pack
 VARIANTS = [
     (ta, tb, pk, ep) for ta in (False, True) for tb in (False, True) for pk in (False, True) for ep in (False, True)
 ]
-# (trans_b, epilogue, windows) of the float32 routines taking op(A) packed: a prediction's
-# weights as A (a convolution's filters, times its windows or im2col's columns)
+# (trans_b, epilogue, windows) of the routines taking op(A) packed: a prediction's weights as
+# A (a convolution's filters, times its windows or im2col's columns; bf16's: im2col's only)
 PACKED_A_VARIANTS = [(tb, ep, windows) for tb in (False, True) for ep in (False, True) for windows in (False, True)]
 
 
@@ -48,13 +48,13 @@ def _routines(configs: tuple) -> dict:
             )
         for tb in (False, True):
             found[pack_name(tb, config.bf16)] = (add_pack, dict(config=config, trans_b=tb))
-        for tb, ep, windows in PACKED_A_VARIANTS if not config.bf16 else ():
-            found[gemm_name(False, tb, False, epilogue=ep, windows=windows, packed_a=True)] = (
-                add_gemm,
-                dict(config=config, trans_b=tb, epilogue=ep, windows=windows, packed_a=True),
-            )
-        if not config.bf16:
-            found[pack_name(False, which="a")] = (add_pack, dict(config=config, which="a"))
+        for tb, ep, windows in PACKED_A_VARIANTS:
+            if not (windows and config.bf16):
+                found[gemm_name(False, tb, False, bf16=config.bf16, epilogue=ep, windows=windows, packed_a=True)] = (
+                    add_gemm,
+                    dict(config=config, trans_b=tb, epilogue=ep, windows=windows, packed_a=True),
+                )
+        found[pack_name(False, config.bf16, which="a")] = (add_pack, dict(config=config, which="a"))
     return found
 
 

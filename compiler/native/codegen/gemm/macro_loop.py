@@ -43,8 +43,8 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
     op(B) is also given packed (`Bk`, laid out by `add_pack`), so it is not packed here.
     `packed_a`: op(A) is, in the same argument (`add_pack` of "a": MR-tall panels, each
     K long); given (not null), only the pack is read: by the few-columns path where the
-    block has at most FEW_COLUMNS columns (a convolution's last stages at batch 1), else
-    by the tiled path, at any number of rows.
+    block has at most FEW_COLUMNS columns (a convolution's last stages at batch 1; in
+    float32 and on bf16's conversion path), else by the tiled path, at any number of rows.
     `epilogue`: it is called on each part of the block as soon as the part is final —
     an MC x NC block after its last K slice, while the block is in cache (by rows: a
     part of NR columns, its rows a page apart at many pixels, missed the L1 cache on
@@ -118,7 +118,8 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
         finished(b, m0, m1, n0, n1)
         b.ret_void()
         b.position_at_end(tiled)
-    if packed_a and not windows:  # op(A)'s panels given: few columns read them
+    # op(A)'s panels given: few columns read them, but for the products of bfloat16 pairs or tiles (their own sums)
+    if packed_a and not windows and cfg.operands in ("f32", "bf16-round"):
         few, other = fn.append_basic_block("few_columns_packed_a"), fn.append_basic_block("not_few_packed_a")
         given_a = b.icmp_unsigned("!=", Ak, ir.Constant(fptr, None))
         b.cbranch(b.and_(b.icmp_signed("<=", b.sub(n1, n0), c64(FEW_COLUMNS)), given_a), few, other)
@@ -153,12 +154,7 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
                 return Bp, panel_length(gen, b, kc)
 
             if packed:  # the K-long panels from column jc on, from row pc on; a null Bk: packed here
-
-                def given_panels():
-                    rows = b.sdiv(pc, c64(2)) if pairs else pc  # packed rows before row pc
-                    stride = panel_length(gen, b, K)
-                    return gep(b, Bk, b.add(b.mul(jc, stride), b.mul(rows, c64(cfg.nr)))), stride
-
+                given_panels = lambda: _from_panels(gen, b, Bk, jc, pc, K, cfg.nr)
                 bblock, bstride = _given_or_packed(b, fn, "b", Bk, given_panels, pack_here)
             else:
                 bblock, bstride = pack_here()
@@ -200,7 +196,13 @@ def _a_block(gen, b, fn, A, lda, Ap, Ak, trans_a, ic, mc, pc, kc, K):
     if Ak is None:
         return pack_here()
 
-    def given_panels():  # panel ic / MR from row pc on
-        return gep(b, Ak, b.add(b.mul(ic, K), b.mul(pc, c64(gen.cfg.mr)))), K
-
+    given_panels = lambda: _from_panels(gen, b, Ak, ic, pc, K, gen.cfg.mr)
     return _given_or_packed(b, fn, "a", Ak, given_panels, pack_here)
+
+
+def _from_panels(gen, b, packs, start, pc, K, P):
+    """In `packs` (panels P wide, each K long: `add_pack`'s), panel start / P from row pc of
+    K on, and the floats from one panel to the next."""
+    rows = b.sdiv(pc, c64(2)) if gen.cfg.k_step > 1 else pc  # packed rows before row pc: pairs, tiles
+    stride = panel_length(gen, b, K)
+    return gep(b, packs, b.add(b.mul(start, stride), b.mul(rows, c64(P)))), stride

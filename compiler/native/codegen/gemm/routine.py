@@ -43,7 +43,7 @@ def routine(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, win
     (`.body`): the chunk's share of the batch, of N or of M, each matrix's by the macro loop."""
     cfg = gen.cfg
     assert not (accumulate and epilogue), "an epilogue computes from the final sums"
-    assert not packed_a or not (packed or cfg.bf16), "a float32 routine's op(A) packed, or its op(B)"
+    assert not (packed_a and packed), "a routine's op(A) packed, or its op(B)"
     assert not windows or not (trans_a or accumulate or packed or cfg.bf16), (
         "a convolution's windows are op(B), in float32"
     )
@@ -209,10 +209,11 @@ def add_gemm(
     `packed`: the routine also takes op(B) packed (`add_pack`), or null, and multiplies with
     that instead of packing B itself (the bf16 ones read B when only a row or two of A is
     given: their packs are rounded, or pairs, or tiles; a null pack: B is packed here).
-    `packed_a` (float32): the routine takes op(A) packed (`add_pack` of "a") in that place,
-    or null: for a batch stride of A of 0 one pack, else one per matrix, each starting
-    ceil(M / A_PANEL_ROWS) · A_PANEL_ROWS · K floats after the one before; given, it reads
-    only the packs, never A.
+    `packed_a`: the routine takes op(A) packed (`add_pack` of "a") in that place, or null:
+    for a batch stride of A of 0 one pack, else one per matrix, each starting
+    ceil(M / A_PANEL_ROWS) · A_PANEL_ROWS · K floats after the one before (float32's
+    blockings; a bf16 routine is given one pack, of one matrix or a broadcast one); given,
+    it reads only the packs, never A.
     `epilogue`: it also takes an epilogue (EPILOGUE_TYPE) to call on each part of C once final.
     `windows` (float32): B is an image X and the routine also takes its geometry
     (WINDOW_GEOMETRY), op(B) being X's convolution windows — im2col's columns transposed
@@ -242,8 +243,8 @@ def add_pack(
     op(B) (K x N; stored N x K with `trans_b`) packed once for many products with the
     `packed` routines — NR-wide panels along N, each K long, k-major, columns past N zero:
     `packed_floats(K, N)` floats. A loop-invariant operand (a recurrent weight inside a
-    scan) is packed once before the loop instead of at every step. With `which` "a"
-    (float32), op(A) (N x K here: its rows are the panels' direction; stored K x N with
+    scan) is packed once before the loop instead of at every step. With `which` "a",
+    op(A) (N x K here: its rows are the panels' direction; stored K x N with
     `trans_b`) for the `packed_a` routines: MR-tall panels, each K long, rows past N zero."""
     gen = Gen(module, config or default_config(), shared_buffers)
     fn = ir.Function(module, PACK_TYPE, pack_name(trans_b, gen.cfg.bf16, which))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from dlc.compiler.ir.dims import concrete, numel, symbols
 from dlc.compiler.native import A_PANEL_ROWS
+from dlc.compiler.native.codegen.gemm.blocking import FEW_ROWS
 from dlc.compiler.native.kernels.map import in_place, merged, read_once
 from dlc.compiler.native.program import Affine, Kernel, render
 from dlc.compiler.native.program.registry import register_implementation
@@ -230,28 +231,37 @@ def packed_floats(k, n, nr: int = 32, tiles: bool = False):
     return rows * (n + nr - 1) if not isinstance(n, int) else rows * (-(-n // nr) * nr)
 
 
-def a_pack_floats(k, m):
+def a_pack_floats(k, m, bf16: bool = False):
     """Floats that op(A) (m x k) takes packed (`add_pack` of "a") for the panels of any
     float32 blocking: where the next matrix's pack starts in a batch's (codegen/gemm/routine.py
-    `packed_a`)."""
-    return packed_floats(k, m, nr=A_PANEL_ROWS)
+    `packed_a`). `bf16`: one matrix's for any bf16 blocking (panels of at most 32 rows, with
+    room for the AMX tiles)."""
+    return (k + 16) * (m + 31) if bf16 else packed_floats(k, m, nr=A_PANEL_ROWS)
 
 
 def packed_a_weight(lw, a: tuple, m, k, batch, node: int) -> PackKernel | None:
     """The PackKernel of op(A) (a: buffer, offset, ld, batch stride; m x k, `batch`
     matrices, or one broadcast) for the `packed_a` routines, which then read only the pack:
     where A is made of weights only (a convolution's filters, or their Winograd transform)
-    in a float32 prediction whose every change of a weight is known (pack_weights "once":
-    a built library's, the engine's of Parameters), its sizes known. The caller runs it
-    before the GEMM while the weight's flag (`weight_flag`) is clear, and sets the flag.
-    Else None: A is packed by the GEMM at every call (with "each call" the weights may be
-    new at any call, and a copy of every weight made then would cost more than it saves)."""
+    in a prediction whose every change of a weight is known (pack_weights "once": a built
+    library's, the engine's of Parameters), its sizes known. The caller runs it before the
+    GEMM while the weight's flag (`weight_flag`) is clear, and sets the flag. In a bf16
+    program, rounded as the bf16 GEMM packs it, for one matrix of A (or a broadcast one) of
+    more than FEW_ROWS rows: the GEMM packs fewer rows in no pack, and bf16's few-row
+    products sum otherwise than its tiles. Else None: A is packed by the GEMM at every call
+    (with "each call" the weights may be new at any call, and a copy of every weight made
+    then would cost more than it saves)."""
     buffer, offset, ld, stride = a
     count = batch if stride else 1  # a broadcast A (a per-example product's filters): one pack
-    if _program(lw).pack_weights != "once" or lw.bf16 or symbols([m, k, count, offset, ld, stride]):
+    if _program(lw).pack_weights != "once" or symbols([m, k, count, offset, ld, stride]):
         return None
-    out = lw.p.buffer("f32", count * a_pack_floats(k, m), "packed", f"{lw.p.buffers[buffer].name} packed")
-    return PackKernel(k, m, (buffer, offset, ld), False, out.id, which="a", count=count, stride=stride, node=node)
+    if lw.bf16 and (count != 1 or m <= FEW_ROWS):
+        return None
+    size = count * a_pack_floats(k, m, lw.bf16)
+    out = lw.p.buffer("f32", size, "packed", f"{lw.p.buffers[buffer].name} packed")
+    return PackKernel(
+        k, m, (buffer, offset, ld), False, out.id, lw.bf16, which="a", count=count, stride=stride, node=node
+    )
 
 
 def weight_packed_a(lw, a: tuple, m, k, batch, node: int) -> tuple | None:
