@@ -20,8 +20,9 @@ from helpers.c_api import inputs
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def predictions(exe: Executable, feeds: dict, params: dict) -> bytes:
-    arrays, sizes = exe.run(feeds, exe.given(params))
+def predictions(exe: Executable, feeds: dict, params: dict, weights: int | None = None) -> bytes:
+    """The outputs' bytes; `weights`: the version of `params` (`Executable.run`)."""
+    arrays, sizes = exe.run(feeds, exe.given(params), weights=weights)
     return b"".join(exe.output(name, arrays, sizes).tobytes() for name in sorted(exe.program.outputs))
 
 
@@ -176,3 +177,42 @@ def test_filters_kept_packed_give_the_bits_of_filters_unpacked_in_few_columns_an
         assert predictions(once, feeds(batch) | {"rng": NO_KEY}, params) == predictions(
             plain, feeds(batch) | {"rng": NO_KEY}, params
         ), batch
+
+
+MANY_PLANES = SMALL_PLANES.replace("conv2d(x, 24, 3", "conv2d(x, 64, 3").replace("conv2d(s, 40, 1)", "conv2d(s, 72, 1)")
+
+
+def test_bf16_filters_are_rounded_and_packed_once_with_the_bits_of_packing_at_every_call(tmp_path):
+    """A bf16 prediction keeps its convolutions' filters (GEMMs of at least 64 filters: the
+    3 x 3 one through im2col, the pointwise one) packed as their GEMMs' A, rounded as the
+    bf16 routines round them, and reads the packs while the weights' version stays: at most
+    FEW_COLUMNS columns (batch 1) and more (batch 5), the bits of the program that packs
+    nothing, and after the filters change (a new version)."""
+    from dlc.compiler.native.kernels.gemm import GemmKernel, PackKernel
+
+    source = tmp_path / "many.dl"
+    source.write_text(MANY_PLANES)
+    eval_model = load(source).build(None, training=False)
+    params = initial_parameters(eval_model, 3)
+    once, plain = (
+        Executable(predict_graph(eval_model), precision="bf16", pack_weights=pack) for pack in ("once", None)
+    )
+    kept = [k for k in once.program.kernels if isinstance(k, GemmKernel) and k.packed_a]
+    assert len(kept) == 2 and all(k.bf16 and k.ready is not None for k in kept)
+    packs = [p for p in once.program.kernels[0].packs if isinstance(p, PackKernel) and p.which == "a"]
+    assert len(packs) == 2 and all(p.bf16 for p in packs)
+    feeds = lambda batch: {
+        "x": np.random.default_rng(batch).standard_normal((batch, 32, 3, 3)).astype(np.float32),
+        "rng": NO_KEY,
+    }
+
+    def kept_between_calls(batch, version):  # packed at the version's first call, read after
+        return predictions(once, feeds(batch), params, version)
+
+    for batch in (1, 5, 1):
+        assert kept_between_calls(batch, 1) == predictions(plain, feeds(batch), params), batch
+    before = kept_between_calls(1, 1)
+    params["s.W"] = np.random.default_rng(9).normal(0, 0.3, params["s.W"].shape).astype(np.float32)
+    for batch in (1, 5):
+        assert kept_between_calls(batch, 2) == predictions(plain, feeds(batch), params), batch
+    assert kept_between_calls(1, 2) != before
