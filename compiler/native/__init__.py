@@ -35,6 +35,9 @@ MOST_THREADS = 1024
 # columns of C up to which a GEMM block multiplies without packing (codegen/gemm/few_columns.py);
 # here so that the choice of a convolution's GEMM (choose/conv.py) reads it without loading LLVM
 FEW_COLUMNS = 16
+# rows of op(A) up to which a GEMM block multiplies without packing (codegen/gemm/few_rows.py);
+# here so that the lowering (kernels/gemm `packed_a_weight`) reads it without loading LLVM
+FEW_ROWS = 2
 
 # a multiple of the rows of every float32 GEMM blocking's panels of A (6, 8 and 12): the
 # packs of a batch of matrices of A given packed follow each other at whole multiples of it

@@ -85,9 +85,7 @@ OPERANDS = ("f32", "bf16-round", "bf16-pairs", "bf16-amx")
 # (16 rows of 16 pairs along K) into 16 x 16 floats of C.
 TILE_DEPTH = 32
 
-# rows of op(A) up to which a block multiplies without packing (few_rows.py), and the
-# vectors of a C row it keeps in registers
-FEW_ROWS = 2
+# the vectors of a C row that a block of at most FEW_ROWS rows (few_rows.py) keeps in registers
 FEW_VECTORS = 8
 
 AVX2 = GemmConfig()

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.native import FEW_COLUMNS
+from dlc.compiler.native import FEW_COLUMNS, FEW_ROWS
 from dlc.compiler.native.codegen.types import f32, i1, i64
-from dlc.compiler.native.codegen.gemm.blocking import FEW_ROWS
 from dlc.compiler.native.codegen.gemm.few_columns import few_columns
 from dlc.compiler.native.codegen.gemm.few_rows import few_rows, packed_b, stored_b
 from dlc.compiler.native.codegen.gemm.interface import EPILOGUE_TYPE, SIZES, SLOTS

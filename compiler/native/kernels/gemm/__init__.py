@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dlc.compiler.ir.dims import concrete, numel, symbols
-from dlc.compiler.native import A_PANEL_ROWS
-from dlc.compiler.native.codegen.gemm.blocking import FEW_ROWS
+from dlc.compiler.native import A_PANEL_ROWS, FEW_ROWS
 from dlc.compiler.native.kernels.map import in_place, merged, read_once
 from dlc.compiler.native.program import Affine, Kernel, render
 from dlc.compiler.native.program.registry import register_implementation

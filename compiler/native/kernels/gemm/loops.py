@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from dlc.compiler.native import FEW_ROWS
 from dlc.compiler.native.codegen.builder import Arguments, KernelBuilder
-from dlc.compiler.native.codegen.gemm.blocking import FEW_ROWS
 from dlc.compiler.native.codegen.gemm.interface import EPILOGUE_TYPE, PACK_TYPE, gemm_name, gemm_type, pack_name
 from dlc.compiler.native.kernels.map import emit_loop
 from dlc.compiler.native.kernels.map.loops import map_body
