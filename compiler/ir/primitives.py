@@ -985,7 +985,7 @@ def _columns(x, kernel, stride, padding, dilation, groups):
     `_windows` gives) into this order takes many times longer than the product."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     n, c, h, w = x.shape
-    ho, wo = (h + 2 * ph - (kh - 1) * dh - 1) // sh + 1, (w + 2 * pw - (kw - 1) * dw - 1) // sw + 1
+    ho, wo = window_out(h, kh, sh, ph, dh), window_out(w, kw, sw, pw, dw)
     x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     columns = np.empty((groups, c // groups, kh, kw, n, ho, wo), x.dtype)
     for i in range(kh):
