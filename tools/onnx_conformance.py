@@ -91,14 +91,29 @@ def _compare(case, expected, got):
     Runner.assert_similar_outputs(_arrays(expected), list(got), case.rtol, case.atol)
 
 
-def run_case(case, engine: str) -> NodeTestOutcome:
-    from dlc.compiler.onnx.importer import Unsupported
+def run_case(case, engines: tuple) -> dict:
+    """The case's outcome on each engine, by engine; it is imported once for all."""
     from dlc.runtime.interop.onnx_backend import DlcBackend
 
-    try:
-        rep = DlcBackend.prepare(case.model, engine=engine)
+    prepared = _outcome(lambda: DlcBackend.prepare(case.model, engine=engines[0]))
+    if isinstance(prepared, NodeTestOutcome):
+        return dict.fromkeys(engines, prepared)
+
+    def runs(engine):
+        rep = prepared.on(engine)
         for inputs, expected in case.data_sets:
             _compare(case, expected, rep.run(_arrays(inputs)))
+
+    return {e: _outcome(lambda: runs(e)) or NodeTestOutcome("pass") for e in engines}
+
+
+def _outcome(step):
+    """What `step()` gives, or the outcome its error makes: a refusal is not supported, any
+    other error a failure of dlc."""
+    from dlc.compiler.onnx.importer import Unsupported
+
+    try:
+        return step()
     except Unsupported as e:
         return NodeTestOutcome("not supported", e.kind, e.message)
     except AssertionError as e:
@@ -106,7 +121,6 @@ def run_case(case, engine: str) -> NodeTestOutcome:
     except (DlcError, Exception) as e:  # noqa: B014  (every other error is a failure of dlc)
         text = e.render() if isinstance(e, DlcError) else f"{type(e).__name__}: {e}"
         return NodeTestOutcome("fail", message=text)
-    return NodeTestOutcome("pass")
 
 
 # ---- batches: many cases, one program -------------------------------------------------------------
@@ -145,54 +159,69 @@ def merged_model(cases: list):
     )
 
 
-def run_batched(cases: list, engine: str, size: int = 40) -> dict:
-    """Outcomes by case name; cases that can share a program are compiled together."""
+def run_batched(cases: list, engines: tuple = ENGINES, size: int = 40) -> dict:
+    """Outcomes by engine, then by case name; cases that can share a program are compiled
+    together, and each program is imported once for every engine."""
     from dlc.compiler.onnx.importer import Unsupported, import_model
 
-    out, alone = {}, []
+    out, alone = {e: {} for e in engines}, []
     groups = collections.defaultdict(list)
     for c in cases:
         if not batchable(c):
-            alone.append(c)
+            alone.append((c, engines))
             continue
         try:  # what dlc does not import stays out of the batches (importing is cheap)
             import_model(c.model, static=static_values(c))
         except Unsupported as e:
-            out[c.name] = NodeTestOutcome("not supported", e.kind, e.message)
+            for e_out in out.values():
+                e_out[c.name] = NodeTestOutcome("not supported", e.kind, e.message)
             continue
         except Exception:  # noqa: BLE001  (its own run says what)
-            alone.append(c)
+            alone.append((c, engines))
             continue
         groups[tuple(sorted((o.domain, o.version) for o in c.model.opset_import))].append(c)
     for group in groups.values():
         for start in range(0, len(group), size):
-            alone += _run_merged(group[start : start + size], engine, out)
-    for c in alone:
-        out[c.name] = run_case(c, engine)
+            alone += _run_merged(group[start : start + size], engines, out)
+    for c, on in alone:
+        for e, outcome in run_case(c, on).items():
+            out[e][c.name] = outcome
     return out
 
 
-def _run_merged(chunk: list, engine: str, out: dict) -> list:
-    """Runs `chunk` as one merged program, its outcomes into `out`; when it fails, its halves
-    (a bad case costs a few compiles, not one per case of its chunk). The cases left to run
-    alone: a single case that failed merged."""
+def _run_merged(chunk: list, engines: tuple, out: dict) -> list:
+    """Runs `chunk` as one merged program on each engine, its outcomes into `out`; where it
+    fails, its halves on the engines it failed on (a bad case costs a few compiles, not one
+    per case of its chunk). The (case, engines) left to run alone: a single case that failed
+    merged."""
     from dlc.runtime.interop.onnx_backend import DlcBackend
 
+    def passes(rep, engine: str) -> bool:
+        try:
+            got = rep.on(engine).run([a for c in chunk for a in _arrays(c.data_sets[0][0])])
+            k = 0
+            for c in chunk:
+                n = len(c.model.graph.output)
+                _compare(c, c.data_sets[0][1], got[k : k + n])
+                k += n
+        except Exception:  # noqa: BLE001  (charged case by case: each one's own run says what)
+            return False
+        return True
+
     try:
-        rep = DlcBackend.prepare(merged_model(chunk), engine=engine)
-        got = rep.run([a for c in chunk for a in _arrays(c.data_sets[0][0])])
-        k = 0
-        for c in chunk:
-            n = len(c.model.graph.output)
-            _compare(c, c.data_sets[0][1], got[k : k + n])
-            k += n
-    except Exception:  # noqa: BLE001  (charged case by case: each one's own run says what)
-        if len(chunk) == 1:
-            return chunk
-        half = len(chunk) // 2
-        return _run_merged(chunk[:half], engine, out) + _run_merged(chunk[half:], engine, out)
-    out.update((c.name, NodeTestOutcome("pass")) for c in chunk)
-    return []
+        rep = DlcBackend.prepare(merged_model(chunk), engine=engines[0])
+        failed = tuple(e for e in engines if not passes(rep, e))
+    except Exception:  # noqa: BLE001  (as a failed run)
+        failed = engines
+    for e in engines:
+        if e not in failed:
+            out[e].update((c.name, NodeTestOutcome("pass")) for c in chunk)
+    if not failed:
+        return []
+    if len(chunk) == 1:
+        return [(chunk[0], failed)]
+    half = len(chunk) // 2
+    return _run_merged(chunk[:half], failed, out) + _run_merged(chunk[half:], failed, out)
 
 
 # ---- the table -------------------------------------------------------------------------------------------
@@ -252,9 +281,8 @@ def main(argv=None) -> int:
         cases = [c for c in cases if c.op in args.op]
     if args.case:
         cases = [c for c in cases if args.case in c.name]
-    results = {}
-    for engine in args.engine or ENGINES:
-        results[engine] = run_batched(cases, engine)
+    results = run_batched(cases, tuple(args.engine or ENGINES))
+    for engine in results:
         counts = collections.Counter(o.status for o in results[engine].values())
         print(
             f"{engine}: {counts['pass']} pass, {counts['fail']} fail, {counts['not supported']} not supported",

@@ -14,6 +14,8 @@ DlcError that says what to install.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from dlc.compiler.errors import DlcError, optional_package
@@ -29,29 +31,39 @@ ENGINES = ("reference", "native")
 
 
 class ImportedProgram:
-    """One imported model, built for evaluation and ready to run on an engine."""
+    """One imported model, built for evaluation; each engine it runs on is made once, from
+    the same import and build."""
 
-    def __init__(self, model, engine: str, static: dict):
+    def __init__(self, model, static: dict):
         from dlc.compiler.frontend.loader import load_text
         from dlc.runtime.interop.checkpoint import conform
 
         self.imported = import_model(model, static=static, source=f"{model.graph.name or 'model'}.onnx")
-        built = load_text(self.imported.text, f"<{self.imported.name}.dl>").build(None, training=False)
-        try:
-            self.engine = make_engine(engine, built, built)
-        except NotLowerable as e:
-            raise Unsupported(f"the native engine cannot compile {self.imported.name}: {e.message}", "native") from None
-        self.params = conform(f"<{self.imported.name}.npz>", self.imported.weights, built.params)
-        self.types = {i.name: i.type for i in built.inputs}
+        self.built = load_text(self.imported.text, f"<{self.imported.name}.dl>").build(None, training=False)
+        self.params = conform(f"<{self.imported.name}.npz>", self.imported.weights, self.built.params)
+        self.types = {i.name: i.type for i in self.built.inputs}
+        self.engines: dict = {}
 
-    def run(self, feeds: dict) -> list:
-        """The model's outputs, in order, for inputs by ONNX name."""
+    def engine(self, name: str):
+        """The program on engine `name` ("reference" or "native"): what the native engine
+        cannot compile is Unsupported."""
+        if name not in self.engines:
+            try:
+                self.engines[name] = make_engine(name, self.built, self.built)
+            except NotLowerable as e:
+                raise Unsupported(
+                    f"the native engine cannot compile {self.imported.name}: {e.message}", "native"
+                ) from None
+        return self.engines[name]
+
+    def run(self, feeds: dict, engine: str) -> list:
+        """The model's outputs on `engine`, in order, for inputs by ONNX name."""
         from dlc.compiler.ir.graph import DTYPES
 
         arrays = {
             dl: np.asarray(feeds[name], DTYPES[self.types[dl].dtype]) for name, dl in self.imported.inputs.items()
         }
-        out = self.engine.predict(self.params, arrays)
+        out = self.engine(engine).predict(self.params, arrays)
         return [_declared(np.asarray(out[dl]), self.imported.dtypes[dl]) for dl in self.imported.outputs.values()]
 
 
@@ -79,13 +91,22 @@ class DlcBackendRep(BackendRep):
         self.static = static_inputs(model)
         self.programs: dict = {}
         if not self.static:  # import now, so that what dlc cannot import fails in prepare
-            self.program({})
+            self.program({}).engine(engine)
 
     def program(self, static: dict) -> ImportedProgram:
         key = tuple((k, v.dtype.str, v.shape, v.tobytes()) for k, v in sorted(static.items()))
         if key not in self.programs:
-            self.programs[key] = ImportedProgram(self.model, self.engine, static)
+            self.programs[key] = ImportedProgram(self.model, static)
         return self.programs[key]
+
+    def on(self, engine: str) -> DlcBackendRep:
+        """This model on another engine, from the same imports and builds (those made
+        already and those to come): run on both engines, a model is imported once."""
+        other = copy.copy(self)
+        other.engine = engine
+        if not self.static:
+            other.program({}).engine(engine)
+        return other
 
     def run(self, inputs, **kwargs):
         if isinstance(inputs, dict):
@@ -100,7 +121,7 @@ class DlcBackendRep(BackendRep):
             feeds = dict(zip(self.input_names, inputs))
         feeds = {k: numpy_helper.to_array(v) if isinstance(v, TensorProto) else v for k, v in feeds.items()}
         static = {k: np.asarray(feeds.pop(k)) for k in self.static}
-        outputs = self.program(static).run(feeds)
+        outputs = self.program(static).run(feeds, self.engine)
         return namedtupledict("Outputs", self.output_names)(*outputs)
 
 

@@ -43,10 +43,10 @@ else:
 
 
 def _library(config):
-    """The routines of `config`: the host's blocking at O3, as a hot program runs them; the
-    others as the session compiles (quick code: the same bits, tests/native/test_tiers.py)."""
-    level = jit.OPT_LEVEL if config == blocking.default_config() else None
-    return GemmLibrary(ALL, config=config, packed=True, level=level)
+    """The routines of `config` as the session compiles them: quick code, whose bits are O3's
+    (tests/native/test_tiers.py trains on O3's routines and compares), at a third of O3's
+    compile time."""
+    return GemmLibrary(ALL, config=config, packed=True)
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))

@@ -24,13 +24,14 @@ def cases():
 
 
 def outcomes(cases, engine) -> dict:
-    """The engine's outcomes by case name, computed once per test session (a worker may tear
-    the module's fixtures down between this file's tests)."""
+    """The engine's outcomes by case name, computed once per test session for both engines,
+    which share each import (a worker may tear the module's fixtures down between this file's
+    tests)."""
 
     def run(folder):
-        (folder / "outcomes.pickle").write_bytes(pickle.dumps(run_batched(cases, engine)))
+        (folder / "outcomes.pickle").write_bytes(pickle.dumps(run_batched(cases)))
 
-    return pickle.loads((session_folder(f"onnx-conformance-{engine}", run) / "outcomes.pickle").read_bytes())
+    return pickle.loads((session_folder("onnx-conformance", run) / "outcomes.pickle").read_bytes())[engine]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
