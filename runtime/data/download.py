@@ -29,7 +29,6 @@ written, a damaged archive) is a DlcError naming the file or URL.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import io
 import os
 import pickle
@@ -38,8 +37,6 @@ import shutil
 import sys
 import tarfile
 import time
-import urllib.error
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,6 +385,12 @@ def _transfer(url: str, part: Path, remote: Remote, log):
         have = 0
     if have == remote.size:
         return
+    # here, not at the top: urllib.request brings ssl, http and email, 40 ms of every dlc
+    # command's start-up that only a download uses
+    import http.client
+    import urllib.error
+    import urllib.request
+
     headers = {"User-Agent": f"dlc/{dlc.__version__}"}  # some servers refuse Python's default one
     if have:
         headers["Range"] = f"bytes={have}-"

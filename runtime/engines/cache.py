@@ -8,7 +8,8 @@ An entry is machine code that will run as the user, so it is verified before LLV
 a header (magic, format, the key, SHA-256 of the object) must match, and after loading,
 every function the module defines must be there. A bad entry (truncated, damaged, written
 for another key) is recompiled and replaced, never run. Entries are written to a temporary
-file, fsynced and renamed over the old one; a directory other users can write to is refused.
+file and renamed over the old one, not synced: an entry a crash damaged fails its hash and is
+recompiled. A directory other users can write to is refused.
 
 Building the IR takes time too (a quarter of a second for a transformer's step), so the
 step and GEMM modules are also found by what they are built from, before they are built
@@ -414,16 +415,16 @@ def _read(dirfd: int, filename: str, key: str) -> bytes | None:
 
 
 def _store(dirfd: int, filename: str, key: str, obj: bytes):
-    """Replace the entry at once: a crash or a full disk leaves the old entry or none, never
-    part of one. A failure only costs the next run a compile."""
+    """Replace the entry at once: a full disk leaves the old entry or none, never part of one.
+    Not synced to disk: a crash that loses the write, or keeps the name without the data,
+    leaves an entry that fails its hash when read (`_unpack`): a compile, never wrong code,
+    and no two disk syncs for every entry stored. A failure only costs the next run a
+    compile."""
     tmp = f"{key}.{secrets.token_hex(8)}.tmp"
     try:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dirfd), "wb") as f:
             f.write(_pack(key, obj))
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, filename, src_dir_fd=dirfd, dst_dir_fd=dirfd)
-        os.fsync(dirfd)  # the new name survives a crash too
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dirfd)

@@ -171,13 +171,22 @@ def test_an_unusable_cache_dir_compiles_every_time(tmp_path, monkeypatch):
     assert cache.stats["compiles"] == compiles + 2
 
 
-def test_an_entry_is_written_durably(tmp_path, monkeypatch):
+def test_an_entry_is_renamed_into_place_whole(tmp_path, monkeypatch):
+    """Written to a temporary file and renamed over its name once complete: a reader sees the
+    old entry or the new one (a crash that loses the unsynced data leaves one that fails its
+    hash: test_a_bad_entry_is_recompiled_and_replaced)."""
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
-    synced = []
-    fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(stat.S_ISDIR(os.fstat(fd).st_mode)), fsync(fd)))
+    renamed = []
+    replace = os.replace
+
+    def spy(src, dst, *, src_dir_fd=None, dst_dir_fd=None):
+        renamed.append((src, dst, os.stat(src, dir_fd=src_dir_fd).st_size))
+        replace(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+    monkeypatch.setattr(os, "replace", spy)
     cache.compile_cached(constant_function("dlc_test_f", 1))
-    assert synced == [False, True], "the entry, then the directory holding its new name, are flushed to disk"
+    ((src, dst, size),) = renamed
+    assert src.endswith(".tmp") and dst.endswith(".o") and size == (tmp_path / dst).stat().st_size
     assert [p.suffix for p in tmp_path.iterdir()] == [".o"]
 
 
