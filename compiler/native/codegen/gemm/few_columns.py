@@ -27,17 +27,18 @@ def few_columns(
     micro-kernel's NR columns would be mostly padding. Groups of COLUMN_ROWS rows of
     op(A) are read as they lie (A's rows transposed 8 x 8 in registers; Aᵀ's rows are
     the group's vectors), one vector per k, and multiply op(B)[k, j] broadcast, for 8,
-    4, 2 or 1 columns at a time. With `Ak`, op(A) given packed (the `packed_a`
-    routines': MR-tall panels, each K long, k-major, m0 a panel's first row), a group is
-    a panel, its vector at k MR contiguous floats of the pack, and A is not read (a built
-    library's filters, with B's few columns: the tiled path's narrow micro-kernel would
-    fill a few of each vector's lanes). On bf16's conversion path A's given panels are
-    rounded, and each K slice of op(B)'s columns is rounded once, copied into `Bp` (the
-    thread's pack of B), before the groups read it: rounded as each group read it, the
-    rounding of op(B)'s values, a scalar each, cost more than the group's FMAs. Each
-    element is summed as the tiled routine sums it: K slices `kstep` deep, each one chain
-    of FMAs along k from zero, added to C in slice order — the same bits whichever path or
-    thread takes it."""
+    4, 2 or 1 columns at a time; a K slice at a time for every group, so that the
+    slice of op(B) stays in cache while the groups read it. With `Ak`, op(A) given
+    packed (the `packed_a` routines': MR-tall panels, each K long, k-major, m0 a
+    panel's first row), a group is a panel, its vector at k MR contiguous floats of the
+    pack, and A is not read (a built library's filters, with B's few columns: the tiled
+    path's narrow micro-kernel would fill a few of each vector's lanes). On bf16's
+    conversion path A's given panels are rounded, and each K slice of op(B)'s columns is
+    rounded once, copied into `Bp` (the thread's pack of B), before the groups read it:
+    rounded as each group read it, a scalar at a time, op(B)'s values cost more than the
+    group's FMAs. Each element is summed as the tiled routine sums it: K slices `kstep`
+    deep, each one chain of FMAs along k from zero, added to C in slice order — the same
+    bits whichever path or thread takes it."""
     G = COLUMN_ROWS if Ak is None else gen.cfg.mr
     vty = ir.VectorType(f32, G)
     fma = declare(gen.m, f"llvm.fma.v{G}f32", vty, [vty] * 3)
@@ -120,19 +121,27 @@ def few_columns(
 
 def _rounded_slice(gen, b, B, ldb, trans_b, pc, kc, n0, n1, Bp):
     """op(B)[pc : pc+kc, n0:n1] rounded to bfloat16 into Bp as it lies, its lines along
-    its contiguous axis kc or n1 - n0 floats apart (vectors of FEW_COLUMNS, masked: never
-    past B; lines that follow each other in B, an image's few pixels, as one run): where
-    op(B)[k, j]'s copy is, as a function of k and j."""
+    its contiguous axis kc or n1 - n0 floats apart (lines that follow each other in B, an
+    image's few pixels, as one run), in vectors of FEW_COLUMNS, a line's last one masked
+    (never past B; its masked lanes' zeros are written to Bp): where op(B)[k, j]'s copy is,
+    as a function of k and j."""
     vty = ir.VectorType(f32, FEW_COLUMNS)
     mload, _ = masked(gen.m, vty)
-    zero, iota = ir.Constant(vty, None), ir.Constant(ir.VectorType(i64, FEW_COLUMNS), list(range(FEW_COLUMNS)))
+    iota = ir.Constant(ir.VectorType(i32, FEW_COLUMNS), list(range(FEW_COLUMNS)))
+
+    def rounded_vector(src, dst, count):
+        """dst[:FEW_COLUMNS] = src[:count] rounded, zeros after."""
+        lanes = b.icmp_signed("<", iota, splat(b, b.trunc(count, i32), iota.type))
+        x = b.call(mload, [vec_ptr(b, src, vty), i32(4), lanes, ir.Constant(vty, None)])
+        b.store(round_bf16(b, x), vec_ptr(b, dst, vty), align=4)
 
     def rounded_run(src, dst, count):
-        """dst[:count] = src[:count] rounded."""
-        with loop(b, 0, count, FEW_COLUMNS, name="rv") as v:
-            lanes = b.icmp_signed("<", iota, splat(b, b.sub(count, v), iota.type))
-            x = b.call(mload, [vec_ptr(b, gep(b, src, v), vty), i32(4), lanes, zero])
+        """dst[:count] = src[:count] rounded: whole vectors, then the rest masked."""
+        whole = b.sub(count, b.srem(count, c64(FEW_COLUMNS)))
+        with loop(b, 0, whole, FEW_COLUMNS, name="rv") as v:
+            x = b.load(vec_ptr(b, gep(b, src, v), vty), align=4)
             b.store(round_bf16(b, x), vec_ptr(b, gep(b, dst, v), vty), align=4)
+        rounded_vector(gep(b, src, whole), gep(b, dst, whole), b.sub(count, whole))
 
     if trans_b:  # op(B)'s column j is B's row j, contiguous along k: the copy's row j - n0
         with loop(b, n0, n1, name="rj") as j:
@@ -140,17 +149,12 @@ def _rounded_slice(gen, b, B, ldb, trans_b, pc, kc, n0, n1, Bp):
         return lambda k, j: gep(b, Bp, b.add(b.mul(b.sub(j, n0), kc), b.sub(k, pc)))
     width = b.sub(n1, n0)
     src = gep(b, B, b.add(b.mul(pc, ldb), n0))
-    run, rows = b.append_basic_block("rounded_run"), b.append_basic_block("rounded_rows")
-    joined = b.append_basic_block("rounded")
-    b.cbranch(b.icmp_signed("==", ldb, width), run, rows)
-    b.position_at_end(run)  # op(B)'s rows follow each other: one run
-    rounded_run(src, Bp, b.mul(kc, width))
-    b.branch(joined)
-    b.position_at_end(rows)
-    with loop(b, 0, kc, name="rk") as k:  # op(B)'s row pc + k: the copy's row k
-        rounded_run(gep(b, src, b.mul(k, ldb)), gep(b, Bp, b.mul(k, width)), width)
-    b.branch(joined)
-    b.position_at_end(joined)
+    with b.if_else(b.icmp_signed("==", ldb, width)) as (run, rows):
+        with run:  # op(B)'s rows follow each other: one run
+            rounded_run(src, Bp, b.mul(kc, width))
+        with rows:  # op(B)'s row pc + k (at most FEW_COLUMNS floats): the copy's row k
+            with loop(b, 0, kc, name="rk") as k:
+                rounded_vector(gep(b, src, b.mul(k, ldb)), gep(b, Bp, b.mul(k, width)), width)
     return lambda k, j: gep(b, Bp, b.add(b.mul(b.sub(k, pc), width), b.sub(j, n0)))
 
 
