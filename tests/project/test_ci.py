@@ -2,8 +2,10 @@
 blocks marked `<!-- ci: NAME -->` (its readme_block function, run here on the README) and
 installs nothing of its own but the system packages the README names."""
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +40,40 @@ def test_ci_runs_the_readme_s_marked_blocks_as_the_readme_has_them():
         assert f"run_readme_block {name}\n" in CI or f"run_readme_block {name})" in CI, name
     assert readme_block_in_python("test") == ["python -m pytest -q"]
     assert any("pip install -e \".[test]\"" in line for line in readme_block_in_python("test-setup"))
+
+
+# what dlc is told in each process of compiles_other_code (a sitecustomize module): it runs on an
+# Emerald Rapids (a SLOW_PAIRS core) with AVX512_BF16 and its AMX tiles hidden
+SLOW_PAIRS_HOST = """
+from dlc.compiler.native.codegen import jit
+from dlc.compiler.native.codegen.gemm import blocking
+jit.target_arch = lambda: "x86_64"
+jit.host_cpu = lambda: ("emeraldrapids", "+avx2,+fma,+avx512f,+avx512bw,+avx512bf16,-amx-bf16,-amx-tile")
+blocking.has_tiles = lambda instruction: False
+"""
+
+
+def test_ci_tests_the_bf16_pairs_where_a_target_changes_only_the_bf16_path(tmp_path):
+    """On a SLOW_PAIRS core without AMX tiles, DLC_TARGET=avx512bf16 takes no feature away but
+    forces the bf16 pairs, where the host's bf16 GEMMs take the conversion path: .ci/run's
+    compiles_other_code, which asks dlc, says it compiles other code (so the bf16 tests run
+    again), and the host target the same code."""
+    (tmp_path / "sitecustomize.py").write_text(SLOW_PAIRS_HOST, encoding="utf-8")
+    function = re.search(r"^compiles_other_code\(\) \{\n.*?^\}\n", CI, re.S | re.M).group(0)
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+        "DLC_GEMM_VW": "",
+    }
+
+    def compiles_other_code(target: str) -> bool:
+        script = f'{function}\ncompiles_other_code "$1"'
+        done = subprocess.run(["bash", "-c", script, "bash", target], env=env, capture_output=True, text=True)
+        assert done.returncode in (0, 1) and not done.stderr, done.stderr
+        return done.returncode == 0
+
+    assert compiles_other_code("avx512bf16")
+    assert not compiles_other_code("host")
 
 
 def test_ci_installs_nothing_the_readme_does_not():

@@ -1,12 +1,13 @@
-"""A block of at most FEW_COLUMNS columns of C multiplied without packing: groups of
+"""A block of at most FEW_COLUMNS columns of C multiplied without packing A: groups of
 COLUMN_ROWS rows of op(A) read as they lie (or, where op(A) is given packed, one MR-tall
-panel of its pack a group), times op(B)'s values broadcast, each element summed as the
-tiled path sums it."""
+panel of its pack a group), times op(B)'s values broadcast (on bf16's conversion path
+rounded once, a K slice at a time), each element summed as the tiled path sums it."""
 
 from __future__ import annotations
 
 from llvmlite import ir
 
+from dlc.compiler.native import FEW_COLUMNS
 from dlc.compiler.native.codegen.intrinsics import declare, masked, round_bf16, splat, transpose8, vec_ptr
 from dlc.compiler.native.codegen.types import f32, i1, i32, i64
 from dlc.compiler.native.codegen.gemm.ir_helpers import c64, carrying_loop, first_rows, gep, loop, smin
@@ -17,75 +18,85 @@ from dlc.compiler.native.codegen.gemm.ir_helpers import c64, carrying_loop, firs
 COLUMN_ROWS = 8
 
 
-def few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate, Ak=None):
+def few_columns(
+    gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate, Ak=None, Bp=None
+):
     """C[m0:m1, n0:n1] (+)= op(A) @ op(B) with at most FEW_COLUMNS columns (a
-    convolution's last stages at batch 1: [512 x 4608] @ [4608 x 4]), without packing:
+    convolution's last stages at batch 1: [512 x 4608] @ [4608 x 4]), without packing A:
     packing A would copy all of it to use each element a few times, and the tiled
     micro-kernel's NR columns would be mostly padding. Groups of COLUMN_ROWS rows of
     op(A) are read as they lie (A's rows transposed 8 x 8 in registers; Aᵀ's rows are
     the group's vectors), one vector per k, and multiply op(B)[k, j] broadcast, for 8,
-    4, 2 or 1 columns at a time. With `Ak`, op(A) given packed (the `packed_a`
-    routines': MR-tall panels, each K long, k-major, m0 a panel's first row), a group is
-    a panel, its vector at k MR contiguous floats of the pack, and A is not read (a built
-    library's filters, with B's few columns: the tiled path's narrow micro-kernel would
-    fill a few of each vector's lanes; on bf16's conversion path, the panels rounded and
-    op(B)'s values rounded as they are read). Each element is summed as the tiled routine sums
-    it: K slices `kstep` deep, each one chain of FMAs along k from zero, added to C in
-    slice order — the same bits whichever path or thread takes it."""
+    4, 2 or 1 columns at a time; a K slice at a time for every group, so that the
+    slice of op(B) stays in cache while the groups read it. With `Ak`, op(A) given
+    packed (the `packed_a` routines': MR-tall panels, each K long, k-major, m0 a
+    panel's first row), a group is a panel, its vector at k MR contiguous floats of the
+    pack, and A is not read (a built library's filters, with B's few columns: the tiled
+    path's narrow micro-kernel would fill a few of each vector's lanes). On bf16's
+    conversion path A's given panels are rounded, and each K slice of op(B)'s columns is
+    rounded once, copied into `Bp` (the thread's pack of B), before the groups read it:
+    rounded as each group read it, a scalar at a time, op(B)'s values cost more than the
+    group's FMAs. Each element is summed as the tiled routine sums it: K slices `kstep`
+    deep, each one chain of FMAs along k from zero, added to C in slice order — the same
+    bits whichever path or thread takes it."""
     G = COLUMN_ROWS if Ak is None else gen.cfg.mr
     vty = ir.VectorType(f32, G)
     fma = declare(gen.m, f"llvm.fma.v{G}f32", vty, [vty] * 3)
     if Ak is None:
         mload, _ = masked(gen.m, vty)
     zero = ir.Constant(vty, None)
-
     rounded = gen.cfg.operands == "bf16-round"  # as the conversion path's packs are (A's given panels are)
 
-    def b_at(k, j, t):
-        """op(B)[k + s, j] for s < t, broadcast; rounded, Bᵀ's t values as one vector (its row j)."""
-        if rounded and trans_b and t > 1:
-            line = b.load(vec_ptr(b, gep(b, B, b.add(b.mul(j, ldb), k)), vty), align=4)
-            return [splat(b, b.extract_element(round_bf16(b, line), i32(s)), vty) for s in range(t)]
-        at = lambda s: b.add(b.mul(j, ldb), b.add(k, c64(s))) if trans_b else b.add(b.mul(b.add(k, c64(s)), ldb), j)
-        xs = [b.load(gep(b, B, at(s))) for s in range(t)]
-        return [splat(b, round_bf16(b, x) if rounded else x, vty) for x in xs]
+    with loop(b, 0, K, kstep, name="cs") as pc:
+        kc = smin(b, kstep, b.sub(K, pc))
+        if rounded:
+            rounded_at = _rounded_slice(gen, b, B, ldb, trans_b, pc, kc, n0, n1, Bp)
 
-    with loop(b, m0, m1, G, name="ci") as i:
-        rows = smin(b, c64(G), b.sub(m1, i))
-        if Ak is None:
-            # rows past the group's last are read as the last (inside A) and never stored
-            row = [b.add(i, smin(b, c64(p), b.sub(rows, c64(1)))) for p in range(G)]
-            lanes = b.icmp_signed(
-                "<", ir.Constant(ir.VectorType(i64, G), list(range(G))), splat(b, rows, ir.VectorType(i64, G))
-            )
-        else:  # the group's panel: rows past the group's last are the pack's (zeros past M), never stored
-            panel = gep(b, Ak, b.mul(i, K))
+        def b_at(k, j, t):
+            """op(B)[k + s, j] for s < t, broadcast (rounded: from the slice's rounded copy)."""
+            if rounded:
+                at = lambda s: rounded_at(b.add(k, c64(s)), j)
+            elif trans_b:
+                at = lambda s: gep(b, B, b.add(b.mul(j, ldb), b.add(k, c64(s))))
+            else:
+                at = lambda s: gep(b, B, b.add(b.mul(b.add(k, c64(s)), ldb), j))
+            return [splat(b, b.load(at(s)), vty) for s in range(t)]
 
-        def vectors_at(k, t):
-            """op(A)[group, k + s] for s < t: t vectors of the group's rows."""
-            if Ak is not None:
-                return [
-                    b.load(vec_ptr(b, gep(b, panel, b.mul(b.add(k, c64(s)), c64(G))), vty), align=4) for s in range(t)
-                ]
-            if trans_a:  # row k of A holds the group's rows side by side (masked: past m1)
-                return [
-                    b.call(
-                        mload,
-                        [vec_ptr(b, b.gep(A, [b.add(b.mul(b.add(k, c64(s)), lda), i)]), vty), i32(4), lanes, zero],
-                    )
-                    for s in range(t)
-                ]
-            if t == G:
-                return transpose8(
-                    b, [b.load(vec_ptr(b, gep(b, A, b.add(b.mul(r, lda), k)), vty), align=4) for r in row]
+        with loop(b, m0, m1, G, name="ci") as i:
+            rows = smin(b, c64(G), b.sub(m1, i))
+            if Ak is None:
+                # rows past the group's last are read as the last (inside A) and never stored
+                row = [b.add(i, smin(b, c64(p), b.sub(rows, c64(1)))) for p in range(G)]
+                lanes = b.icmp_signed(
+                    "<", ir.Constant(ir.VectorType(i64, G), list(range(G))), splat(b, rows, ir.VectorType(i64, G))
                 )
-            v = ir.Constant(vty, ir.Undefined)
-            for p, r in enumerate(row):
-                v = b.insert_element(v, b.load(gep(b, A, b.add(b.mul(r, lda), k))), i32(p))
-            return [v]
+            else:  # the group's panel: rows past the group's last are the pack's (zeros past M), never stored
+                panel = gep(b, Ak, b.mul(i, K))
 
-        with loop(b, 0, K, kstep, name="cs") as pc:
-            kc = smin(b, kstep, b.sub(K, pc))
+            def vectors_at(k, t):
+                """op(A)[group, k + s] for s < t: t vectors of the group's rows."""
+                if Ak is not None:
+                    return [
+                        b.load(vec_ptr(b, gep(b, panel, b.mul(b.add(k, c64(s)), c64(G))), vty), align=4)
+                        for s in range(t)
+                    ]
+                if trans_a:  # row k of A holds the group's rows side by side (masked: past m1)
+                    return [
+                        b.call(
+                            mload,
+                            [vec_ptr(b, b.gep(A, [b.add(b.mul(b.add(k, c64(s)), lda), i)]), vty), i32(4), lanes, zero],
+                        )
+                        for s in range(t)
+                    ]
+                if t == G:
+                    return transpose8(
+                        b, [b.load(vec_ptr(b, gep(b, A, b.add(b.mul(r, lda), k)), vty), align=4) for r in row]
+                    )
+                v = ir.Constant(vty, ir.Undefined)
+                for p, r in enumerate(row):
+                    v = b.insert_element(v, b.load(gep(b, A, b.add(b.mul(r, lda), k))), i32(p))
+                return [v]
+
             load_c = ir.Constant(i1, 1) if accumulate else b.icmp_signed(">", pc, c64(0))
             k8 = b.add(pc, b.mul(b.sdiv(kc, c64(G)), c64(G)))
             start = n0
@@ -106,6 +117,45 @@ def few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_
                         new2 += step(k, 1, acc2)
                     _store_columns(b, C, ldc, i, G, rows, j, acc2, load_c)
                 start = end
+
+
+def _rounded_slice(gen, b, B, ldb, trans_b, pc, kc, n0, n1, Bp):
+    """op(B)[pc : pc+kc, n0:n1] rounded to bfloat16 into Bp as it lies, its lines along
+    its contiguous axis kc or n1 - n0 floats apart (lines that follow each other in B, an
+    image's few pixels, as one run), in vectors of FEW_COLUMNS, a line's last one masked
+    (never past B; its masked lanes' zeros are written to Bp): where op(B)[k, j]'s copy is,
+    as a function of k and j."""
+    vty = ir.VectorType(f32, FEW_COLUMNS)
+    mload, _ = masked(gen.m, vty)
+    iota = ir.Constant(ir.VectorType(i32, FEW_COLUMNS), list(range(FEW_COLUMNS)))
+
+    def rounded_vector(src, dst, count):
+        """dst[:FEW_COLUMNS] = src[:count] rounded, zeros after."""
+        lanes = b.icmp_signed("<", iota, splat(b, b.trunc(count, i32), iota.type))
+        x = b.call(mload, [vec_ptr(b, src, vty), i32(4), lanes, ir.Constant(vty, None)])
+        b.store(round_bf16(b, x), vec_ptr(b, dst, vty), align=4)
+
+    def rounded_run(src, dst, count):
+        """dst[:count] = src[:count] rounded: whole vectors, then the rest masked."""
+        whole = b.sub(count, b.srem(count, c64(FEW_COLUMNS)))
+        with loop(b, 0, whole, FEW_COLUMNS, name="rv") as v:
+            x = b.load(vec_ptr(b, gep(b, src, v), vty), align=4)
+            b.store(round_bf16(b, x), vec_ptr(b, gep(b, dst, v), vty), align=4)
+        rounded_vector(gep(b, src, whole), gep(b, dst, whole), b.sub(count, whole))
+
+    if trans_b:  # op(B)'s column j is B's row j, contiguous along k: the copy's row j - n0
+        with loop(b, n0, n1, name="rj") as j:
+            rounded_run(gep(b, B, b.add(b.mul(j, ldb), pc)), gep(b, Bp, b.mul(b.sub(j, n0), kc)), kc)
+        return lambda k, j: gep(b, Bp, b.add(b.mul(b.sub(j, n0), kc), b.sub(k, pc)))
+    width = b.sub(n1, n0)
+    src = gep(b, B, b.add(b.mul(pc, ldb), n0))
+    with b.if_else(b.icmp_signed("==", ldb, width)) as (run, rows):
+        with run:  # op(B)'s rows follow each other: one run
+            rounded_run(src, Bp, b.mul(kc, width))
+        with rows:  # op(B)'s row pc + k (at most FEW_COLUMNS floats): the copy's row k
+            with loop(b, 0, kc, name="rk") as k:
+                rounded_vector(gep(b, src, b.mul(k, ldb)), gep(b, Bp, b.mul(k, width)), width)
+    return lambda k, j: gep(b, Bp, b.add(b.mul(b.sub(k, pc), width), b.sub(j, n0)))
 
 
 def _store_columns(b, C, ldc, i, G, rows, j, acc, load_c):

@@ -123,7 +123,7 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
         given_a = b.icmp_unsigned("!=", Ak, ir.Constant(fptr, None))
         b.cbranch(b.and_(b.icmp_signed("<=", b.sub(n1, n0), c64(FEW_COLUMNS)), given_a), few, other)
         b.position_at_end(few)
-        few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate, Ak)
+        few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate, Ak, Bp)
         finished(b, m0, m1, n0, n1)
         b.ret_void()
         b.position_at_end(other)
