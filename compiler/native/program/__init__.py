@@ -438,6 +438,11 @@ def expr_renamed(e, names: dict):
     return e
 
 
+def operand_renamed(operand: tuple, names: dict) -> tuple:
+    """An operand (buffer, offset, ...) reading buffer names[buffer] (Kernel.renamed)."""
+    return (names[operand[0]],) + tuple(operand[1:])
+
+
 def contiguous_along(accesses, axis: int) -> bool:
     """Whether every access (an Affine, or an expression leaf) steps by 0 or 1 element along
     iteration axis `axis` (a gather's rows are picked by data: never)."""

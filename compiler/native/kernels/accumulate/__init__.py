@@ -3,10 +3,20 @@ the lowering rule of avgpool2d_grad. The loop is in loops.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dlc.compiler.ir.dims import numel
-from dlc.compiler.native.program import Affine, Const, Kernel, Op, contiguous, expr_reads, render, row_major
+from dlc.compiler.native.program import (
+    Affine,
+    Const,
+    Kernel,
+    Op,
+    contiguous,
+    expr_reads,
+    expr_renamed,
+    render,
+    row_major,
+)
 from dlc.compiler.native.program.registry import register_lowering
 
 
@@ -30,6 +40,9 @@ class AccumulateKernel(Kernel):
 
     def accesses(self) -> tuple:
         return expr_reads(self.expr), {self.out}
+
+    def renamed(self, names: dict) -> "AccumulateKernel":
+        return replace(self, out=names[self.out], expr=expr_renamed(self.expr, names))
 
     def emit(self, f):
         """The examples on a thread team."""

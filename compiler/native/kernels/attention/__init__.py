@@ -4,12 +4,22 @@ lowering rule of attention and attention_grad. The loops are in loops.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.ir.graph import Tensor
 from dlc.compiler.ir.primitives import mask_and_keys
-from dlc.compiler.native.program import Affine, Kernel, Load, contiguous, expr_reads, render, row_major
+from dlc.compiler.native.program import (
+    Affine,
+    Kernel,
+    Load,
+    contiguous,
+    expr_reads,
+    expr_renamed,
+    operand_renamed,
+    render,
+    row_major,
+)
 from dlc.compiler.native.program.registry import register_lowering
 
 
@@ -72,6 +82,16 @@ class AttentionKernel(Kernel):
     def accesses(self) -> tuple:
         mask = set().union(*(expr_reads(e) for e in (self.mask, self.keys) if e is not None))
         return {x[0] for x in self.reads} | mask, {x[0] for x in self.writes} | {self.scratch}
+
+    def renamed(self, names: dict) -> "AttentionKernel":
+        return replace(
+            self,
+            reads=tuple(operand_renamed(x, names) for x in self.reads),
+            writes=tuple(operand_renamed(x, names) for x in self.writes),
+            scratch=names[self.scratch],
+            mask=None if self.mask is None else expr_renamed(self.mask, names),
+            keys=None if self.keys is None else expr_renamed(self.keys, names),
+        )
 
     def emit(self, f):
         """The batch indices on a thread team, each on one thread; the block products are

@@ -7,7 +7,7 @@ compiler/native/choose/conv.py, which choose among them. The loops are in loops.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.ir.graph import Tensor
@@ -84,6 +84,19 @@ class ConvKernel(Kernel):
             return {self.x, self.g}, {self.out, self.partial}
         reads, writes = self.epilogue.accesses() if self.epilogue else (set(), set())
         return {self.x, self.w} | reads, {self.out} | writes
+
+    def renamed(self, names: dict) -> "ConvKernel":
+        if self.g is not None:  # the weight gradient: no w
+            return replace(
+                self, x=names[self.x], w=None, out=names[self.out], g=names[self.g], partial=names[self.partial]
+            )
+        return replace(
+            self,
+            x=names[self.x],
+            w=names[self.w],
+            out=names[self.out],
+            epilogue=self.epilogue and self.epilogue.renamed(names),
+        )
 
     def with_epilogue(self, m) -> "ConvKernel | None":
         """This convolution computing the map m on its outputs once stored, where m's space

@@ -6,12 +6,12 @@ library (loops.py), made by `emit`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dlc.compiler.ir.dims import concrete, numel, symbols
 from dlc.compiler.native import A_PANEL_ROWS, FEW_ROWS
 from dlc.compiler.native.kernels.map import in_place, merged, read_once
-from dlc.compiler.native.program import Affine, Kernel, render
+from dlc.compiler.native.program import Affine, Kernel, operand_renamed, render
 from dlc.compiler.native.program.registry import register_implementation
 
 
@@ -66,6 +66,19 @@ class GemmKernel(Kernel):
         return {self.a[0], self.b[0]} | ({self.packed} if self.packed is not None else set()) | reads, {
             self.c[0]
         } | writes
+
+    def renamed(self, names: dict) -> "GemmKernel | None":
+        if self.ready is not None and self.ready[0] not in names:  # its flag is no operand
+            return None
+        return replace(
+            self,
+            a=operand_renamed(self.a, names),
+            b=operand_renamed(self.b, names),
+            c=operand_renamed(self.c, names),
+            packed=None if self.packed is None else names[self.packed],
+            ready=None if self.ready is None else operand_renamed(self.ready, names),
+            epilogue=self.epilogue and self.epilogue.renamed(names),
+        )
 
     def with_epilogue(self, m) -> "GemmKernel | None":
         """This GEMM computing the map m in its store, where m reads C at one index that
@@ -129,6 +142,9 @@ class PackKernel(Kernel):
 
     def accesses(self) -> tuple:
         return {self.b[0]}, {self.out}
+
+    def renamed(self, names: dict) -> "PackKernel":
+        return replace(self, b=operand_renamed(self.b, names), out=names[self.out])
 
     @property
     def packs_apart(self):
@@ -214,6 +230,14 @@ class WeightTransformKernel(Kernel):
         flag = {self.ready[0]} if self.ready else set()
         packed, pack = ({self.pack.b[0]}, {self.pack.out}) if self.pack else (set(), set())
         return reads | flag | packed, writes | flag | pack
+
+    def renamed(self, names: dict) -> "WeightTransformKernel":
+        return replace(
+            self,
+            transform=self.transform.renamed(names),
+            ready=self.ready and operand_renamed(self.ready, names),
+            pack=self.pack and self.pack.renamed(names),
+        )
 
     def emit(self, f):
         from dlc.compiler.native.kernels.gemm.loops import weight_transform

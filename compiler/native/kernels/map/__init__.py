@@ -81,6 +81,9 @@ class FusedMapKernel(Kernel):
         return [m.accesses() for m in self.maps]
 
     def renamed(self, names: dict) -> "FusedMapKernel":
+        # its registers are none of its buffers (accesses): where a kernel holding it (an
+        # epilogue, a weight transform) did not rename them, they keep their numbers
+        names = {r: r for r in self.registers} | names
         return replace(
             self, maps=[m.renamed(names) for m in self.maps], registers=frozenset(names[b] for b in self.registers)
         )

@@ -6,7 +6,7 @@ windows of many taps. The loops are in loops.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -60,6 +60,9 @@ class PoolKernel(Kernel):
 
     def accesses(self) -> tuple:
         return {self.x}, {self.out}
+
+    def renamed(self, names: dict) -> "PoolKernel":
+        return replace(self, x=names[self.x], out=names[self.out])
 
     def emit(self, f):
         """The (example, channel) planes on a thread team."""

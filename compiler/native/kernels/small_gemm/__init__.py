@@ -3,10 +3,10 @@ choice lists choose it, choose/conv.py). The loop is in loops.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dlc.compiler.ir.dims import concrete, numel
-from dlc.compiler.native.program import Kernel, render
+from dlc.compiler.native.program import Kernel, operand_renamed, render
 
 
 @dataclass
@@ -40,6 +40,10 @@ class SmallGemmKernel(Kernel):
 
     def accesses(self) -> tuple:
         return {self.a[0], self.b[0]}, {self.c[0], self.partial}
+
+    def renamed(self, names: dict) -> "SmallGemmKernel":
+        a, b, c = (operand_renamed(x, names) for x in (self.a, self.b, self.c))
+        return replace(self, a=a, b=b, c=c, partial=names[self.partial])
 
     def emit(self, f):
         """The parts on a thread team, then their sum on the calling thread."""

@@ -25,7 +25,7 @@ conv2d and of the input gradient are here, compiler/native/choose/conv.py choose
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dlc.compiler.ir.dims import numel
 from dlc.compiler.native.kernels.conv import ConvShape, flipped_filters, input_grad_as_conv
@@ -69,6 +69,9 @@ class WinogradInputKernel(Kernel):
     def accesses(self) -> tuple:
         return {self.x}, {self.out}
 
+    def renamed(self, names: dict) -> "WinogradInputKernel":
+        return replace(self, x=names[self.x], out=names[self.out])
+
     def emit(self, f):
         from dlc.compiler.native.kernels.winograd.loops import input_transform
 
@@ -105,6 +108,14 @@ class WinogradOutputKernel(Kernel):
     def accesses(self) -> tuple:
         reads, writes = self.epilogue.accesses() if self.epilogue else (set(), set())
         return {self.products} | reads, {self.out} | writes
+
+    def renamed(self, names: dict) -> "WinogradOutputKernel":
+        return replace(
+            self,
+            products=names[self.products],
+            out=names[self.out],
+            epilogue=self.epilogue and self.epilogue.renamed(names),
+        )
 
     def with_epilogue(self, m) -> "WinogradOutputKernel | None":
         if self.epilogue is not None:
