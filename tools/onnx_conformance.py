@@ -93,18 +93,29 @@ def _compare(case, expected, got):
 
 def run_case(case, engines: tuple) -> dict:
     """The case's outcome on each engine, by engine; it is imported once for all."""
-    from dlc.runtime.interop.onnx_backend import DlcBackend
 
-    prepared = _outcome(lambda: DlcBackend.prepare(case.model, engine=engines[0]))
-    if isinstance(prepared, NodeTestOutcome):
-        return dict.fromkeys(engines, prepared)
-
-    def runs(engine):
-        rep = prepared.on(engine)
+    def runs(rep):
         for inputs, expected in case.data_sets:
             _compare(case, expected, rep.run(_arrays(inputs)))
 
-    return {e: _outcome(lambda: runs(e)) or NodeTestOutcome("pass") for e in engines}
+    reps = _prepared(case.model, engines)
+    return {
+        e: rep if isinstance(rep, NodeTestOutcome) else _outcome(lambda: runs(rep)) or NodeTestOutcome("pass")
+        for e, rep in reps.items()
+    }
+
+
+def _prepared(model, engines: tuple) -> dict:
+    """Each engine's prepared model, or the outcome its preparation made (the native engine
+    may refuse what the reference runs); those prepared share one import."""
+    from dlc.runtime.interop.onnx_backend import DlcBackend
+
+    reps, shared = {}, None
+    for e in engines:
+        reps[e] = _outcome(lambda: shared.on(e) if shared else DlcBackend.prepare(model, engine=e))
+        if shared is None and not isinstance(reps[e], NodeTestOutcome):
+            shared = reps[e]
+    return reps
 
 
 def _outcome(step):
@@ -194,11 +205,12 @@ def _run_merged(chunk: list, engines: tuple, out: dict) -> list:
     fails, its halves on the engines it failed on (a bad case costs a few compiles, not one
     per case of its chunk). The (case, engines) left to run alone: a single case that failed
     merged."""
-    from dlc.runtime.interop.onnx_backend import DlcBackend
 
-    def passes(rep, engine: str) -> bool:
+    def passes(rep) -> bool:
+        if isinstance(rep, NodeTestOutcome):  # not prepared
+            return False
         try:
-            got = rep.on(engine).run([a for c in chunk for a in _arrays(c.data_sets[0][0])])
+            got = rep.run([a for c in chunk for a in _arrays(c.data_sets[0][0])])
             k = 0
             for c in chunk:
                 n = len(c.model.graph.output)
@@ -209,10 +221,10 @@ def _run_merged(chunk: list, engines: tuple, out: dict) -> list:
         return True
 
     try:
-        rep = DlcBackend.prepare(merged_model(chunk), engine=engines[0])
-        failed = tuple(e for e in engines if not passes(rep, e))
-    except Exception:  # noqa: BLE001  (as a failed run)
-        failed = engines
+        reps = _prepared(merged_model(chunk), engines)
+    except Exception:  # noqa: BLE001  (cases onnx does not merge: as a failed run)
+        reps = dict.fromkeys(engines, NodeTestOutcome("fail"))
+    failed = tuple(e for e, rep in reps.items() if not passes(rep))
     for e in engines:
         if e not in failed:
             out[e].update((c.name, NodeTestOutcome("pass")) for c in chunk)
