@@ -30,7 +30,7 @@ class GemmLibrary:
         """`packed`: also the routines of each variant that take op(B) packed, and the
         pack functions (call with packed=True), and those that take op(A) packed (call
         with packed_a=True; a bf16 one one matrix of A). `level`: LLVM's, by default dlc's routines'
-        (`jit.settled_level`: O3, quick code under DLC_QUICK_CODE=only)."""
+        (`jit.settled_level`: O3, quick or unoptimized code under DLC_QUICK_CODE=only or unoptimized)."""
         self.config = config or default_config()
         if self.config.amx and not tiles_granted():
             raise RuntimeError("the AMX routines need the tile state, which Linux did not grant")

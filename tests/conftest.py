@@ -74,13 +74,15 @@ def pytest_configure(config):
         if variable not in os.environ:
             folder = os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
             config.add_cleanup(functools.partial(shutil.rmtree, folder, ignore_errors=True))
-    # quick code only (runtime/engines/tiers.py): the tests check what code computes, and both
-    # tiers compute the same bits (tests/native/test_tiers.py, which sets dlc's default, checks
-    # it); an O3 compile that a test's run starts once it is hot would take a core from the other
-    # worker. The speed benchmarks the tests run (their smallest configurations, for what they
-    # print and check, not their speed) run quick code too, unless they say otherwise
-    # (benchmarks/rounds.py time_o3_code)
-    os.environ.setdefault("DLC_QUICK_CODE", "only")
+    # unoptimized code only (runtime/engines/tiers.py), as `cargo test` runs unoptimized code:
+    # the tests check what code computes, which every level computes to the same bits
+    # (tests/native/test_tiers.py, which sets dlc's default, checks it), and most of their time
+    # is compiles, about 40 % shorter at LLVM's O0 code generator than quick code's; an O3
+    # compile that a test's run starts once it is hot would take a core from the other worker.
+    # The speed benchmarks the tests run (their smallest configurations, for what they print
+    # and check, not their speed) run it too, unless they say otherwise (benchmarks/rounds.py
+    # time_o3_code)
+    os.environ.setdefault("DLC_QUICK_CODE", "unoptimized")
     # the torchvision that CI installs may be a CUDA build that does not load: the tests (and
     # transformers, which imports it) take its model definitions without its compiled ops
     without_torchvision_ops()

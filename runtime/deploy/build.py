@@ -108,7 +108,7 @@ class Built:
     train: bool = False
     transform: bool = False
     int8: int = 0  # its integer products (dlc build --int8)
-    level: int = jit.OPT_LEVEL  # LLVM's level of its code: O3, or quick (jit.settled_level)
+    level: int = jit.OPT_LEVEL  # LLVM's level of its code: O3, quick or unoptimized (jit.settled_level)
     # what dlc build says of its input besides the build (a float32 build of a quantized checkpoint)
     notes: list = field(default_factory=list)
 
@@ -147,7 +147,7 @@ def build(
             "(dlc quantize makes one)" + ("; it does not train (no --train)" if train else "")
         )
     embed = embed or int8  # the quantization is compiled in: the float32 parameters with it
-    level = jit.settled_level()  # O3, or quick code under DLC_QUICK_CODE=only
+    level = jit.settled_level()  # O3, or quick (unoptimized) code under DLC_QUICK_CODE=only (unoptimized)
     # before the compile: a missing toolchain is said at once
     tools = find(toolchain, TARGETS[target][0] if TARGETS[target] else "")
     if TARGETS[target] is not None:

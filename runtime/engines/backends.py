@@ -8,6 +8,7 @@ import time
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.model import Model
+from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.lower import NotLowerable
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.protocol import Engine
@@ -57,9 +58,11 @@ def make_engine(
 
 def built_message(cached: bool, seconds: float, quick: bool) -> str:
     """What the run says of its train step: loaded from the compile cache, or compiled (then
-    stored there), and whether it is the quick code (runtime/engines/tiers.py); `seconds`
-    counts lowering the graph too."""
-    what = "the native train step's quick code" if quick else "the native train step"
+    stored there), and whether it is the quick (or unoptimized) code that runs before the O3
+    code (runtime/engines/tiers.py); `seconds` counts lowering the graph too."""
+    what = "the native train step"
+    if quick:  # within 80 columns
+        what += " unoptimized" if jit.quick_code() == "unoptimized" else "'s quick code"
     if cached:
         return f"loaded {what} from the cache ({span(seconds)})"
     return f"compiled {what} in {span(seconds)} (cached for the next runs)"

@@ -15,8 +15,9 @@ Both tiers compute the same bits: no float operation of dlc's IR lets LLVM reass
 contract it (the FMAs are explicit calls), so the optimizer may not change a result at
 any level (tests/native/test_tiers.py). `DLC_QUICK_CODE=0` compiles every module at O3
 before its first call; `DLC_QUICK_CODE=only` runs quick code and never starts an O3 compile
-(O3 code found in the cache still runs): a run that is short or has no core to spare, a
-test suite's. `finish` waits for the O3 code (a benchmark times it).
+(O3 code found in the cache still runs): a run that is short or has no core to spare.
+`DLC_QUICK_CODE=unoptimized` does the same with LLVM's O0 code generator (`jit.UNOPTIMIZED_LEVEL`):
+a run that compiles more than it computes, a test suite's. `finish` waits for the O3 code (a benchmark times it).
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ class TieredDriver:
         mode = jit.quick_code() if quick else "0"
         found = cache.find_built(parts, jit.OPT_LEVEL) if mode != "0" else None
         if found is None and mode != "0":
-            self.loaded, self.extra = cache.compile_built(parts, self._built, jit.QUICK_LEVEL)
-            self.hot = math.inf if mode == "only" else max(HOT, O3_SECONDS_PER_BYTE * self.loaded.size)
+            self.loaded, self.extra = cache.compile_built(parts, self._built, jit.first_level())
+            self.hot = math.inf if mode in ("only", "unoptimized") else max(HOT, O3_SECONDS_PER_BYTE * self.loaded.size)
             self.fn = DRIVER(self.loaded.address(entry))
             self.run = self._quick
         else:

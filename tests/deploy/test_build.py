@@ -100,11 +100,11 @@ def test_c_prediction_is_dlc_predict_bit_for_bit(built, model, tmp_path):
 
 
 def test_a_library_of_quick_code_says_so(built, tmp_path):
-    """The test session builds quick code (DLC_QUICK_CODE=only), and `dlc build` says it;
-    the page's build (below) is at O3, as a user's."""
+    """The test session builds unoptimized code (DLC_QUICK_CODE=unoptimized), and `dlc build`
+    says it; the page's build (below) is at O3, as a user's."""
     r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "-o", tmp_path / "lib")
     assert r.stdout.splitlines()[2:] == [
-        "its code is quick code, not O3 (DLC_QUICK_CODE=only): it computes the same bits, more slowly"
+        "its code is unoptimized code, not O3 (DLC_QUICK_CODE=unoptimized): it computes the same bits, more slowly"
     ]
 
 

@@ -1,6 +1,7 @@
 """A program's code in two tiers (runtime/engines/tiers.py): quick code first, O3 once it
 is hot, the same bits from both, the O3 code stored for the next run, a run that ends
-during the O3 compile ending at once, and quick code only (DLC_QUICK_CODE=only)."""
+during the O3 compile ending at once, and quick or unoptimized code only (DLC_QUICK_CODE=only,
+unoptimized)."""
 
 import os
 import subprocess
@@ -65,6 +66,14 @@ def test_quick_code_and_o3_code_train_to_the_same_bits(tmp_path, monkeypatch, na
     assert losses == o3_losses and repr(outputs) == repr(o3_outputs)
     for k in o3:
         np.testing.assert_array_equal(tiered[k], o3[k], err_msg=k)
+    # LLVM's O0 code generator (the test session's level) computes them too
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / "unoptimized"))
+    monkeypatch.setenv("DLC_QUICK_CODE", "unoptimized")
+    unoptimized, losses, outputs, quick = trained(name, None)
+    assert all(quick)
+    assert losses == o3_losses and repr(outputs) == repr(o3_outputs)
+    for k in o3:
+        np.testing.assert_array_equal(unoptimized[k], o3[k], err_msg=k)
 
 
 def _xor_engine():
@@ -113,9 +122,10 @@ def test_quick_code_from_the_cache_is_built_again_when_hot(tmp_path, monkeypatch
         np.testing.assert_array_equal(params[k], reference[k], err_msg=k)
 
 
-def test_quick_code_only_never_compiles_at_o3_but_runs_o3_code_from_the_cache(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["only", "unoptimized"])
+def test_quick_code_only_never_compiles_at_o3_but_runs_o3_code_from_the_cache(tmp_path, monkeypatch, mode):
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("DLC_QUICK_CODE", "only")
+    monkeypatch.setenv("DLC_QUICK_CODE", mode)
     monkeypatch.setattr(tiers, "O3_SECONDS_PER_BYTE", 0.0)  # hot after its first call, if it could be
     monkeypatch.setattr(tiers, "HOT", 0.0)
     engine, train, evaluation, opt, params, state, feeds = _xor_engine()
@@ -129,10 +139,10 @@ def test_quick_code_only_never_compiles_at_o3_but_runs_o3_code_from_the_cache(tm
     assert again.train_exe.driver.optimized and again.train_exe.compiled.cached
 
 
-@pytest.mark.parametrize("value", ["2", "yes", " ", "Only"])
+@pytest.mark.parametrize("value", ["2", "yes", " ", "Only", "O0"])
 def test_a_bad_quick_code_setting_is_refused(monkeypatch, value):
     monkeypatch.setenv("DLC_QUICK_CODE", value)
-    with pytest.raises(DlcError, match=r"DLC_QUICK_CODE must be 1 .*, 0 .* or only .*, not"):
+    with pytest.raises(DlcError, match=r"DLC_QUICK_CODE must be 1 .*, 0 .*, only .* or unoptimized .*, not"):
         jit.quick_code()
 
 
@@ -187,3 +197,34 @@ def test_a_run_that_ends_during_the_o3_compile_ends_at_once_and_leaves_no_compil
         else:
             pytest.fail(f"the O3 compiler {pid} outlived its run")
     assert time.monotonic() - t0 < 60
+
+
+def test_unoptimized_code_is_llvms_o0_code_generators(monkeypatch):
+    """DLC_QUICK_CODE=unoptimized compiles modules and dlc's own routines at
+    jit.UNOPTIMIZED_LEVEL: the quick pass list, then LLVM's O0 code generator."""
+    monkeypatch.setenv("DLC_QUICK_CODE", "unoptimized")
+    assert jit.first_level() == jit.settled_level() == jit.UNOPTIMIZED_LEVEL
+    monkeypatch.setenv("DLC_QUICK_CODE", "only")
+    assert jit.first_level() == jit.settled_level() == jit.QUICK_LEVEL
+    text = textwrap.dedent("""
+        define float @total(float* %x, i64 %n) {
+        entry:
+          br label %loop
+        loop:
+          %i = phi i64 [0, %entry], [%next, %loop]
+          %s = phi float [0.0, %entry], [%t, %loop]
+          %p = getelementptr float, float* %x, i64 %i
+          %v = load float, float* %p
+          %t = fadd float %s, %v
+          %next = add i64 %i, 1
+          %more = icmp slt i64 %next, %n
+          br i1 %more, label %loop, label %done
+        done:
+          ret float %t
+        }
+    """)
+    objects = {
+        level: jit.target_machine(level).emit_object(jit.optimize(jit.parse(text), level))
+        for level in (jit.UNOPTIMIZED_LEVEL, jit.QUICK_LEVEL)
+    }
+    assert objects[jit.UNOPTIMIZED_LEVEL] != objects[jit.QUICK_LEVEL]

@@ -122,6 +122,14 @@ def train(path: Path, out: Path, capsys, *flags: str) -> dict:
     return numbers
 
 
+@pytest.fixture
+def quick_code(monkeypatch):
+    """Quick code, not the session's unoptimized code (tests/conftest.py): a run of whole
+    epochs computes more than it compiles."""
+    monkeypatch.setenv("DLC_QUICK_CODE", "only")
+
+
+@pytest.mark.usefixtures("quick_code")
 @pytest.mark.parametrize(
     "path",
     [pytest.param(p, marks=[pytest.mark.slow] if p.stem in SLOW_EPOCH else []) for p in EXAMPLES],
@@ -137,6 +145,7 @@ def test_every_example_trains_one_epoch_offline(path, tmp_path, capsys, fake_fet
     assert (tmp_path / "run" / "last.npz").is_file()
 
 
+@pytest.mark.usefixtures("quick_code")
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name, metric, at_least",
@@ -153,6 +162,7 @@ def test_example_reaches_the_result_its_header_states(name, metric, at_least, tm
 
 
 # ---- the milestone models of the course: each reaches the result its header states -------------------
+@pytest.mark.usefixtures("quick_code")
 @pytest.mark.parametrize(
     "name, metric, at_least",
     [
@@ -165,6 +175,7 @@ def test_milestone_classifier_reaches_its_stated_accuracy(name, metric, at_least
     assert numbers[metric] >= at_least
 
 
+@pytest.mark.usefixtures("quick_code")
 @pytest.mark.slow
 def test_char_gpt_reaches_the_validation_loss_its_header_states(tmp_path, capsys):
     """600 steps by its own train block: random windows, the text's tail held out, decay groups."""

@@ -509,6 +509,7 @@ def test_each_bucket_is_handed_over_final_and_the_update_waits_for_finish(text):
 def test_the_checksum_sees_ranks_that_differ(tmp_path):
     script = tmp_path / "check.py"
     script.write_text("""
+from pathlib import Path
 import numpy as np
 from dlc.compiler.errors import DlcError
 from dlc.runtime.engines import distributed
@@ -519,14 +520,15 @@ params["b"][1] += world.rank * 1e-7
 try:
     world.checksum(params, 2)
 except DlcError as e:
-    print(world.rank, e.message)
+    # a file a rank: the ranks' lines on mpirun's one stdout may interleave
+    (Path(__file__).parent / f"rank{world.rank}.txt").write_text(e.message)
 """)
     r = subprocess.run(
         [MPIRUN, "-n", "2", sys.executable, str(script)], capture_output=True, text=True, env=env(), timeout=60
     )
     assert r.returncode == 0, r.stderr
-    lines = sorted(r.stdout.splitlines())
-    assert len(lines) == 2 and all("after step 2 the ranks' parameters differ" in line for line in lines)
+    said = [p.read_text() for p in sorted(tmp_path.glob("rank*.txt"))]
+    assert len(said) == 2 and all("after step 2 the ranks' parameters differ" in line for line in said), said
 
 
 # ---- sharded optimizer state (shard_optimizer = true) ------------------------------------------------

@@ -32,6 +32,10 @@ OPT_LEVEL = 3
 # the level of quick code (runtime/engines/tiers.py): dlc's short pass list (`optimize`) and
 # LLVM's O1 code generator, not LLVM's O1 pipeline
 QUICK_LEVEL = 1
+# the level of unoptimized code (DLC_QUICK_CODE=unoptimized): the same short pass list and
+# LLVM's O0 code generator, which compiles in about 60 % of O1's time code that runs 2.5-3.5
+# times slower: for runs that compile more than they compute, such as a test suite's
+UNOPTIMIZED_LEVEL = 0
 LLVMLITE_VERSION = llvmlite.__version__  # machine code cached on disk is keyed by it
 # llvmlite releases the GIL inside LLVM, whose global context and our shared
 # TargetMachine are not thread-safe: one compilation at a time.
@@ -40,23 +44,30 @@ _lock = threading.RLock()
 
 def quick_code() -> str:
     """How code is compiled (runtime/engines/tiers.py): $DLC_QUICK_CODE, "1" (the default: a
-    module's quick code first, O3 once hot), "0" (O3 before the first call) or "only" (quick
-    code, never an O3 compile)."""
+    module's quick code first, O3 once hot), "0" (O3 before the first call), "only" (quick
+    code, never an O3 compile) or "unoptimized" (unoptimized code, never an O3 compile)."""
     value = os.environ.get("DLC_QUICK_CODE", "1")
-    if value not in ("0", "1", "only"):
+    if value not in ("0", "1", "only", "unoptimized"):
         from dlc.compiler.errors import DlcError
 
         raise DlcError(
-            f"DLC_QUICK_CODE must be 1 (quick code first), 0 (O3 before the first call) "
-            f"or only (quick code, never O3), not '{value}'"
+            f"DLC_QUICK_CODE must be 1 (quick code first), 0 (O3 before the first call), "
+            f"only (quick code, never O3) or unoptimized (unoptimized code, never O3), not '{value}'"
         )
     return value
 
 
+def first_level() -> int:
+    """The level a module's code is first compiled at: quick, or unoptimized under
+    DLC_QUICK_CODE=unoptimized."""
+    return UNOPTIMIZED_LEVEL if quick_code() == "unoptimized" else QUICK_LEVEL
+
+
 def settled_level() -> int:
     """The level of code compiled once, never tiered up: dlc's own routines (the GEMM routines,
-    the thread pool) and a built library's objects. O3, but quick under DLC_QUICK_CODE=only."""
-    return QUICK_LEVEL if quick_code() == "only" else OPT_LEVEL
+    the thread pool) and a built library's objects. O3, but `first_level` under
+    DLC_QUICK_CODE=only or unoptimized."""
+    return first_level() if quick_code() in ("only", "unoptimized") else OPT_LEVEL
 
 
 # x86's code generator turns a loop's conditional moves into branches where it guesses
@@ -278,7 +289,7 @@ def parse(module: ir.Module | str | llvm.ModuleRef) -> llvm.ModuleRef:
 
 def optimize(ref: llvm.ModuleRef, level: int = OPT_LEVEL) -> llvm.ModuleRef:
     """Optimize `ref` in place: LLVM's default new-pass-manager pipeline O`level`, or at
-    QUICK_LEVEL a short list of its passes. dlc vectorizes and blocks its kernels itself, so
+    QUICK_LEVEL and below a short list of its passes. dlc vectorizes and blocks its kernels itself, so
     what the quick code needs is their loop variables in registers (SROA), their index
     arithmetic folded (instcombine) and their blocks merged (simplifycfg); LLVM's O1 adds
     loop passes and GVN, which take 5-9 times as long and made the examples' train steps at
@@ -289,7 +300,7 @@ def optimize(ref: llvm.ModuleRef, level: int = OPT_LEVEL) -> llvm.ModuleRef:
         pto.slp_vectorization = level >= 2
         pto.loop_unrolling = level >= 1
         pb = llvm.create_pass_builder(_shared_tm(), pto)
-        passes = _quick_passes() if level == QUICK_LEVEL else pb.getModulePassManager()
+        passes = _quick_passes() if level <= QUICK_LEVEL else pb.getModulePassManager()
         passes.run(ref, pb)
     return ref
 

@@ -103,4 +103,8 @@ def run(args):
         f"{', scales its inputs itself' if built.transform else ''}, linked with {built.toolchain}"
     )
     if built.level != jit.OPT_LEVEL:
-        print("its code is quick code, not O3 (DLC_QUICK_CODE=only): it computes the same bits, more slowly")
+        mode = jit.quick_code()
+        print(
+            f"its code is {'quick' if mode == 'only' else mode} code, not O3 (DLC_QUICK_CODE={mode}): "
+            f"it computes the same bits, more slowly"
+        )
