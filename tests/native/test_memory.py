@@ -270,3 +270,27 @@ def test_native_training_on_a_poisoned_arena_matches_the_reference(name, packing
     base = arrays[next(iter(plan.offsets))].base
     assert all(arrays[b].base is base for b in plan.offsets)
     assert plan.arena < plan.temp_bytes
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping holding `address` in /proc/self/smaps."""
+    flags, inside = None, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "VmFlags:":
+            flags = line.split()[1:]
+    return flags
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux's /proc/self/smaps")
+def test_the_arena_is_zero_page_aligned_and_not_advised_into_huge_pages():
+    arena = memory.arena_zeros(8 << 20)
+    assert arena.nbytes == 8 << 20 and arena.flags.writeable and not arena.any()
+    assert arena.ctypes.data % memory.ALIGN == 0
+    # MADV_HUGEPAGE, which numpy asks for from the array's first whole page on
+    assert "hg" not in _vm_flags(arena.ctypes.data + arena.nbytes // 2)
+    packed = memory.aligned_zeros(8 << 20, np.uint8)
+    assert "hg" in _vm_flags(packed.ctypes.data + packed.nbytes // 2)  # packed weights keep them
