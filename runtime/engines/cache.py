@@ -354,19 +354,35 @@ def _built_key(parts: tuple, level: int = jit.OPT_LEVEL) -> str:
     return _key(h.hexdigest())
 
 
-def _pickled(parts: tuple) -> bytes:
-    """parts pickled without the memo, so that equal programs give equal bytes whether or
-    not they share objects (a model built twice in one process shares its spans the
-    second time: mobilenet_v2's warm start missed the cache and built its IR again, 3.7 s)."""
+def _pickled(obj) -> bytes:
+    """obj pickled without the memo, so that equal programs give equal bytes whether or not
+    they share objects (a model built twice in one process shares its spans the second
+    time; spans read from the parse cache hold a file name each, a parse's share one:
+    mobilenet_v2's warm start missed the cache and built its IR again, 3.7 s). CPython's
+    fast pickler refuses some structures nested deeper than 50 levels (its check for cycles,
+    by id, raised a KeyError on resnet18's train step), so a list's or a tuple's items are
+    pickled one by one, and an object the fast pickler refuses field by field; only what it
+    refuses alone, a true cycle, is pickled with the memo."""
+    if isinstance(obj, (list, tuple)):
+        return _joined(obj, obj)
     out = io.BytesIO()
     pickler = pickle.Pickler(out, protocol=5)
     pickler.fast = True
     try:
-        pickler.dump(parts)
-    except (ValueError, KeyError):  # a cycle, which only the memo pickles (the fast pickler raises
-        # either, by where the cycle closes): the plain bytes
-        return pickle.dumps(parts, protocol=5)
-    return out.getvalue()
+        pickler.dump(obj)
+        return out.getvalue()
+    except (ValueError, KeyError):
+        pass
+    if not hasattr(obj, "__dict__"):
+        return pickle.dumps(obj, protocol=5)
+    return _joined(obj, (type(obj).__module__, type(obj).__qualname__, *vars(obj).items()))
+
+
+def _joined(obj, items) -> bytes:
+    """`_pickled` of each of `items` (the parts of `obj`), each after its length."""
+    pieces = [_pickled(item) for item in items]
+    head = type(obj).__name__.encode() + _COUNT.pack(len(pieces))
+    return head + b"".join(_LENGTH.pack(len(p)) + p for p in pieces)
 
 
 @contextlib.contextmanager
