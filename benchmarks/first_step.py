@@ -21,12 +21,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from machine import OtherLoad, print_results
 from models import BERT, image_batch, torchvision_model, twin_of
 from rounds import others_cell
-from train_step import DEFAULT_BATCH, LOSS_RTOL, DlcRunner, TorchRunner, make_batch, markdown, rel
+from train_step import DEFAULT_BATCH, LOSS_RTOL, DlcRunner, TorchRunner, load_workload, make_batch, markdown, rel
 from train_step import torch_state as workload_torch_state
 
 MODELS = ("resnet18", "mobilenet_v2", "bert_encoder")
@@ -41,8 +42,6 @@ def child(framework: str, name: str, args) -> dict:
     from dlc.runtime.training.gradcheck import init_params
 
     if name == "bert_encoder":
-        from train_step import load_workload
-
         sizes = BERT["small"]
         batch = make_batch(name, args.seed, args.batch or DEFAULT_BATCH[name], sizes)
         train = load_workload(name, sizes).build(training=True)
@@ -61,8 +60,6 @@ def child(framework: str, name: str, args) -> dict:
             runner = TorchRunner(name, state, batch, args.lr, framework, model=torchvision_model(name, torch))
         runner.first()
         return {"first_s": runner.run.first_s, "loss": runner.run.losses[0]}
-    import time
-
     from dlc.runtime.engines import cache
 
     if name != "bert_encoder":
