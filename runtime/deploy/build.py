@@ -147,7 +147,7 @@ def build(
             "(dlc quantize makes one)" + ("; it does not train (no --train)" if train else "")
         )
     embed = embed or int8  # the quantization is compiled in: the float32 parameters with it
-    level = jit.settled_level()  # O3, or quick (unoptimized) code under DLC_QUICK_CODE=only (unoptimized)
+    level = jit.settled_level()  # O3, or quick or unoptimized code (DLC_QUICK_CODE)
     # before the compile: a missing toolchain is said at once
     tools = find(toolchain, TARGETS[target][0] if TARGETS[target] else "")
     if TARGETS[target] is not None:

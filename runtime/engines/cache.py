@@ -227,9 +227,9 @@ def compile_built(parts: tuple, build, level: int = jit.OPT_LEVEL) -> tuple[Load
 
 def compile_routine(parts: tuple, build) -> Loaded:
     """compile_built's machine code of one of dlc's own routines (the thread pool, a GEMM
-    routine and its buffers), compiled once per machine at `jit.settled_level()`: O3, or
-    under DLC_QUICK_CODE=only (unoptimized) quick (unoptimized) code unless the cache has the
-    O3 code."""
+    routine and its buffers), compiled once per machine at `jit.settled_level()`: O3, or quick
+    or unoptimized code under DLC_QUICK_CODE=only or unoptimized unless the cache has the O3
+    code."""
     level = jit.settled_level()
     found = find_built(parts, jit.OPT_LEVEL) if level != jit.OPT_LEVEL else None
     return (found or compile_built(parts, build, level))[0]

@@ -55,7 +55,7 @@ class TieredDriver:
         found = cache.find_built(parts, jit.OPT_LEVEL) if mode != "0" else None
         if found is None and mode != "0":
             self.loaded, self.extra = cache.compile_built(parts, self._built, jit.first_level())
-            self.hot = math.inf if mode in ("only", "unoptimized") else max(HOT, O3_SECONDS_PER_BYTE * self.loaded.size)
+            self.hot = math.inf if mode in jit.NEVER_O3 else max(HOT, O3_SECONDS_PER_BYTE * self.loaded.size)
             self.fn = DRIVER(self.loaded.address(entry))
             self.run = self._quick
         else:

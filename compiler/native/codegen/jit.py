@@ -36,6 +36,8 @@ QUICK_LEVEL = 1
 # LLVM's O0 code generator, which compiles in about 60 % of O1's time code that runs 2.5-3.5
 # times slower: for runs that compile more than they compute, such as a test suite's
 UNOPTIMIZED_LEVEL = 0
+# the DLC_QUICK_CODE modes that never start an O3 compile
+NEVER_O3 = ("only", "unoptimized")
 LLVMLITE_VERSION = llvmlite.__version__  # machine code cached on disk is keyed by it
 # llvmlite releases the GIL inside LLVM, whose global context and our shared
 # TargetMachine are not thread-safe: one compilation at a time.
@@ -67,7 +69,7 @@ def settled_level() -> int:
     """The level of code compiled once, never tiered up: dlc's own routines (the GEMM routines,
     the thread pool) and a built library's objects. O3, but `first_level` under
     DLC_QUICK_CODE=only or unoptimized."""
-    return first_level() if quick_code() in ("only", "unoptimized") else OPT_LEVEL
+    return first_level() if quick_code() in NEVER_O3 else OPT_LEVEL
 
 
 # x86's code generator turns a loop's conditional moves into branches where it guesses
