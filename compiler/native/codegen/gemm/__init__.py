@@ -60,7 +60,7 @@ take op(A) so, packed by `add_pack` of "a" into K-long MR-tall panels (a predict
 convolution filters; a bf16 routine's as its own packs round them, one matrix of A, on the
 tiled path), and read only it. With at most FEW_COLUMNS columns of C
 nothing is packed: groups of op(A)'s rows are multiplied as they lie, or its given panels
-one a group (few_columns.py; the weight of a convolution's im2col product is A). Every path sums each element in the same order; the
+several a pass (few_columns.py; the weight of a convolution's im2col product is A). Every path sums each element in the same order; the
 order in which a block takes them is compiler/native/choose/matmul.py's docstring's.
 
 Threads: the work is handed to dlc's thread pool (codegen/threadpool.py) in CHUNKS_PER_THREAD

@@ -58,6 +58,11 @@ class GemmConfig:
         return {"bf16-pairs": 2, "bf16-amx": TILE_DEPTH}.get(self.operands, 1)
 
     @property
+    def vector_registers(self) -> int:
+        """The ISA's vector registers: 16 under AVX2, 32 under AVX-512 and AArch64's NEON."""
+        return 16 if self.vw == 8 else 32
+
+    @property
     def tag(self) -> str:
         """Names the module-level helpers shared by all routines of this blocking."""
         operands = self.operands if self.bf16 else ""

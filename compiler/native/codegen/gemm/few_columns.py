@@ -32,7 +32,9 @@ def few_columns(
     packed (the `packed_a` routines': MR-tall panels, each K long, k-major, m0 a
     panel's first row), a group is a panel, its vector at k MR contiguous floats of the
     pack, and A is not read (a built library's filters, with B's few columns: the tiled
-    path's narrow micro-kernel would fill a few of each vector's lanes). On bf16's
+    path's narrow micro-kernel would fill a few of each vector's lanes); then several
+    panels a pass where a few columns alone would keep too few chains of FMAs in flight
+    (`_groups_at_once`). On bf16's
     conversion path A's given panels are rounded, and each K slice of op(B)'s columns is
     rounded once, copied into `Bp` (the thread's pack of B), before the groups read it:
     rounded as each group read it, a scalar at a time, op(B)'s values cost more than the
@@ -62,61 +64,90 @@ def few_columns(
                 at = lambda s: gep(b, B, b.add(b.mul(b.add(k, c64(s)), ldb), j))
             return [splat(b, b.load(at(s)), vty) for s in range(t)]
 
-        with loop(b, m0, m1, G, name="ci") as i:
-            rows = smin(b, c64(G), b.sub(m1, i))
-            if Ak is None:
-                # rows past the group's last are read as the last (inside A) and never stored
+        load_c = ir.Constant(i1, 1) if accumulate else b.icmp_signed(">", pc, c64(0))
+        k8 = b.add(pc, b.mul(b.sdiv(kc, c64(G)), c64(G)))
+
+        def vectors_at(group, k, t):
+            """op(A)[the group's rows, k + s] for s < t: t vectors of its rows."""
+            if Ak is not None:  # its panel
+                return [
+                    b.load(vec_ptr(b, gep(b, group, b.mul(b.add(k, c64(s)), c64(G))), vty), align=4) for s in range(t)
+                ]
+            i, row, lanes = group
+            if trans_a:  # row k of A holds the group's rows side by side (masked: past m1)
+                return [
+                    b.call(
+                        mload,
+                        [vec_ptr(b, b.gep(A, [b.add(b.mul(b.add(k, c64(s)), lda), i)]), vty), i32(4), lanes, zero],
+                    )
+                    for s in range(t)
+                ]
+            if t == G:
+                return transpose8(
+                    b, [b.load(vec_ptr(b, gep(b, A, b.add(b.mul(r, lda), k)), vty), align=4) for r in row]
+                )
+            v = ir.Constant(vty, ir.Undefined)
+            for p, r in enumerate(row):
+                v = b.insert_element(v, b.load(gep(b, A, b.add(b.mul(r, lda), k))), i32(p))
+            return [v]
+
+        def multiply(i, q, j, width):
+            """C[q groups from row i on, j : j + width] (+)= their products over the K slice:
+            one chain of FMAs along k for each of the q · width elements' vectors."""
+            if Ak is not None:  # the groups' panels: rows past the last are the pack's (zeros past M), never stored
+                groups = [gep(b, Ak, b.mul(b.add(i, c64(p * G)), K)) for p in range(q)]
+            else:  # rows past the group's last are read as the last (inside A) and never stored
+                rows = smin(b, c64(G), b.sub(m1, i))
                 row = [b.add(i, smin(b, c64(p), b.sub(rows, c64(1)))) for p in range(G)]
                 lanes = b.icmp_signed(
                     "<", ir.Constant(ir.VectorType(i64, G), list(range(G))), splat(b, rows, ir.VectorType(i64, G))
                 )
-            else:  # the group's panel: rows past the group's last are the pack's (zeros past M), never stored
-                panel = gep(b, Ak, b.mul(i, K))
+                groups = [(i, row, lanes)]
 
-            def vectors_at(k, t):
-                """op(A)[group, k + s] for s < t: t vectors of the group's rows."""
-                if Ak is not None:
-                    return [
-                        b.load(vec_ptr(b, gep(b, panel, b.mul(b.add(k, c64(s)), c64(G))), vty), align=4)
-                        for s in range(t)
-                    ]
-                if trans_a:  # row k of A holds the group's rows side by side (masked: past m1)
-                    return [
-                        b.call(
-                            mload,
-                            [vec_ptr(b, b.gep(A, [b.add(b.mul(b.add(k, c64(s)), lda), i)]), vty), i32(4), lanes, zero],
-                        )
-                        for s in range(t)
-                    ]
-                if t == G:
-                    return transpose8(
-                        b, [b.load(vec_ptr(b, gep(b, A, b.add(b.mul(r, lda), k)), vty), align=4) for r in row]
-                    )
-                v = ir.Constant(vty, ir.Undefined)
-                for p, r in enumerate(row):
-                    v = b.insert_element(v, b.load(gep(b, A, b.add(b.mul(r, lda), k))), i32(p))
-                return [v]
+            def step(k, t, acc):
+                values = [b_at(k, b.add(j, c64(c)), t) for c in range(width)]
+                out = []
+                for p, group in enumerate(groups):
+                    cols, chains = vectors_at(group, k, t), acc[p * width : (p + 1) * width]
+                    for s in range(t):
+                        chains = [b.call(fma, [cols[s], values[c][s], chains[c]]) for c in range(width)]
+                    out += chains
+                return out
 
-            load_c = ir.Constant(i1, 1) if accumulate else b.icmp_signed(">", pc, c64(0))
-            k8 = b.add(pc, b.mul(b.sdiv(kc, c64(G)), c64(G)))
-            start = n0
-            for width in (8, 4, 2, 1):
-                end = b.sub(n1, b.srem(b.sub(n1, start), c64(width)))
-                with loop(b, start, end, width, name=f"cj{width}") as j:
+            with carrying_loop(b, k8, [zero] * (q * width), name="ck", start=pc, step=G) as (k, acc, new):
+                new += step(k, G, acc)
+            with carrying_loop(b, b.add(pc, kc), acc, name="ct", start=k8) as (k, acc2, new2):
+                new2 += step(k, 1, acc2)
+            for p in range(q):
+                at = b.add(i, c64(p * G))
+                rows = c64(G) if q > 1 else smin(b, c64(G), b.sub(m1, at))
+                _store_columns(b, C, ldc, at, G, rows, j, acc2[p * width : (p + 1) * width], load_c)
 
-                    def step(k, t, acc):
-                        cols = vectors_at(k, t)
-                        values = [b_at(k, b.add(j, c64(c)), t) for c in range(width)]
-                        for s in range(t):
-                            acc = [b.call(fma, [cols[s], values[c][s], acc[c]]) for c in range(width)]
-                        return acc
+        start = n0
+        for width in (8, 4, 2, 1):
+            end = b.sub(n1, b.srem(b.sub(n1, start), c64(width)))
+            # q groups a pass, whole ones, then fewer for the rows left (the last group of one
+            # pass may be partial): width columns alone keep too few chains of FMAs in flight
+            first = m0
+            for q in _groups_at_once(gen.cfg, G, width) if Ak is not None else (1,):
+                last = m1 if q == 1 else b.sub(m1, b.srem(b.sub(m1, first), c64(q * G)))
+                with loop(b, first, last, q * G, name=f"ci{width}x{q}") as i:
+                    with loop(b, start, end, width, name=f"cj{width}x{q}") as j:
+                        multiply(i, q, j, width)
+                first = last
+            start = end
 
-                    with carrying_loop(b, k8, [zero] * width, name="ck", start=pc, step=G) as (k, acc, new):
-                        new += step(k, G, acc)
-                    with carrying_loop(b, b.add(pc, kc), acc, name="ct", start=k8) as (k, acc2, new2):
-                        new2 += step(k, 1, acc2)
-                    _store_columns(b, C, ldc, i, G, rows, j, acc2, load_c)
-                start = end
+
+def _groups_at_once(cfg, G: int, width: int) -> list:
+    """How many groups of G rows a pass multiplies for `width` columns of C, most first, then
+    fewer for the rows left, down to one. Each element is one chain of FMAs (a K slice's sum
+    along k, the tiled path's order), and two FMA units each giving a sum about four cycles
+    after taking its operands keep 8 chains busy: a group of 8 rows and 4 columns (a
+    convolution's last stage at batch 1, 4 pixels) left half of them idle. The chains fill
+    up to half the vector registers, the rest holding op(A)'s vectors and op(B)'s values."""
+    registers = -(-G // cfg.vw)  # of a group's vector
+    most = max(1, cfg.vector_registers // 2 // (width * registers))
+    return sorted({most >> h for h in range(most.bit_length())}, reverse=True)
 
 
 def _rounded_slice(gen, b, B, ldb, trans_b, pc, kc, n0, n1, Bp):
