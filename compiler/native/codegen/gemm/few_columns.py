@@ -32,9 +32,9 @@ def few_columns(
     packed (the `packed_a` routines': MR-tall panels, each K long, k-major, m0 a
     panel's first row), a group is a panel, its vector at k MR contiguous floats of the
     pack, and A is not read (a built library's filters, with B's few columns: the tiled
-    path's narrow micro-kernel would fill a few of each vector's lanes); then several
-    panels a pass where a few columns alone would keep too few chains of FMAs in flight
-    (`_groups_at_once`). On bf16's
+    path's narrow micro-kernel would fill a few of each vector's lanes). Panels, and groups of
+    Aᵀ's rows, are taken several a pass where a few columns alone would keep too few chains
+    of FMAs in flight (`_groups_at_once`). On bf16's
     conversion path A's given panels are rounded, and each K slice of op(B)'s columns is
     rounded once, copied into `Bp` (the thread's pack of B), before the groups read it:
     rounded as each group read it, a scalar at a time, op(B)'s values cost more than the
@@ -94,15 +94,18 @@ def few_columns(
         def multiply(i, q, j, width):
             """C[q groups from row i on, j : j + width] (+)= their products over the K slice:
             one chain of FMAs along k for each of the q · width elements' vectors."""
+            starts = [b.add(i, c64(p * G)) for p in range(q)]
             if Ak is not None:  # the groups' panels: rows past the last are the pack's (zeros past M), never stored
-                groups = [gep(b, Ak, b.mul(b.add(i, c64(p * G)), K)) for p in range(q)]
-            else:  # rows past the group's last are read as the last (inside A) and never stored
-                rows = smin(b, c64(G), b.sub(m1, i))
-                row = [b.add(i, smin(b, c64(p), b.sub(rows, c64(1)))) for p in range(G)]
-                lanes = b.icmp_signed(
-                    "<", ir.Constant(ir.VectorType(i64, G), list(range(G))), splat(b, rows, ir.VectorType(i64, G))
-                )
-                groups = [(i, row, lanes)]
+                groups = [gep(b, Ak, b.mul(at, K)) for at in starts]
+            else:  # rows past a group's last are read as the last (inside A) and never stored
+                groups = []
+                for at in starts:
+                    rows = smin(b, c64(G), b.sub(m1, at))
+                    row = [b.add(at, smin(b, c64(p), b.sub(rows, c64(1)))) for p in range(G)]
+                    lanes = b.icmp_signed(
+                        "<", ir.Constant(ir.VectorType(i64, G), list(range(G))), splat(b, rows, ir.VectorType(i64, G))
+                    )
+                    groups.append((at, row, lanes))
 
             def step(k, t, acc):
                 values = [b_at(k, b.add(j, c64(c)), t) for c in range(width)]
@@ -118,8 +121,7 @@ def few_columns(
                 new += step(k, G, acc)
             with carrying_loop(b, b.add(pc, kc), acc, name="ct", start=k8) as (k, acc2, new2):
                 new2 += step(k, 1, acc2)
-            for p in range(q):
-                at = b.add(i, c64(p * G))
+            for p, at in enumerate(starts):
                 rows = c64(G) if q > 1 else smin(b, c64(G), b.sub(m1, at))
                 _store_columns(b, C, ldc, at, G, rows, j, acc2[p * width : (p + 1) * width], load_c)
 
@@ -127,9 +129,11 @@ def few_columns(
         for width in (8, 4, 2, 1):
             end = b.sub(n1, b.srem(b.sub(n1, start), c64(width)))
             # q groups a pass, whole ones, then fewer for the rows left (the last group of one
-            # pass may be partial): width columns alone keep too few chains of FMAs in flight
+            # pass may be partial): width columns alone keep too few chains of FMAs in flight.
+            # Where a group is G of A's rows as they lie, each is a stream from memory of its
+            # own, and more groups a pass ran slower: more streams than the prefetcher follows
             first = m0
-            for q in _groups_at_once(gen.cfg, G, width) if Ak is not None else (1,):
+            for q in _groups_at_once(gen.cfg, G, width) if Ak is not None or trans_a else (1,):
                 last = m1 if q == 1 else b.sub(m1, b.srem(b.sub(m1, first), c64(q * G)))
                 with loop(b, first, last, q * G, name=f"ci{width}x{q}") as i:
                     with loop(b, start, end, width, name=f"cj{width}x{q}") as j:
