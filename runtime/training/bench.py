@@ -13,23 +13,33 @@ from dlc.compiler.frontend.loader import Program
 from dlc.compiler.frontend.settings import Call
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
 from dlc.runtime.engines.cores import threads
+from dlc.runtime.engines.int8 import calibrate_arrays
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.parameters import Parameters
 from dlc.runtime.optim.optimizers import make_optimizer
 
 
 BF16 = " (bf16 products)"
+INT8 = " (int8 products)"
 
 
 def bench(
-    program: Program, model_name: str | None, batch: int, dims: dict, steps: int, top: int, precision: str = "f32"
+    program: Program,
+    model_name: str | None,
+    batch: int,
+    dims: dict,
+    steps: int,
+    top: int,
+    precision: str = "f32",
+    int8: bool = False,
 ) -> str:
     """The train step's profile; a model without a loss (an imported classifier) has no
     step to train, so its prediction's. `precision`: of the products, as the train block's
-    ("bf16": bfloat16 operands)."""
+    ("bf16": bfloat16 operands). `int8`: the prediction's, its products quantized as `dlc
+    quantize` would (docs/quantization.md), calibrated on the random batch it times."""
     evaluation = program.build(model_name, training=False)
-    if "loss" not in evaluation.graph.outputs:
-        return _predict_profile(evaluation, batch, dims, steps, top, precision)
+    if int8 or "loss" not in evaluation.graph.outputs:
+        return _predict_profile(evaluation, batch, dims, steps, top, precision, int8)
     train = program.build(model_name, training=True)
     names = [p.name for p in train.params if p.trainable]
     opt = make_optimizer(Call("adam", [], {"lr": 1e-3}))
@@ -52,18 +62,21 @@ def bench(
     )
 
 
-def _predict_profile(model, batch: int, dims: dict, steps: int, top: int, precision: str) -> str:
-    """The native prediction's profile: every output from random inputs."""
+def _predict_profile(model, batch: int, dims: dict, steps: int, top: int, precision: str, int8: bool) -> str:
+    """The native prediction's profile: every output from random inputs (`int8`: its
+    products quantized, calibrated on those inputs; the timing does not depend on the scales)."""
+    weights = {k: v.astype(np.float32) for k, v in init_params(model).items()}
+    sizes = _sizes(model, batch, dims)
+    feeds = _feeds(model, sizes)
+    quantization = calibrate_arrays(model.graph, weights, feeds, 1, batch)[0] if int8 else None
     t0 = time.perf_counter()
-    engine = NativeEngine(model, model, profile=True, precision=precision)
+    engine = NativeEngine(model, model, profile=True, precision=precision, int8=quantization)
     exe = engine.predict_exe
     compile_s = time.perf_counter() - t0
     # a model's weights, packed once as DlcModel.predict's are (runtime/engines/parameters.py)
-    params = Parameters.owning({k: v.astype(np.float32) for k, v in init_params(model).items()})
-    sizes = _sizes(model, batch, dims)
-    feeds = _feeds(model, sizes)
+    params = Parameters.owning(weights)
     return _profile(
-        f"native prediction of {model.name}{BF16 * (precision == 'bf16')}",
+        f"native prediction of {model.name}{BF16 * (precision == 'bf16')}{INT8 * int8}",
         exe,
         lambda step: engine.predict(params, feeds),
         sizes,

@@ -58,3 +58,18 @@ def test_the_header_names_the_thread_team_the_steps_ran_on(capsys, monkeypatch):
         monkeypatch.setenv("DLC_NUM_THREADS", given)
         assert main(["bench", str(EXAMPLES / "xor_mlp.dl"), "--steps", "3"]) == 0
         assert shown in capsys.readouterr().out.splitlines()[0]
+
+
+def test_int8_profiles_the_prediction_with_its_integer_products(capsys):
+    """--int8: the prediction's profile, its products quantized (calibrated on the timed
+    batch): the digits CNN's second convolution and its dense layers run as int8 kernels,
+    its first convolution (one channel a tap) stays a float32 one."""
+    rows = bench_rows(capsys, "digits_cnn.dl", "--batch", "4", "--top", "100", "--int8")
+    kinds = {r[1] for r in rows}
+    assert "int8" in kinds and "conv" in kinds
+    assert abs(sum(r[3] for r in rows if r[0] == 0) - 100) < 1.5
+
+
+def test_int8_and_bf16_together_are_refused(capsys):
+    assert main(["bench", str(EXAMPLES / "digits_cnn.dl"), "--int8", "--precision", "bf16"]) != 0
+    assert "--int8 or --precision bf16" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.training.bench import bench
 from dlc.runtime.cli.arguments import model_arguments, thread_arguments, positive
@@ -28,8 +29,26 @@ def arguments(p):
         default="f32",
         help="of the operands of matmuls and convolutions, as in dlc train (default f32)",
     )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="the prediction with its products in int8, as dlc quantize makes them, calibrated on the timed batch",
+    )
     thread_arguments(p)
 
 
 def run(args):
-    print(bench(load(args.file), args.model, args.batch, dim_sizes(args.dim), args.steps, args.top, args.precision))
+    if args.int8 and args.precision == "bf16":
+        raise DlcError("dlc bench times int8 products or bf16 ones, not both: give --int8 or --precision bf16")
+    print(
+        bench(
+            load(args.file),
+            args.model,
+            args.batch,
+            dim_sizes(args.dim),
+            args.steps,
+            args.top,
+            args.precision,
+            args.int8,
+        )
+    )
