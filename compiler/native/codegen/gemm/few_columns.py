@@ -95,12 +95,13 @@ def few_columns(
             """C[q groups from row i on, j : j + width] (+)= their products over the K slice:
             one chain of FMAs along k for each of the q · width elements' vectors."""
             starts = [b.add(i, c64(p * G)) for p in range(q)]
+            # the rows of each group: whole ones where a pass takes several, else up to m1
+            counts = [c64(G) if q > 1 else smin(b, c64(G), b.sub(m1, at)) for at in starts]
             if Ak is not None:  # the groups' panels: rows past the last are the pack's (zeros past M), never stored
                 groups = [gep(b, Ak, b.mul(at, K)) for at in starts]
             else:  # rows past a group's last are read as the last (inside A) and never stored
                 groups = []
-                for at in starts:
-                    rows = smin(b, c64(G), b.sub(m1, at))
+                for at, rows in zip(starts, counts):
                     row = [b.add(at, smin(b, c64(p), b.sub(rows, c64(1)))) for p in range(G)]
                     lanes = b.icmp_signed(
                         "<", ir.Constant(ir.VectorType(i64, G), list(range(G))), splat(b, rows, ir.VectorType(i64, G))
@@ -121,8 +122,7 @@ def few_columns(
                 new += step(k, G, acc)
             with carrying_loop(b, b.add(pc, kc), acc, name="ct", start=k8) as (k, acc2, new2):
                 new2 += step(k, 1, acc2)
-            for p, at in enumerate(starts):
-                rows = c64(G) if q > 1 else smin(b, c64(G), b.sub(m1, at))
+            for p, (at, rows) in enumerate(zip(starts, counts)):
                 _store_columns(b, C, ldc, at, G, rows, j, acc2[p * width : (p + 1) * width], load_c)
 
         start = n0
