@@ -79,10 +79,10 @@ def lane_sums(kb: KernelBuilder, exprs: list, t, prefix: list, tail: tuple, comb
 
         kb.loops(tail[-1:], chunk, first=(ir.Constant(i64, 0), whole))
         done = b.mul(whole, ir.Constant(i64, SUM_LANES))
-        for j in range(SUM_LANES - 1):  # the last n mod SUM_LANES elements
-            i = b.add(done, ir.Constant(i64, j))
-            with b.if_then(b.icmp_signed("<", i, n)):
-                add(ir.Constant(i64, j), i, ridx)
+        # the last n mod SUM_LANES elements, in a loop: unrolled, the expressions' code
+        # would be there SUM_LANES times (a batchnorm gradient's reduction: 8 times the IR)
+        rest = (ir.Constant(i64, 0), b.sub(n, done))
+        kb.loops((SUM_LANES,), lambda j: add(j[0], b.add(done, j[0]), ridx), first=rest)
 
     kb.loops(tail[:-1], row)
     return [pairwise(b, [b.load(lane(s, ir.Constant(i64, j))) for j in range(SUM_LANES)], combine) for s in sums]
