@@ -57,6 +57,7 @@ def conv(kb: KernelBuilder, k, first):
             kb.loops(
                 (ci,), lambda c: kb.loops((kh,), lambda ii: tap_row(ii, b.add(c_first, c[0])), first=rows.tap_rows(ho))
             )
+            masks: dict = {}  # vector v's mask, the same for every channel: made once
             for o in range(width):
                 channel = b.add(o0, ir.Constant(i64, o))
                 # with groups, lanes past a row's end fall on its plane's next rows, which this
@@ -70,7 +71,9 @@ def conv(kb: KernelBuilder, k, first):
                 )
                 for v in range(rows.nv):
                     at, start = rows.out_at(n, channel, ho, wo0, v)
-                    value, mask = b.load(sums[o * rows.nv + v]), rows.mask(start, Wo)
+                    if v not in masks:
+                        masks[v] = rows.mask(start, Wo)
+                    value, mask = b.load(sums[o * rows.nv + v]), masks[v]
                     if plane_end is None:
                         rows.store(k.out, at, value, mask)
                     else:
