@@ -130,7 +130,9 @@ def interleave(
     own count) in `rounds` rounds of `steps` steps each, the order rotated every round, after
     `warmup` untimed steps of each. Without `steps`, a round takes about `seconds_each` of
     each slot's steps: as many steps of each (the same count, at least one) as the warm-up's
-    medians say fit. Each slot needs enough of them that the first ones after the others'
+    fastest steps say fit (a first step may wait for sleeping threads to wake, 10 ms on some
+    virtual machines: counted from it, a round of short calls was a few steps, all slowed by
+    the wake-up). Each slot needs enough of them that the first ones after the others'
     (in caches the others left cold) are not its median. `pause_s` before every
     slot lets the previous framework's spinning worker threads go to sleep. The garbage
     collector is paused while timing. `load` measures the others of a round (a context
@@ -144,7 +146,7 @@ def interleave(
         if warmup:
             took, outputs = slots[n](warmup)
             res.outputs[n] += outputs
-            warm_s += statistics.median(took)
+            warm_s += min(took)
     if steps is None:
         steps = max(1, int(seconds_each * len(names) / warm_s)) if warm_s > 0 else 1
     gc.collect()

@@ -139,3 +139,13 @@ def test_without_a_step_count_a_round_fills_each_slots_seconds(rounds):
     assert [len(r) for r in run.seconds["C"]] == [12, 12]
     with pytest.raises(ValueError):
         rounds.interleave(slots, rounds=2, seconds_each=28.0)  # no warm-up to tell a step's time
+
+
+def test_a_slow_first_warm_up_step_does_not_shorten_the_rounds(rounds):
+    # a first step waits for its threads to wake (10 ms on some virtual machines): counted as
+    # a step's time, the rounds would be a few steps each, all of them slowed by it
+    costs = iter([0.011, 0.0002, 0.0002])
+    slot = lambda n: ([next(costs, 0.0002) for _ in range(n)], [None] * n)
+    Load.values = [0.0] * 2
+    run = rounds.interleave({"A": slot}, rounds=2, warmup=3, seconds_each=0.01, load=Load)
+    assert [len(r) for r in run.seconds["A"]] == [50, 50]
