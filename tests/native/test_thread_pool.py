@@ -171,35 +171,3 @@ def test_a_forked_child_starts_workers_of_its_own(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["1", "True", "0", "True", "0"], r.stdout
-
-
-MOVE_OFF = """
-import ctypes, os
-from dlc.compiler.native.codegen import jit, threadpool
-m = threadpool.pool_module()             # a copy of the pool of its own: no job runs on it
-m.globals["dlc_pool.move_off"].linkage = m.globals["dlc_pool.waker"].linkage = ""
-move_off = jit.compile_module(m)
-waker = ctypes.c_int32.from_address(move_off.address("dlc_pool.waker"))
-call = move_off.function("dlc_pool.move_off", None)
-getcpu = ctypes.CDLL(None, use_errno=True).sched_getcpu
-two = set(sorted(os.sched_getaffinity(0))[:2])
-def moved(allowed, woken_by):
-    os.sched_setaffinity(0, allowed)
-    here = getcpu()
-    waker.value = here if woken_by == "here" else max(two - {here})
-    call()
-    return getcpu() != here, os.sched_getaffinity(0) == allowed
-print(moved(two, "here"), moved(two, "there"), moved({min(two)}, "here"))
-"""
-
-
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2, reason="needs Linux and 2 CPUs"
-)
-def test_a_worker_woken_on_its_waker_s_cpu_moves_off_it_and_keeps_its_affinity():
-    """`move_off`, which a worker calls as it wakes (threadpool.py): on the CPU of the run that
-    woke it, it leaves that CPU, its affinity as it was; woken elsewhere, or allowed that CPU
-    only, it stays."""
-    r = subprocess.run([sys.executable, "-c", MOVE_OFF], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split("\n")[0] == "(True, True) (False, True) (False, True)", r.stdout

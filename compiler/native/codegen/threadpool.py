@@ -20,11 +20,7 @@ while another host thread holds the pool.
 Workers are started when a run first needs them (at most MOST_WORKERS) and kept. Between
 jobs a worker spins, checking for a new one, DLC_SPIN times (read when the pool starts;
 SPIN_DEFAULT) and yielding its CPU every YIELD_EVERY checks, then sleeps on a condition
-variable until the next job. On Linux a worker woken onto the CPU of the thread that woke
-it moves off it (`move_off`): the two would share one CPU while another stays idle, for
-several milliseconds of short jobs, until the scheduler's balancing parts them (on 2-vCPU
-virtual machines, a 256 x 256 product after a pause ran at one thread's speed in about
-half the tries). `dlc_pool_stop` ends and joins the workers (at the exit of a
+variable until the next job. `dlc_pool_stop` ends and joins the workers (at the exit of a
 Python process; when a library is unloaded), and a later run starts them again. A child of
 fork() sets the pool up anew at its first parallel run (the pool keeps the id of the process
 that set it up), and starts workers of its own.
@@ -42,7 +38,6 @@ import contextlib
 from llvmlite import ir
 
 from dlc.compiler.native import MOST_THREADS
-from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.intrinsics import declare
 from dlc.compiler.native.codegen.types import i8, i32, i64
 
@@ -56,8 +51,6 @@ vptr = i8.as_pointer()
 TASK = ir.FunctionType(ir.VoidType(), [vptr, i64, i64, i64])
 RUN_TYPE = ir.FunctionType(ir.VoidType(), [TASK.as_pointer(), vptr, i64, i64])
 STOP_TYPE = ir.FunctionType(ir.VoidType(), [])
-# Linux's cpu_set_t (CPU_SETSIZE): the CPUs a thread's affinity names
-CPU_SET_BITS = 1024
 # pthread_mutex_t and pthread_cond_t are opaque and at most 64 bytes on Linux and macOS
 OPAQUE = ir.ArrayType(i64, 16)
 
@@ -97,8 +90,6 @@ class _Pool:
         self.key = g("key", i64)
         self.spin = g("spin", i64)
         self.pid = g("pid", i32)  # the process that set the pool up (pid_t)
-        self.waker = g("waker", i32)  # the CPU of the run that last woke sleeping workers
-        self.linux = "linux" in jit.target_triple()
         self.libc()
         self.setup = self.setup_fn()
         self.claim = self.claim_fn()
@@ -129,11 +120,6 @@ class _Pool:
         self.getpid = d("getpid", i32)
         self.getenv = d("getenv", vptr, vptr)
         self.strtoll = d("strtoll", i64, vptr, vptr.as_pointer(), i32)
-        if self.linux:  # glibc's and musl's; pid 0 is the calling thread
-            self.getcpu = d("sched_getcpu", i32)
-            self.getaffinity = d("sched_getaffinity", i32, i32, i64, vptr)
-            self.setaffinity = d("sched_setaffinity", i32, i32, i64, vptr)
-            self.move_off = self.move_off_fn()
 
     # -- helpers ------------------------------------------------------------------------
     def fn(self, name, ty, linkage="internal"):
@@ -275,43 +261,6 @@ class _Pool:
         return f
 
     # -- a worker -----------------------------------------------------------------------
-    def move_off_fn(self):
-        """move_off(): a worker just woken on the CPU of the run that woke it leaves that
-        CPU, by an affinity without it (Linux migrates the thread before the call returns),
-        then takes its affinity back: the scheduler places it again only if it sleeps. Not
-        where the thread may run on that CPU only, or the set does not fit CPU_SETSIZE."""
-        f, b = self.fn("dlc_pool.move_off", STOP_TYPE)
-        done = f.append_basic_block("done")
-
-        def when(cond, name):  # go on in a new block when cond, else to `done`
-            yes = f.append_basic_block(name)
-            b.cbranch(cond, yes, done)
-            b.position_at_end(yes)
-
-        words = CPU_SET_BITS // 64
-        mask = b.alloca(ir.ArrayType(i64, words))
-        raw, size = b.bitcast(mask, vptr), _c(CPU_SET_BITS // 8)
-        cpu = b.call(self.getcpu, [])  # -1 where it cannot tell
-        shared = b.icmp_signed("==", cpu, self.load(b, self.waker, "monotonic"))
-        when(b.and_(shared, b.icmp_unsigned("<", cpu, _c(CPU_SET_BITS, i32))), "shared")
-        when(b.icmp_signed("==", b.call(self.getaffinity, [_c(0, i32), size, raw]), _c(0, i32)), "got")
-        ctpop = declare(self.m, "llvm.ctpop.i64", i64, [i64])
-        count = _c(0)
-        for w in range(words):
-            count = b.add(count, b.call(ctpop, [b.load(b.gep(mask, [_c(0, i32), _c(w, i32)]))]))
-        at = b.gep(mask, [_c(0, i32), b.zext(b.lshr(cpu, _c(6, i32)), i64)])
-        word = b.load(at)
-        bit = b.shl(_c(1), b.zext(b.and_(cpu, _c(63, i32)), i64))
-        when(b.and_(b.icmp_unsigned("!=", b.and_(word, bit), _c(0)), b.icmp_unsigned(">", count, _c(1))), "others")
-        b.store(b.and_(word, b.xor(bit, _c(-1))), at)
-        b.call(self.setaffinity, [_c(0, i32), size, raw])
-        b.store(word, at)
-        b.call(self.setaffinity, [_c(0, i32), size, raw])
-        b.branch(done)
-        b.position_at_end(done)
-        b.ret_void()
-        return f
-
     def worker_fn(self):
         """worker(gen << 32 | slot): takes the jobs after generation `gen`, until stopped."""
         f, b = self.fn("dlc_pool.worker", ir.FunctionType(vptr, [vptr]))
@@ -358,8 +307,6 @@ class _Pool:
             b.branch(out)
         b.atomic_rmw("sub", self.sleepers, _c(1), "seq_cst")
         b.call(self.unlock, [mutex])
-        if self.linux:
-            b.call(self.move_off, [])
         b.branch(woke)
         b.position_at_end(woke)
         stop = b.icmp_signed("!=", self.load(b, self.stopping), _c(0, i32))
@@ -437,8 +384,6 @@ class _Pool:
         # publish (seq_cst, before `sleepers` is read)
         self.store(b, b.or_(b.shl(gen, _c(32)), b.shl(chunks, _c(16))), self.word)
         none = self.if_(b, b.icmp_signed(">", self.load(b, self.sleepers), _c(0)), "wake")
-        if self.linux:
-            self.store(b, b.call(self.getcpu, []), self.waker, "monotonic")
         mutex = self.ptr(b, self.mutex)
         b.call(self.lock, [mutex])
         b.call(self.broadcast, [self.ptr(b, self.cond)])
