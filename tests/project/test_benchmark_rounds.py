@@ -143,7 +143,7 @@ def test_without_a_step_count_a_round_fills_each_slots_seconds(rounds):
 
 def test_a_slow_first_warm_up_step_does_not_shorten_the_rounds(rounds):
     # a first step waits for its threads to wake (10 ms on some virtual machines): counted as
-    # a step's time, the rounds would be a few steps each, all of them slowed by it
+    # a step's time, it would make each round a step or two where 50 fit
     costs = iter([0.011, 0.0002, 0.0002])
     slot = lambda n: ([next(costs, 0.0002) for _ in range(n)], [None] * n)
     Load.values = [0.0] * 2
