@@ -35,26 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import drift  # noqa: E402
 from gemm_library import GemmLibrary  # noqa: E402
-
-
-def gemm_paths() -> dict:
-    """The bf16 GEMM paths this machine runs: the conversion path on every blocking it
-    has, bfloat16 pairs (vdpbf16ps) where it has AVX512_BF16, and the AMX tiles
-    (tdpbf16ps) where it has AMX-BF16; on AArch64 the NEON blocking's conversion path, and
-    its pairs (BFDOT) where it has bf16."""
-    if jit.target_arch() == "aarch64":
-        paths = {"round-neon": replace(blocking.NEON, operands="bf16-round")}
-        if jit.host_has("bf16"):
-            paths["pairs-neon"] = replace(blocking.NEON, operands="bf16-pairs")
-        return paths
-    paths = {"round-avx2": replace(blocking.AVX2, operands="bf16-round")}
-    if jit.host_has("avx512f"):
-        paths["round-avx512"] = replace(blocking.AVX512, operands="bf16-round")
-    if jit.host_has("avx512bf16"):
-        paths["pairs-avx512"] = replace(blocking.AVX512, operands="bf16-pairs")
-    if amx.has_tiles("tdpbf16ps"):
-        paths["amx"] = blocking.AMX
-    return paths
+from helpers.gemm_paths import bf16_gemm_paths as gemm_paths  # noqa: E402
 
 
 def test_rounding_is_to_nearest_even():
@@ -165,17 +146,23 @@ def test_packed_a_gives_the_bits_of_packing_in_the_product(path):
     the bits of the product that packs A in each K slice, on one thread or two, over edge
     rows, odd K, several K slices and a few columns (on the conversion path, by the few-columns
     path: its bits are the tiled ones); A itself is never read (NaN in it
-    after its pack was made changes nothing), and the pack fills at most what lowering
-    allocates (a_pack_floats)."""
+    after its pack was made changes nothing), nor anything around B (a NaN border), and the
+    pack fills at most what lowering allocates (a_pack_floats)."""
     variants = [(False, tb, acc) for tb in (False, True) for acc in (False, True)]
     lib = GemmLibrary(variants, config=gemm_paths()[path], packed=True)
     rng = np.random.default_rng(5)
     for m, n, k in [(3, 40, 7), (33, 3, 17), (70, 4, 1100), (64, 100, 301), (130, 70, 1100)]:
         for _, tb, acc in variants:
             a = rng.standard_normal((m, k)).astype(np.float32)
-            b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+            shape = (n, k) if tb else (k, n)
+            room = np.full((shape[0] + 2, shape[1] + 2), np.nan, np.float32)
+            b = room[1:-1, 1:-1]
+            b[...] = rng.standard_normal(shape)
             c0 = rng.standard_normal((m, n)).astype(np.float32)
             want = lib(a, b, c0.copy() if acc else None, trans_b=tb, accumulate=acc, nthreads=2)
+            emulated = round_bf16(a).astype(np.float64) @ (round_bf16(b).T if tb else round_bf16(b)).astype(np.float64)
+            emulated += c0 if acc else 0
+            assert np.abs(want - emulated).max() <= 1e-5 * np.abs(emulated).max(), (m, n, k, tb, acc)
             args = lib.args(a, b, want, False, tb)
             pack = lib._packed_a(args, False)
             assert not np.isnan(pack[: a_pack_floats(k, m, bf16=True)]).all()
@@ -190,16 +177,31 @@ def test_packed_a_gives_the_bits_of_packing_in_the_product(path):
                 assert c.tobytes() == want.tobytes(), (m, n, k, tb, acc, nthreads)
 
 
-def test_a_bf16_packed_a_of_few_columns_takes_the_few_columns_path_on_the_conversion_path():
+def test_a_bf16_packed_a_of_few_columns_takes_the_few_columns_path_but_on_the_tiles_and_neon():
     """A bf16 `packed_a` routine multiplies a block of few columns by the few-columns path
-    on A's rounded panels where its products are the float32 kernel's (the conversion
-    path), not by the tiled one, whose narrow micro-kernel would fill a few of each
-    vector's lanes; the pairs and the tiles sum their own way, so they tile."""
-    for operands, few in [("bf16-round", True), ("bf16-pairs", False), ("bf16-amx", False)]:
-        config = blocking.AMX if operands == "bf16-amx" else replace(blocking.AVX512, operands=operands)
+    on A's given panels (rounded floats on the conversion path; bfloat16 pairs, times op(B)'s
+    pairs, under AVX512_BF16), not by the tiled one, whose narrow micro-kernel would fill a
+    few of each vector's lanes; the AMX tiles, and NEON's pairs, tile."""
+    cases = [
+        (replace(blocking.AVX512, operands="bf16-round"), True),
+        (replace(blocking.AVX512, operands="bf16-pairs"), True),
+        (replace(blocking.NEON, operands="bf16-pairs"), False),
+        (blocking.AMX, False),
+    ]
+    for config, few in cases:
         m = ir.Module()
         routine.add_gemm(m, "packed_a", packed_a=True, config=config)
-        assert ("few_columns_packed_a" in str(m)) == few, operands
+        assert ("few_columns_packed_a" in str(m)) == few, config
+
+
+def test_on_the_tiles_a_windows_routine_packs_floats_then_the_tiles_layout():
+    """The AMX blocking's windows routine packs each panel of windows as floats, then into
+    the tiles' layout from there (its bits against im2col's run in tests/native/test_gemm.py
+    where the host has the tiles; here its IR is built)."""
+    m = ir.Module()
+    routine.add_gemm(m, "windows", trans_b=True, windows=True, config=blocking.AMX)
+    calls = re.findall(r'call void @"([^"]+)"', str(m))
+    assert any(c.endswith(".pack_windows_t") for c in calls) and any(c.endswith(".pack_b_n") for c in calls), calls
 
 
 def test_amx_workers_need_no_request_of_their_own(tmp_path):
@@ -343,12 +345,12 @@ def test_forced_path_gives_the_reference_emulation(target, operands, tmp_path):
     if target != "avx2" and not jit.host_has("avx512f") or operands == "bf16-pairs" and not jit.host_has("avx512bf16"):
         pytest.skip("the host has not this path")
     code = (
-        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_bf16 as t; "
+        "import sys, numpy as np; sys.path[:0] = [sys.argv[1], sys.argv[3]]; import test_bf16 as t; "
         f"from dlc.compiler.native.codegen.gemm import blocking; assert blocking.bf16_config().operands == '{operands}'; "
         "np.save(sys.argv[2], t._gradients('mlp', 'native', 'bf16')[1])"
     )
     subprocess.run(
-        [sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / "g.npy")],
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / "g.npy"), str(ROOT / "tests")],
         env=dict(os.environ, DLC_TARGET=target),
         check=True,
         cwd=ROOT,

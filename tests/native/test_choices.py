@@ -80,8 +80,8 @@ CASES = {
         {"conv2d": ["im2col"], "conv2d_weight_grad": ["small filters"]},
         ["windows per example"],
     ),
-    # ... on 16 channels after a layer: its input gradient direct in float32, col2im in bf16;
-    # 8 filters stay direct in bf16
+    # ... on 16 channels after a layer: its input gradient direct in float32, in bf16 a GEMM
+    # of g's windows; 8 filters stay direct in bf16
     "many-filters-inner": (
         (8, 12, 12),
         "a = conv2d(x, 16, 3, padding = 1, act = relu)\n    h = conv2d(a, 64, 3, padding = 1)",
@@ -91,9 +91,9 @@ CASES = {
             "conv2d_weight_grad": ["direct", "direct"],
         },
         {
-            "conv2d": ["direct", "im2col"],
-            "conv2d_input_grad": ["col2im"],
-            "conv2d_weight_grad": ["direct", "im2col"],
+            "conv2d": ["direct", "windows over the batch"],
+            "conv2d_input_grad": ["windows"],
+            "conv2d_weight_grad": ["direct", "windows"],
         },
         ["direct", "windows over the batch"],
     ),
@@ -115,11 +115,7 @@ CASES = {
             "conv2d_input_grad": ["grouped accumulation"],
             "conv2d_weight_grad": ["pointwise", "windows"],
         },
-        {
-            "conv2d": ["grouped taps", "pointwise over the batch"],
-            "conv2d_input_grad": ["grouped accumulation"],
-            "conv2d_weight_grad": ["im2col", "pointwise"],
-        },
+        None,
         ["grouped taps", "pointwise per example"],
     ),
     "depthwise-separable": (
@@ -143,11 +139,19 @@ CASES = {
             "conv2d_input_grad": ["windows"],
             "conv2d_weight_grad": ["pointwise", "windows"],
         },
+        None,
+        ["pointwise per example", "windows over the batch"],
+    ),
+    # ... strided: its input gradient, not a stride-1 convolution of g, by col2im
+    "strided-many-taps": (
+        (3, 12, 12),
+        "a = conv2d(x, 29, 1)\n    h = conv2d(a, 16, 3, stride = 2, padding = 1)",
         {
-            "conv2d": ["im2col", "pointwise over the batch"],
+            "conv2d": ["pointwise over the batch", "windows over the batch"],
             "conv2d_input_grad": ["col2im"],
-            "conv2d_weight_grad": ["im2col", "pointwise"],
+            "conv2d_weight_grad": ["pointwise", "windows"],
         },
+        None,
         ["pointwise per example", "windows over the batch"],
     ),
     "winograd": (
@@ -158,7 +162,11 @@ CASES = {
             "conv2d_input_grad": ["winograd"],
             "conv2d_weight_grad": ["windows", "windows"],
         },
-        {"conv2d": ["im2col", "im2col"], "conv2d_input_grad": ["col2im"], "conv2d_weight_grad": ["im2col", "im2col"]},
+        {
+            "conv2d": ["windows over the batch", "windows over the batch"],
+            "conv2d_input_grad": ["windows"],
+            "conv2d_weight_grad": ["windows", "windows"],
+        },
         ["winograd", "winograd"],
     ),
     "winograd-few-tiles": (

@@ -200,7 +200,7 @@ def test_convolution_gemms_read_their_columns_from_the_image(monkeypatch):
     kernel, no col2im (and the 64-filter stem's product is such a GEMM, not a direct
     convolution; its weight gradient stays direct); but for a weight gradient of small
     filters (a SmallGemmKernel), which reads the buffer, shared with the product. A bf16
-    program's GEMMs read the buffer."""
+    program's GEMMs pack them from the image too, as bf16 GEMMs."""
     monkeypatch.setattr(conv, "WINOGRAD_CHANNELS", 1 << 30)  # not Winograd's (test_winograd.py)
     monkeypatch.setattr(conv, "IMAGE_CHANNELS", 0)  # the stem not by channels (test_conv_by_channels.py)
     prog = load_text(WINDOWED, "windowed.dl")
@@ -220,7 +220,8 @@ def test_convolution_gemms_read_their_columns_from_the_image(monkeypatch):
     direct = [k.text()[0] for k in train.kernels if k.text()[0].startswith("direct conv")]
     assert len(direct) == 1 and "weight gradient" in direct[0], direct
     bf16 = lower(optimize(prog.build(training=False).graph), precision="bf16")
-    assert set(_gemm_sources(bf16)) == {"buffer"}
+    assert _gemm_sources(bf16) == ["windows"] * 5, [k.text() for k in bf16.kernels]
+    assert all(k.bf16 for k in bf16.kernels if isinstance(k, GemmKernel))
     small = load_text(
         """
 model small {

@@ -15,6 +15,7 @@ import pytest
 from llvmlite import ir
 
 from dlc.compiler.errors import DlcError
+from dlc.compiler.ir.evaluate import round_bf16
 from dlc.compiler.native import FEW_COLUMNS
 from dlc.compiler.native.codegen import jit, threadpool
 from dlc.compiler.native.codegen.gemm import blocking, interface, routine
@@ -24,6 +25,7 @@ from dlc.compiler.native.kernels.gemm import packed_floats
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from gemm_library import GemmLibrary  # noqa: E402   (benchmarks/gemm.py's too)
+from helpers.gemm_paths import bf16_gemm_paths  # noqa: E402
 
 # one pytest-xdist worker runs the file: each config's routines (`lib`) are compiled once
 pytestmark = pytest.mark.xdist_group("test_gemm")
@@ -482,30 +484,30 @@ def _im2col(x, kh, kw, stride, padding, dilation):
     return cols.reshape(N * Ho * Wo, C * kh * kw), Ho, Wo
 
 
-@pytest.mark.parametrize("name", list(CONFIGS) + ["neon"])
+WINDOWS_CONFIGS = {**CONFIGS, "neon": blocking.NEON, **{f"bf16 {k}": v for k, v in bf16_gemm_paths().items()}}
+
+
+@pytest.mark.parametrize("name", list(WINDOWS_CONFIGS))
 def test_windows_packed_from_the_image_give_the_bits_of_im2col_columns(name):
     """The `windows` routines (a convolution's GEMMs reading its columns from the image:
     the product's, op(B) the columns transposed, and the weight gradient's, op(B) the
     columns as they lie) give, bit for bit, what the routines give on im2col's buffer — per
-    group, on one thread or two, in every blocking — and read nothing outside the image:
-    NaN around it would show."""
-    config = blocking.NEON if name == "neon" else CONFIGS[name]
+    group, on one thread or two, in every blocking and on every bf16 path (the windows
+    rounded, paired or put in the tiles' layout as im2col's columns are) — and read nothing
+    outside the image: NaN around it would show."""
+    config = WINDOWS_CONFIGS[name]
     module = ir.Module("windows")
     for tb, windows in [(tb, w) for tb in (False, True) for w in (False, True)]:
         routine.add_gemm(module, trans_b=tb, windows=windows, config=config)
     compiled = cache.compile_cached(module, jit.settled_level())
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     signature = (i64,) * 3 + (ptr, i64, i64) * 3 + (i64, i64)
-    columns = {
-        tb: ctypes.CFUNCTYPE(ctypes.c_int32, *signature)(compiled.address(interface.gemm_name(False, tb, False)))
-        for tb in (False, True)
-    }
-    windows = {
-        tb: ctypes.CFUNCTYPE(ctypes.c_int32, *signature, ptr)(
-            compiled.address(interface.gemm_name(False, tb, False, windows=True))
-        )
-        for tb in (False, True)
-    }
+    named = lambda tb, windows: compiled.address(
+        interface.gemm_name(False, tb, False, bf16=config.bf16, windows=windows)
+    )
+    columns = {tb: ctypes.CFUNCTYPE(ctypes.c_int32, *signature)(named(tb, False)) for tb in (False, True)}
+    windows = {tb: ctypes.CFUNCTYPE(ctypes.c_int32, *signature, ptr)(named(tb, True)) for tb in (False, True)}
+    operand = round_bf16 if config.bf16 else (lambda v: v)
     rng = np.random.default_rng(3)
     for N, C, H, W, O, kh, kw, stride, padding, dilation, groups in WINDOWS:
         room = np.full(N * C * H * W + 64, np.nan, np.float32)
@@ -516,7 +518,7 @@ def test_windows_packed_from_the_image_give_the_bits_of_im2col_columns(name):
         n, taps = N * Ho * Wo, cg * kh * kw
         geometry = np.array([Ho, Wo, kh, kw, H, W, C * H * W, H * W, W, 1, *stride, *padding, *dilation], np.int64)
         assert len(geometry) == len(interface.WINDOW_GEOMETRY)
-        by_group = cols.reshape(n, groups, taps).transpose(1, 0, 2).astype(np.float64)  # [groups, n, taps]
+        by_group = operand(cols).reshape(n, groups, taps).transpose(1, 0, 2).astype(np.float64)  # [groups, n, taps]
         # the product: y_g (og x n) = w_g (og x taps) @ cols_gᵀ; the weight gradient: dw_g
         # (og x taps) = g_g (og x n) @ cols_g
         for tb, k_, n_, a in (
@@ -544,7 +546,7 @@ def test_windows_packed_from_the_image_give_the_bits_of_im2col_columns(name):
                 == 0
             )
             product = lambda f: np.einsum(
-                "gok,gnk->gon" if tb else "gon,gnk->gok", f(a.astype(np.float64)), f(by_group)
+                "gok,gnk->gon" if tb else "gon,gnk->gok", f(operand(a).astype(np.float64)), f(by_group)
             )
             assert np.all(np.abs(expected - product(lambda v: v)) <= 1e-4 * product(np.abs) + 1e-30)
             for nthreads in (1, 2):

@@ -4,6 +4,8 @@ vector registers, never on gathers and scatters across the loop around it."""
 
 import re
 
+import pytest
+
 from dlc.runtime.cli import main
 
 
@@ -20,20 +22,21 @@ def kernel_code(path, kernel: str, capsys, precision: str = "f32") -> str:
     return re.search(rf"^kernel{number}\.part:\n(.*?)^[^.\s]\S*:\n", asm, re.S | re.M).group(1)
 
 
-def test_the_col2im_of_wide_rows_vectorizes_along_them(capsys, tmp_path):
-    """A 3 x 3 convolution's input gradient at 16 x 16 pixels in a bf16 program (a float32
-    one's is a GEMM of g's windows, docs/native.md) sums its columns back into the image (an
-    accumulation) row by row: its innermost loop, 16 wide and contiguous, stays a loop that
-    LLVM vectorizes along the row (builder.ROLLED_FROM). Fully unrolled, LLVM vectorized the
-    loop around it across rows, with gathers and scatters (2.4 times as slow in ResNet-18's
-    first stage)."""
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+def test_the_col2im_of_wide_rows_vectorizes_along_them(capsys, tmp_path, precision):
+    """The input gradient of a 3 x 3 convolution padded 3 (past its reach: not a convolution
+    of g, whose padding would be negative, so not a GEMM of g's windows, docs/native.md)
+    sums its columns back into the image (an accumulation) row by row: its innermost loop,
+    20 wide and contiguous, stays a loop that LLVM vectorizes along the row
+    (builder.ROLLED_FROM). Fully unrolled, LLVM vectorized the loop around it across rows,
+    with gathers and scatters (2.4 times as slow in ResNet-18's first stage)."""
     path = tmp_path / "col2im.dl"
     path.write_text(
-        "model col2im {\n    input  x: f32[B, 32, 16, 16]\n    target y: f32[B, 32, 16, 16]\n"
+        "model col2im {\n    input  x: f32[B, 32, 16, 16]\n    target y: f32[B, 32, 20, 20]\n"
         "    h = conv2d(x, 32, 3, padding = 1, bias = false) |> relu\n"
-        "    loss   mse(conv2d(h, 32, 3, padding = 1, bias = false), y)\n}\n"
+        "    loss   mse(conv2d(h, 32, 3, padding = 3, bias = false), y)\n}\n"
     )
-    body = kernel_code(path, re.escape("accumulate [B, 32, 3, 3, 16, 16]"), capsys, "bf16")
+    body = kernel_code(path, re.escape("accumulate [B, 32, 3, 3, 20, 20]"), capsys, precision)
     assert "vgather" not in body and "vscatter" not in body
     assert re.search(r"\bvaddps\s[^\n]*%[yz]mm", body), body[:2000]
 

@@ -1,8 +1,8 @@
 """How a conv2d, its input gradient and its weight gradient are computed: an ordered list of
 implementations for each (`CONV2D`, `CONV2D_INPUT_GRAD`, `CONV2D_WEIGHT_GRAD`), the first
 that applies chosen (`chosen`), each threshold beside the entries that read it. One list
-serves float32 and bf16: where an implementation computes in float32 only (Winograd's, a
-GEMM reading the image's windows), its test says so. The values a train step's pointwise
+serves float32 and bf16: where an implementation computes in float32 only (Winograd's),
+its test says so. The values a train step's pointwise
 convolutions read channels first are stored so (`stored_channels_first`)."""
 
 from __future__ import annotations
@@ -77,10 +77,10 @@ def _direct(taps, kw, attrs) -> bool:
 def _windows_apply(c: Conv, s: ConvShape) -> bool:
     """Whether a convolution's GEMMs (the product and its weight gradient) of shape s may
     read their columns from the image (GemmKernel's `windows`) rather than from im2col's
-    buffer: in float32 (the bf16 routines' panels are packed otherwise) where an example
-    has more than FEW_COLUMNS pixels (fewer are multiplied without packing, from the buffer
-    as it lies)."""
-    return not c.bf16 and isinstance(s.pixels, int) and s.pixels > FEW_COLUMNS
+    buffer: where an example has more than FEW_COLUMNS pixels (fewer are multiplied without
+    packing, from the buffer as it lies), in float32 and bf16 alike (the bf16 routines round
+    or pair the windows as they pack im2col's columns)."""
+    return isinstance(s.pixels, int) and s.pixels > FEW_COLUMNS
 
 
 def _from_the_image(c: Conv) -> bool:
@@ -155,7 +155,7 @@ def _many_filters(c: Conv) -> bool:
 
 def _bf16_gemm(c: Conv) -> bool:
     """Whether a convolution or gradient the direct kernel would compute is, in a bf16
-    program, a GEMM in bf16 (the entries below: im2col's columns, col2im): of many filters
+    program, a GEMM in bf16 (the entries below: windows, im2col's columns, col2im): of many filters
     (_many_filters: ResNet's stem and its 1 x 1 stride-2 projections). The direct kernel
     multiplies float32 vectors, the bf16 GEMM bfloat16 pairs (AMX tiles, vdpbf16ps, BFDOT),
     and the product and weight gradient share one buffer of columns."""
@@ -165,7 +165,7 @@ def _bf16_gemm(c: Conv) -> bool:
 def _direct_conv(c: Conv) -> bool:
     """A direct convolution (_direct), but where it has many filters (_many_filters) and can
     read its image's windows (_from_the_image), a GEMM of those, and in a bf16 program a GEMM
-    of im2col's columns (_bf16_gemm; the entries below) — the GEMM's tiles filled (batch 8,
+    of those or of im2col's columns (_bf16_gemm; the entries below) — the GEMM's tiles filled (batch 8,
     2 threads: ResNet's 7 x 7 stem on 3 channels, 64 filters, at 224 x 224 pixels 13 ms
     against 26 direct; 3 x 3 on 3 channels, 64 filters, at 64 x 64 1.4 against 3.1; on 16
     channels at 56 x 56 3.4 against 3.9; with 32 filters or fewer the direct kernel was as
@@ -307,14 +307,13 @@ CONV2D = (
         "windows per example",
         "gemm",
         _per_example,
-        "a prediction's many pixels an example: a GEMM of its windows each, y stored as it lies for "
-        "the map after it, float32 only",
+        "a prediction's many pixels an example: a GEMM of its windows each, y stored as it lies for the map after it",
     ),
     Implementation(
         "windows over the batch",
         "gemm",
         _from_the_image,
-        "a GEMM per group packing its columns from the image itself, no im2col buffer, float32 only",
+        "a GEMM per group packing its columns from the image itself, no im2col buffer",
     ),
     Implementation("im2col", "gemm", lambda c: True, "a GEMM per group over the batch of im2col's columns"),
 )
@@ -375,7 +374,7 @@ CONV2D_WEIGHT_GRAD = (
         "windows",
         "gemm",
         lambda c: _windows_apply(c, c.s),
-        "a GEMM per group over the batch, its columns packed from the image, float32 only",
+        "a GEMM per group over the batch, its columns packed from the image",
     ),
     Implementation("im2col", "gemm", lambda c: True, "a GEMM per group over the batch of im2col's columns"),
 )
@@ -427,8 +426,7 @@ CONV2D_INPUT_GRAD = (
         "windows",
         "gemm",
         _windows_of_g,
-        "the convolution of g it is (stride 1) as a GEMM of g's windows: neither col2im's columns "
-        "nor its accumulation, float32 only",
+        "the convolution of g it is (stride 1) as a GEMM of g's windows: neither col2im's columns nor its accumulation",
     ),
     Implementation(
         "col2im", "gemm", lambda c: True, "one GEMM over the batch into columns, accumulated into dx (col2im)"

@@ -72,14 +72,17 @@ class LLVMType(ir.Type):
 
 
 def dot_bf16_pairs(module, b, acc, a, x):
-    """acc (16 or 4 floats) + the products of the bfloat16 pairs of a and x (a pair a lane,
-    in any type of acc's width), summed by pairs: vdpbf16ps (AVX512_BF16) on 16 lanes,
-    AArch64's BFDOT (bf16) on 4. They round differently: vdpbf16ps adds the two products
-    to the lane in turn, to nearest even; BFDOT adds them to each other, then their sum to
-    the lane, to odd (docs/native.md, bfloat16 mixed precision)."""
+    """acc (16, 8 or 4 floats) + the products of the bfloat16 pairs of a and x (a pair a
+    lane, in any type of acc's width), summed by pairs: vdpbf16ps (AVX512_BF16) on 16 or 8
+    lanes, AArch64's BFDOT (bf16) on 4. They round differently: vdpbf16ps adds the two
+    products to the lane in turn, to nearest even; BFDOT adds them to each other, then their
+    sum to the lane, to odd (docs/native.md, bfloat16 mixed precision). Each product is
+    exact and a and x play the same part: swapped, a lane's sum has the same bits."""
     lanes = acc.type.count
     vty, pty = acc.type, ir.VectorType(LLVMType("bfloat"), 2 * lanes)
-    name = "llvm.x86.avx512bf16.dpbf16ps.512" if lanes == 16 else "llvm.aarch64.neon.bfdot.v4f32.v8bf16"
+    name = {16: "llvm.x86.avx512bf16.dpbf16ps.512", 8: "llvm.x86.avx512bf16.dpbf16ps.256"}.get(
+        lanes, "llvm.aarch64.neon.bfdot.v4f32.v8bf16"
+    )
     dp = declare(module, name, vty, [vty, pty, pty])
     return b.call(dp, [acc, b.bitcast(a, pty), b.bitcast(x, pty)])
 

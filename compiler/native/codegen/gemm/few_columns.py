@@ -1,16 +1,26 @@
 """A block of at most FEW_COLUMNS columns of C multiplied without packing A: groups of
 COLUMN_ROWS rows of op(A) read as they lie (or, where op(A) is given packed, one MR-tall
 panel of its pack a group), times op(B)'s values broadcast (on bf16's conversion path
-rounded once, a K slice at a time), each element summed as the tiled path sums it."""
+rounded once, a K slice at a time; with bfloat16 pairs, op(A)'s given pairs times op(B)'s
+paired once a K slice), each element summed as the tiled path sums it."""
 
 from __future__ import annotations
 
 from llvmlite import ir
 
 from dlc.compiler.native import FEW_COLUMNS
-from dlc.compiler.native.codegen.intrinsics import declare, masked, round_bf16, splat, transpose8, vec_ptr
+from dlc.compiler.native.codegen.gemm.bf16_operands import bf16_halves
+from dlc.compiler.native.codegen.intrinsics import (
+    declare,
+    dot_bf16_pairs,
+    masked,
+    round_bf16,
+    splat,
+    transpose8,
+    vec_ptr,
+)
 from dlc.compiler.native.codegen.types import f32, i1, i32, i64
-from dlc.compiler.native.codegen.gemm.ir_helpers import c64, carrying_loop, first_rows, gep, loop, smin
+from dlc.compiler.native.codegen.gemm.ir_helpers import c64, carrying_loop, ceil_div, first_rows, gep, loop, smin
 
 
 # the rows of op(A) a block of at most FEW_COLUMNS columns (multiplied without packing,
@@ -38,9 +48,13 @@ def few_columns(
     conversion path A's given panels are rounded, and each K slice of op(B)'s columns is
     rounded once, copied into `Bp` (the thread's pack of B), before the groups read it:
     rounded as each group read it, a scalar at a time, op(B)'s values cost more than the
-    group's FMAs. Each element is summed as the tiled routine sums it: K slices `kstep`
-    deep, each one chain of FMAs along k from zero, added to C in slice order — the same
-    bits whichever path or thread takes it."""
+    group's FMAs. With bfloat16 pairs (A's given panels hold pairs along k, `kstep` even),
+    a step is a pair: each K slice of op(B)'s columns is paired once into `Bp`
+    (`_paired_slice`), and a group's vector of pairs times a column's pair broadcast is one
+    vdpbf16ps, as the tiled micro-kernel's A pair broadcast times B's vector is. Each
+    element is summed as the tiled routine sums it: K slices `kstep` deep, each one chain of
+    FMAs (or pair products) along k from zero, added to C in slice order — the same bits
+    whichever path or thread takes it."""
     G = COLUMN_ROWS if Ak is None else gen.cfg.mr
     vty = ir.VectorType(f32, G)
     fma = declare(gen.m, f"llvm.fma.v{G}f32", vty, [vty] * 3)
@@ -48,14 +62,28 @@ def few_columns(
         mload, _ = masked(gen.m, vty)
     zero = ir.Constant(vty, None)
     rounded = gen.cfg.operands == "bf16-round"  # as the conversion path's packs are (A's given panels are)
+    pairs = gen.cfg.operands == "bf16-pairs"
+    # what a group's vector at a step holds: floats, or pairs of bfloat16 (32 bits a lane)
+    aty = ir.VectorType(i32, G) if pairs else vty
 
     with loop(b, 0, K, kstep, name="cs") as pc:
         kc = smin(b, kstep, b.sub(K, pc))
+        # the slice's steps: k from pc, or its pairs from pc / 2
+        k_first, steps = (b.sdiv(pc, c64(2)), ceil_div(b, kc, c64(2))) if pairs else (pc, kc)
         if rounded:
             rounded_at = _rounded_slice(gen, b, B, ldb, trans_b, pc, kc, n0, n1, Bp)
+        if pairs:
+            _paired_slice(gen, b, B, ldb, trans_b, pc, kc, n0, n1, Bp)
+            bp_pairs = b.bitcast(Bp, i32.as_pointer())
 
         def b_at(k, j, t):
-            """op(B)[k + s, j] for s < t, broadcast (rounded: from the slice's rounded copy)."""
+            """op(B)[k + s, j] for s < t, broadcast (rounded: from the slice's rounded copy;
+            paired: step k + s's pair, from the slice's paired copy)."""
+            if pairs:
+                at = lambda s: gep(
+                    b, bp_pairs, b.add(b.mul(b.sub(b.add(k, c64(s)), k_first), c64(FEW_COLUMNS)), b.sub(j, n0))
+                )
+                return [splat(b, b.load(at(s)), aty) for s in range(t)]
             if rounded:
                 at = lambda s: rounded_at(b.add(k, c64(s)), j)
             elif trans_b:
@@ -65,13 +93,13 @@ def few_columns(
             return [splat(b, b.load(at(s)), vty) for s in range(t)]
 
         load_c = ir.Constant(i1, 1) if accumulate else b.icmp_signed(">", pc, c64(0))
-        k8 = b.add(pc, b.mul(b.sdiv(kc, c64(G)), c64(G)))
+        k8 = b.add(k_first, b.mul(b.sdiv(steps, c64(G)), c64(G)))
 
         def vectors_at(group, k, t):
-            """op(A)[the group's rows, k + s] for s < t: t vectors of its rows."""
+            """op(A)[the group's rows, step k + s] for s < t: t vectors of its rows."""
             if Ak is not None:  # its panel
                 return [
-                    b.load(vec_ptr(b, gep(b, group, b.mul(b.add(k, c64(s)), c64(G))), vty), align=4) for s in range(t)
+                    b.load(vec_ptr(b, gep(b, group, b.mul(b.add(k, c64(s)), c64(G))), aty), align=4) for s in range(t)
                 ]
             i, row, lanes = group
             if trans_a:  # row k of A holds the group's rows side by side (masked: past m1)
@@ -114,13 +142,16 @@ def few_columns(
                 for p, group in enumerate(groups):
                     cols, chains = vectors_at(group, k, t), acc[p * width : (p + 1) * width]
                     for s in range(t):
-                        chains = [b.call(fma, [cols[s], values[c][s], chains[c]]) for c in range(width)]
+                        if pairs:
+                            chains = [dot_bf16_pairs(gen.m, b, chains[c], cols[s], values[c][s]) for c in range(width)]
+                        else:
+                            chains = [b.call(fma, [cols[s], values[c][s], chains[c]]) for c in range(width)]
                     out += chains
                 return out
 
-            with carrying_loop(b, k8, [zero] * (q * width), name="ck", start=pc, step=G) as (k, acc, new):
+            with carrying_loop(b, k8, [zero] * (q * width), name="ck", start=k_first, step=G) as (k, acc, new):
                 new += step(k, G, acc)
-            with carrying_loop(b, b.add(pc, kc), acc, name="ct", start=k8) as (k, acc2, new2):
+            with carrying_loop(b, b.add(k_first, steps), acc, name="ct", start=k8) as (k, acc2, new2):
                 new2 += step(k, 1, acc2)
             for p, (at, rows) in enumerate(zip(starts, counts)):
                 _store_columns(b, C, ldc, at, G, rows, j, acc2[p * width : (p + 1) * width], load_c)
@@ -191,6 +222,46 @@ def _rounded_slice(gen, b, B, ldb, trans_b, pc, kc, n0, n1, Bp):
             with loop(b, 0, kc, name="rk") as k:
                 rounded_vector(gep(b, src, b.mul(k, ldb)), gep(b, Bp, b.mul(k, width)), width)
     return lambda k, j: gep(b, Bp, b.add(b.mul(b.sub(k, pc), width), b.sub(j, n0)))
+
+
+def _paired_slice(gen, b, B, ldb, trans_b, pc, kc, n0, n1, Bp):
+    """op(B)[pc : pc+kc, n0:n1] as bfloat16 pairs along k into Bp, as the tiled path's
+    packs pair them (bf16_operands.py `to_pairs`: rows k and k+1 rounded together, a zero
+    row after an odd last one): pair q of column j at Bp[q · FEW_COLUMNS + j - n0], 32 bits
+    each, lanes past n1 - n0 zeros. A row of op(B) is one masked load where it lies along
+    n, else its columns one by one (each read inside B: past n1 the last column's)."""
+    W = FEW_COLUMNS
+    vty, width = ir.VectorType(f32, W), b.sub(n1, n0)
+    mload, _ = masked(gen.m, vty)
+    lanes = b.icmp_signed(
+        "<", ir.Constant(ir.VectorType(i64, W), list(range(W))), splat(b, width, ir.VectorType(i64, W))
+    )
+    side_by_side = ir.Constant(ir.VectorType(i32, 2 * W), list(range(2 * W)))
+    interleave = ir.Constant(ir.VectorType(i32, 2 * W), [p // 2 + (p % 2) * W for p in range(2 * W)])
+
+    def row(k):
+        """op(B)[k, n0 : n0 + W], zeros past n1."""
+        if not trans_b:
+            return b.call(
+                mload, [vec_ptr(b, gep(b, B, b.add(b.mul(k, ldb), n0)), vty), i32(4), lanes, ir.Constant(vty, None)]
+            )
+        v = ir.Constant(vty, None)
+        for p in range(W):
+            j = smin(b, b.add(n0, c64(p)), b.sub(n1, c64(1)))
+            v = b.insert_element(v, b.load(gep(b, B, b.add(b.mul(j, ldb), k))), i32(p))
+        return b.select(lanes, v, ir.Constant(vty, None))
+
+    with loop(b, 0, ceil_div(b, kc, c64(2)), name="pq") as q:
+        k0 = b.add(pc, b.mul(q, c64(2)))
+        k1 = b.add(k0, c64(1))
+        second = b.select(
+            b.icmp_signed("<", k1, b.add(pc, kc)),
+            row(smin(b, k1, b.add(pc, b.sub(kc, c64(1))))),
+            ir.Constant(vty, None),
+        )
+        halves = bf16_halves(gen, b, b.shuffle_vector(row(k0), second, side_by_side))
+        dst = b.bitcast(gep(b, Bp, b.mul(q, c64(W))), ir.VectorType(ir.IntType(16), 2 * W).as_pointer())
+        b.store(b.shuffle_vector(halves, halves, interleave), dst, align=4)
 
 
 def _store_columns(b, C, ldc, i, G, rows, j, acc, load_c):

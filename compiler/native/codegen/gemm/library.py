@@ -16,7 +16,7 @@ VARIANTS = [
     (ta, tb, pk, ep) for ta in (False, True) for tb in (False, True) for pk in (False, True) for ep in (False, True)
 ]
 # (trans_b, epilogue, windows) of the routines taking op(A) packed: a prediction's weights as
-# A (a convolution's filters, times its windows or im2col's columns; bf16's: im2col's only)
+# A (a convolution's filters, times its windows or im2col's columns)
 PACKED_A_VARIANTS = [(tb, ep, windows) for tb in (False, True) for ep in (False, True) for windows in (False, True)]
 
 
@@ -41,19 +41,18 @@ def _routines(configs: tuple) -> dict:
                 add_gemm,
                 dict(config=config, trans_a=ta, trans_b=tb, packed=pk, epilogue=ep),
             )
-        for tb, ep in [(tb, ep) for tb in (False, True) for ep in (False, True)] if not config.bf16 else ():
-            found[gemm_name(False, tb, False, bf16=False, epilogue=ep, windows=True)] = (
+        for tb, ep in [(tb, ep) for tb in (False, True) for ep in (False, True)]:
+            found[gemm_name(False, tb, False, bf16=config.bf16, epilogue=ep, windows=True)] = (
                 add_gemm,
                 dict(config=config, trans_b=tb, epilogue=ep, windows=True),
             )
         for tb in (False, True):
             found[pack_name(tb, config.bf16)] = (add_pack, dict(config=config, trans_b=tb))
         for tb, ep, windows in PACKED_A_VARIANTS:
-            if not (windows and config.bf16):
-                found[gemm_name(False, tb, False, bf16=config.bf16, epilogue=ep, windows=windows, packed_a=True)] = (
-                    add_gemm,
-                    dict(config=config, trans_b=tb, epilogue=ep, windows=windows, packed_a=True),
-                )
+            found[gemm_name(False, tb, False, bf16=config.bf16, epilogue=ep, windows=windows, packed_a=True)] = (
+                add_gemm,
+                dict(config=config, trans_b=tb, epilogue=ep, windows=windows, packed_a=True),
+            )
         found[pack_name(False, config.bf16, which="a")] = (add_pack, dict(config=config, which="a"))
     return found
 

@@ -90,6 +90,9 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
     # Even K slices: ceil(K / ceil(K / KC)), so that no slice is tiny.
     kslices = ceil_div(b, K, cfg.kc)
     kstep = ceil_div(b, K, kslices)
+    # the slices of the pairs' and the tiles' products start at even k (or whole tiles): a
+    # pair never straddles two
+    whole_steps = lambda k: b.mul(ceil_div(b, k, cfg.k_step), c64(cfg.k_step)) if cfg.k_step > 1 else k
     rows_few = b.icmp_signed("<=", b.sub(m1, m0), c64(FEW_ROWS))
     # a block given op(A) packed reads the pack only (a caller may keep no other A): tiled
     unpacked_a = b.icmp_unsigned("==", Ak, ir.Constant(fptr, None)) if packed_a else ir.Constant(i1, 1)
@@ -117,13 +120,17 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
         finished(b, m0, m1, n0, n1)
         b.ret_void()
         b.position_at_end(tiled)
-    # op(A)'s panels given: few columns read them, but for the products of bfloat16 pairs or tiles (their own sums)
-    if packed_a and not windows and cfg.operands in ("f32", "bf16-round"):
+    # op(A)'s panels given: few columns read them, but for the tiles' products and NEON's
+    # pairs (its panels' 12 rows are three BFDOTs' lanes: not built)
+    few_columns_a = cfg.operands in ("f32", "bf16-round") or cfg.operands == "bf16-pairs" and cfg.vw == 16
+    if packed_a and not windows and few_columns_a:
         few, other = fn.append_basic_block("few_columns_packed_a"), fn.append_basic_block("not_few_packed_a")
         given_a = b.icmp_unsigned("!=", Ak, ir.Constant(fptr, None))
         b.cbranch(b.and_(b.icmp_signed("<=", b.sub(n1, n0), c64(FEW_COLUMNS)), given_a), few, other)
         b.position_at_end(few)
-        few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate, Ak, Bp)
+        few_columns(
+            gen, b, m0, m1, n0, n1, K, whole_steps(kstep), A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate, Ak, Bp
+        )
         finished(b, m0, m1, n0, n1)
         b.ret_void()
         b.position_at_end(other)
@@ -135,9 +142,7 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
         finished(b, m0, m1, n0, n1)
         b.ret_void()
         b.position_at_end(packing)
-    pairs = cfg.k_step > 1
-    if pairs:  # slices start at even k (or whole tiles): a pair never straddles two
-        kstep = b.mul(ceil_div(b, kstep, cfg.k_step), c64(cfg.k_step))
+    kstep = whole_steps(kstep)
     with loop(b, n0, n1, cfg.nc, name="jc") as jc:
         nc = smin(b, c64(cfg.nc), b.sub(n1, jc))
         with loop(b, 0, K, kstep, name="pc") as pc:
@@ -146,8 +151,8 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
             # op(B)[pc, jc]: B[pc*ldb + jc], or B[jc*ldb + pc] when transposed
             def pack_here():
                 if windows:
-                    b.call(window_pack(gen, trans_b), [kc, nc, pc, jc, B, fn.args[-1], Bp])
-                    return Bp, kc
+                    _pack_windows(gen, b, trans_b, kc, nc, pc, jc, B, fn.args[-1], Bp)
+                    return Bp, panel_length(gen, b, kc)
                 bsrc = gep(b, B, b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc))
                 b.call(pack_b, [kc, nc, bsrc, ldb, Bp])
                 return Bp, panel_length(gen, b, kc)
@@ -181,6 +186,23 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
                     b.position_at_end(after)
     b.ret_void()
     return fn
+
+
+def _pack_windows(gen, b, trans, kc, nc, pc, jc, X, geometry, Bp):
+    """Columns jc .. jc+nc of op(B), rows pc .. pc+kc, read from the image X (window_packs.py)
+    into Bp's panels. The tiles' panels are packed from floats: a panel of windows at a time
+    into the part of Bp the tiles' bfloat16 leave free (they fill half of it at most), then
+    into the tiles' layout from there."""
+    cfg = gen.cfg
+    if not cfg.amx:
+        b.call(window_pack(gen, trans), [kc, nc, pc, jc, X, geometry, Bp])
+        return
+    floats = gep(b, Bp, c64(cfg.kc * cfg.nc // 2))
+    with loop(b, 0, nc, cfg.nr, name="jw") as jr:
+        width = smin(b, c64(cfg.nr), b.sub(nc, jr))
+        b.call(window_pack(gen, trans), [kc, width, pc, b.add(jc, jr), X, geometry, floats])
+        panel = gep(b, Bp, b.mul(jr, panel_length(gen, b, kc)))
+        b.call(pack(gen, "b", False), [kc, width, floats, c64(cfg.nr), panel])
 
 
 def _a_block(gen, b, fn, A, lda, Ap, Ak, trans_a, ic, mc, pc, kc, K):

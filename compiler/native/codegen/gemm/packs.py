@@ -2,7 +2,7 @@
 or of NR columns of op(B), copied into k-major panels that the micro-kernel reads in order
 (panels along K transposed 8 x 8 in registers, rows past the end zero), rounded to bfloat16
 as they are stored for the conversion path, made pairs after (bf16_operands.py); on the AMX
-tiles amx_tiles.py's packs."""
+tiles amx_tiles.py's packs. A convolution's windows are packed as these (window_packs.py)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _build_pack(gen, fn, which, contig_k):
     P = cfg.mr if which == "a" else cfg.nr
     kc, length, src, ld, dst = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    operand = (lambda x: round_bf16(b, x)) if cfg.operands == "bf16-round" else (lambda x: x)
+    operand = stored_operand(gen, b)
     npanels = ceil_div(b, length, P)
     zero = ir.Constant(f32, 0.0)
 
@@ -122,6 +122,18 @@ def _build_pack(gen, fn, which, contig_k):
                 b.store(operand(b.select(ok[p], x, zero)), gep(b, o, c64(p)), align=4)
         b.branch(next_bb)
         b.position_at_end(next_bb)
-        if cfg.operands == "bf16-pairs":
-            to_pairs(gen, b, out, kc, P)
+        finish_panel(gen, b, out, kc, P)
     b.ret_void()
+
+
+def stored_operand(gen, b):
+    """What a pack stores of a float (vector) x: x, or on the conversion path x rounded to
+    bfloat16, in the pass that packs it rather than in a pass of its own over the panel."""
+    return (lambda x: round_bf16(b, x)) if gen.cfg.operands == "bf16-round" else (lambda x: x)
+
+
+def finish_panel(gen, b, panel, kc, P):
+    """A panel whose kc rows of P floats are all stored, made what the micro-kernel
+    multiplies: with bfloat16 pairs, its rows paired in place (bf16_operands.py)."""
+    if gen.cfg.operands == "bf16-pairs":
+        to_pairs(gen, b, panel, kc, P)

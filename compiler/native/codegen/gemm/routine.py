@@ -44,9 +44,7 @@ def routine(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, win
     cfg = gen.cfg
     assert not (accumulate and epilogue), "an epilogue computes from the final sums"
     assert not (packed_a and packed), "a routine's op(A) packed, or its op(B)"
-    assert not windows or not (trans_a or accumulate or packed or cfg.bf16), (
-        "a convolution's windows are op(B), in float32"
-    )
+    assert not windows or not (trans_a or accumulate or packed), "a convolution's windows are op(B)"
     # the 13 arguments, the status, the caller's floating-point mode (fpmode.py), the
     # packed op(B) (null unless `packed`), the epilogue and its two pointers (`epilogue`),
     # the windows' geometry (`windows`)

@@ -1,6 +1,8 @@
 """The packs of a convolution's windows: the `windows` routines' op(B), im2col's columns,
 packed from the image itself into the panels packs.py makes of im2col's buffer, bit for
-bit (runs of an image row by masked vector loads, other panels gathered lane by lane)."""
+bit (runs of an image row by masked vector loads, other panels gathered lane by lane),
+rounded or paired as packs.py makes a bf16 routine's; on the AMX tiles a panel of floats is
+packed so, then into the tiles' layout (macro_loop.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dlc.compiler.native.codegen.intrinsics import declare, every, splat, stride
 from dlc.compiler.native.codegen.types import i1, i32, i64
 from dlc.compiler.native.codegen.gemm.interface import WINDOW_GEOMETRY
 from dlc.compiler.native.codegen.gemm.ir_helpers import c64, carrying_loop, ceil_div, fptr, gep, internal, loop, smin
+from dlc.compiler.native.codegen.gemm.packs import finish_panel, stored_operand
 
 
 # the strides along W whose panels are packed by masked vector loads of X's rows (the rest
@@ -131,7 +134,7 @@ def _build_pixel_rows_pack(gen, fn):
     P, VW = gen.cfg.nr, gen.cfg.vw
     kc, length, k0, j0, X, geometry, dst = fn.args
     b, w = _window_parts(gen, fn)
-    g, vsplat = w.g, w.splat
+    g, vsplat, operand = w.g, w.splat, stored_operand(gen, b)
     inside = lambda x, n: b.icmp_unsigned("<", x, vsplat(n))  # 0 <= x < n
     with loop(b, 0, ceil_div(b, length, P), name="q") as q:
         p0 = b.mul(q, c64(P))
@@ -146,8 +149,9 @@ def _build_pixel_rows_pack(gen, fn):
                     lane_ok, b.and_(inside(b.add(vsplat(hi0), di), g["H"]), inside(b.add(vsplat(wi0), dj), g["W"]))
                 )
                 x = w.gathered(b.add(vsplat(base), offset), mask)
-                b.store(x, vec_ptr(b, gep(b, o, c64(v * VW)), gen.vty), align=4)
+                b.store(operand(x), vec_ptr(b, gep(b, o, c64(v * VW)), gen.vty), align=4)
             following += w.following(n, ho, wo, g["Ho"], g["Wo"])
+        finish_panel(gen, b, out, kc, P)
     b.ret_void()
 
 
@@ -161,6 +165,7 @@ def _build_window_pack(gen, fn):
     kc, length, k0, j0, X, geometry, dst = fn.args
     b, w = _window_parts(gen, fn)
     g, vsplat, lanes, X_int, position = w.g, w.splat, w.lanes, w.X_int, w.position
+    operand = stored_operand(gen, b)
     inside = lambda x, n: b.icmp_unsigned("<", x, vsplat(n))  # 0 <= x < n
 
     # each tap's offset in X and its row and column steps, for the K slice: (c, i, jj)
@@ -202,9 +207,10 @@ def _build_window_pack(gen, fn):
                     lane_ok, b.and_(inside(b.add(hi0, vsplat(di)), g["H"]), inside(b.add(wi0, vsplat(dj)), g["W"]))
                 )
                 x = w.gathered(b.add(base, vsplat(offset)), mask)
-                b.store(x, vec_ptr(b, gep(b, o, c64(v * VW)), gen.vty), align=4)
+                b.store(operand(x), vec_ptr(b, gep(b, o, c64(v * VW)), gen.vty), align=4)
         b.branch(next_panel)
         b.position_at_end(next_panel)
+        finish_panel(gen, b, out, kc, P)
     b.ret_void()
 
 
@@ -218,7 +224,7 @@ def _window_runs(gen, b, stride, g, X_int, tap, kc, out, first, split, live, pos
     lane is off, which reads nothing. (The masks' arithmetic, on i64 lanes, took about
     a third of a stem convolution's time when every vector was loaded masked.)"""
     P, VW = gen.cfg.nr, gen.cfg.vw
-    iv = ir.VectorType(i64, VW)
+    iv, operand = ir.VectorType(i64, VW), stored_operand(gen, b)
     vsplat = lambda x: splat(b, x, iv)
     lanes = [ir.Constant(iv, list(range(v * VW, (v + 1) * VW))) for v in range(P // VW)]
     n_a, ho_a, wo_a = position(first)
@@ -271,7 +277,7 @@ def _window_runs(gen, b, stride, g, X_int, tap, kc, out, first, split, live, pos
                     parts = [
                         b.load(vec_ptr(b, address(b.add(at, c64(s * VW))), gen.vty), align=4) for s in range(stride)
                     ]
-                    b.store(every(b, parts, stride, 0), dst, align=4)
+                    b.store(operand(every(b, parts, stride, 0)), dst, align=4)
                 with edge:
                     value = None
                     for hi0, wi0, base, _, _, lane_ok in rows:
@@ -282,4 +288,4 @@ def _window_runs(gen, b, stride, g, X_int, tap, kc, out, first, split, live, pos
                             gen.m, b, address(b.add(b.add(base, offset), c64(stride * v * VW))), mask, stride
                         )
                         value = loaded if value is None else b.select(mask, loaded, value)
-                    b.store(value, dst, align=4)
+                    b.store(operand(value), dst, align=4)

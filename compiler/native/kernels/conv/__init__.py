@@ -239,7 +239,9 @@ def _columns_gemm(
             *attrs["dilation"],
         )
         batch, stride = (s.N, sn) if examples else (s.groups, s.C // s.groups * sc)
-        _filters_gemm(lw, n, mnk, batch, a, (xm.buffer, xm.at.offset, 0, stride), c, trans_b, windows=geometry)
+        _filters_gemm(
+            lw, n, mnk, batch, a, (xm.buffer, xm.at.offset, 0, stride), c, trans_b, bf16=lw.bf16, windows=geometry
+        )
     else:
         cols = lw.im2col(x, (s.Ho, s.Wo, s.C, s.kh, s.kw), attrs, n)
         _filters_gemm(lw, n, mnk, s.groups, a, (cols.id, 0, s.taps, s.group_taps), c, trans_b, bf16=lw.bf16)

@@ -26,8 +26,8 @@ class GemmKernel(Kernel):
     the GEMM on each part of C as soon as that part is final, while it is in cache, instead
     of in a pass of its own (fusion.gemm_epilogues); its space is C's: [M, N] (C[i, j]),
     [n, M, P] with C one matrix of n·P columns (C[i, n·P + p]), or [batch, M, N] (C[b][i, j]).
-    `windows`: B is an image and op(B) its convolution windows (a float32 convolution's
-    columns without im2col's buffer), by this geometry (gemm/interface.py WINDOW_GEOMETRY's values)."""
+    `windows`: B is an image and op(B) its convolution windows (a convolution's columns
+    without im2col's buffer), by this geometry (gemm/interface.py WINDOW_GEOMETRY's values)."""
 
     m: object
     n: object
