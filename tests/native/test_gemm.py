@@ -19,6 +19,8 @@ from dlc.compiler.ir.evaluate import round_bf16
 from dlc.compiler.native import FEW_COLUMNS
 from dlc.compiler.native.codegen import jit, threadpool
 from dlc.compiler.native.codegen.gemm import blocking, interface, routine
+from dlc.compiler.native.codegen.gemm.context import Gen
+from dlc.compiler.native.codegen.gemm.window_packs import pack_windows
 from dlc.runtime.engines import cache
 from dlc.compiler.native.kernels.gemm import packed_floats
 
@@ -572,3 +574,52 @@ def test_windows_packed_from_the_image_give_the_bits_of_im2col_columns(name):
                     == 0
                 )
                 assert got.tobytes() == expected.tobytes(), (tb, N, C, H, W, O, kh, kw, stride, padding, nthreads)
+
+
+def test_the_tiles_pack_windows_as_they_pack_im2col_columns():
+    """On the AMX tiles a K slice of windows is packed a panel at a time as floats, then into
+    the tiles' layout (window_packs.py `pack_windows`): its panels equal, bit for bit, the
+    tiles' pack of im2col's columns, for a product's windows (op(B) the columns transposed)
+    and a weight gradient's (as they lie), from rows and columns inside the matrix, an odd
+    slice and a partial last panel; nothing outside the image is read (NaN around it would
+    show). The packs use no tile instruction, so they run on any x86-64 host, whose tiles
+    the windows routines' bits test (above) needs."""
+    config = blocking.AMX
+    module = ir.Module("tile windows")
+    gen = Gen(module, config)
+    i64, fptr = ir.IntType(64), ir.FloatType().as_pointer()
+    for trans in (False, True):
+        routine.add_pack(module, trans_b=trans, config=config)
+        fn = ir.Function(
+            module, ir.FunctionType(ir.VoidType(), [i64] * 4 + [fptr, i64.as_pointer(), fptr]), f"windows_{trans:d}"
+        )
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        pack_windows(gen, b, trans, *fn.args)
+        b.ret_void()
+    compiled = cache.compile_cached(module, jit.settled_level())
+    c_i64, c_ptr = ctypes.c_int64, ctypes.c_void_p
+    columns_pack = {
+        t: ctypes.CFUNCTYPE(None, c_i64, c_i64, c_ptr, c_i64, c_ptr)(compiled.address(interface.pack_name(t, True)))
+        for t in (False, True)
+    }
+    windows_pack = {
+        t: ctypes.CFUNCTYPE(None, *[c_i64] * 4, c_ptr, c_ptr, c_ptr)(compiled.address(f"windows_{t:d}"))
+        for t in (False, True)
+    }
+    rng = np.random.default_rng(4)
+    N, C, H, W, kh, kw, stride, padding = 2, 8, 23, 37, 3, 3, (1, 1), (1, 1)
+    room = np.full(N * C * H * W + 64, np.nan, np.float32)
+    x = room[32:-32].reshape(N, C, H, W)
+    x[...] = rng.standard_normal(x.shape, dtype=np.float32)
+    cols, Ho, Wo = _im2col(x, kh, kw, stride, padding, (1, 1))
+    pixels, taps = cols.shape
+    geometry = np.array([Ho, Wo, kh, kw, H, W, C * H * W, H * W, W, 1, *stride, *padding, 1, 1], np.int64)
+    # (trans, pc, kc, jc, nc): op(B) is colsᵀ (taps x pixels) with trans, else cols
+    for trans, pc, kc, jc, nc in [(True, 5, 61, 100, 333), (True, 0, 72, 0, 1024), (False, 37, 301, 8, 64)]:
+        got, want = (np.full(config.kc * config.nc, np.nan, np.float32) for _ in range(2))
+        windows_pack[trans](kc, nc, pc, jc, x.ctypes.data, geometry.ctypes.data, got.ctypes.data)
+        start = cols[jc:, pc:] if trans else cols[pc:, jc:]
+        columns_pack[trans](kc, nc, start.ctypes.data, taps, want.ctypes.data)
+        used = -(-nc // 32) * 32 * (-(-kc // 32) * 16)
+        assert got[:used].view(np.uint32).tobytes() == want[:used].view(np.uint32).tobytes(), (trans, pc, kc, jc, nc)
+        assert not np.isnan(want[:used]).any()

@@ -15,7 +15,7 @@ from dlc.compiler.native.codegen.gemm.interface import EPILOGUE_TYPE, SIZES, SLO
 from dlc.compiler.native.codegen.gemm.ir_helpers import c64, ceil_div, fptr, gep, internal, loop, smin
 from dlc.compiler.native.codegen.gemm.microkernel import narrow_ukernel, ukernel
 from dlc.compiler.native.codegen.gemm.packs import pack, panel_length
-from dlc.compiler.native.codegen.gemm.window_packs import window_pack
+from dlc.compiler.native.codegen.gemm.window_packs import pack_windows
 
 
 def _given_or_packed(b, fn, which: str, given, from_given, pack_here):
@@ -151,7 +151,7 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
             # op(B)[pc, jc]: B[pc*ldb + jc], or B[jc*ldb + pc] when transposed
             def pack_here():
                 if windows:
-                    _pack_windows(gen, b, trans_b, kc, nc, pc, jc, B, fn.args[-1], Bp)
+                    pack_windows(gen, b, trans_b, kc, nc, pc, jc, B, fn.args[-1], Bp)
                     return Bp, panel_length(gen, b, kc)
                 bsrc = gep(b, B, b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc))
                 b.call(pack_b, [kc, nc, bsrc, ldb, Bp])
@@ -186,23 +186,6 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
                     b.position_at_end(after)
     b.ret_void()
     return fn
-
-
-def _pack_windows(gen, b, trans, kc, nc, pc, jc, X, geometry, Bp):
-    """Columns jc .. jc+nc of op(B), rows pc .. pc+kc, read from the image X (window_packs.py)
-    into Bp's panels. The tiles' panels are packed from floats: a panel of windows at a time
-    into the part of Bp the tiles' bfloat16 leave free (they fill half of it at most), then
-    into the tiles' layout from there."""
-    cfg = gen.cfg
-    if not cfg.amx:
-        b.call(window_pack(gen, trans), [kc, nc, pc, jc, X, geometry, Bp])
-        return
-    floats = gep(b, Bp, c64(cfg.kc * cfg.nc // 2))
-    with loop(b, 0, nc, cfg.nr, name="jw") as jr:
-        width = smin(b, c64(cfg.nr), b.sub(nc, jr))
-        b.call(window_pack(gen, trans), [kc, width, pc, b.add(jc, jr), X, geometry, floats])
-        panel = gep(b, Bp, b.mul(jr, panel_length(gen, b, kc)))
-        b.call(pack(gen, "b", False), [kc, width, floats, c64(cfg.nr), panel])
 
 
 def _a_block(gen, b, fn, A, lda, Ap, Ak, trans_a, ic, mc, pc, kc, K):

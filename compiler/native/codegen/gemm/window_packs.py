@@ -12,7 +12,7 @@ from dlc.compiler.native.codegen.intrinsics import declare, every, splat, stride
 from dlc.compiler.native.codegen.types import i1, i32, i64
 from dlc.compiler.native.codegen.gemm.interface import WINDOW_GEOMETRY
 from dlc.compiler.native.codegen.gemm.ir_helpers import c64, carrying_loop, ceil_div, fptr, gep, internal, loop, smin
-from dlc.compiler.native.codegen.gemm.packs import finish_panel, stored_operand
+from dlc.compiler.native.codegen.gemm.packs import finish_panel, pack, panel_length, stored_operand
 
 
 # the strides along W whose panels are packed by masked vector loads of X's rows (the rest
@@ -44,6 +44,24 @@ def window_pack(gen, trans: bool):
         return fn
 
     return gen.shared(f"pack_windows_{'t' if trans else 'n'}", build)
+
+
+def pack_windows(gen, b, trans, kc, nc, pc, jc, X, geometry, Bp):
+    """Columns jc .. jc+nc of op(B), rows pc .. pc+kc, read from the image X into Bp's
+    panels, at b's place (the macro loop's K slice of a block: kc and nc at most the
+    blocking's KC and NC). The tiles' panels are packed from floats: a panel of windows at a time
+    into the part of Bp the tiles' bfloat16 leave free (they fill half of it at most), then
+    into the tiles' layout from there."""
+    cfg = gen.cfg
+    if not cfg.amx:
+        b.call(window_pack(gen, trans), [kc, nc, pc, jc, X, geometry, Bp])
+        return
+    floats = gep(b, Bp, c64(cfg.kc * cfg.nc // 2))
+    with loop(b, 0, nc, cfg.nr, name="jw") as jr:
+        width = smin(b, c64(cfg.nr), b.sub(nc, jr))
+        b.call(window_pack(gen, trans), [kc, width, pc, b.add(jc, jr), X, geometry, floats])
+        panel = gep(b, Bp, b.mul(jr, panel_length(gen, b, kc)))
+        b.call(pack(gen, "b", False), [kc, width, floats, c64(cfg.nr), panel])
 
 
 def _window_parts(gen, fn):
