@@ -1,7 +1,7 @@
 """The bf16 routines' conversions: a packed panel of floats made into the micro-kernel's
-bfloat16 pairs in place ("bf16-pairs": rows k and k+1 interleaved; the conversion path's
-panels are rounded as packs.py stores them), and the rounding itself (`bf16_halves`), which
-the AMX packs use too."""
+bfloat16 pairs in place ("bf16-pairs": rows k and k+1 interleaved, `paired_rows`, which the
+few-columns path pairs op(B) with too; the conversion path's panels are rounded as packs.py
+stores them), and the rounding itself (`bf16_halves`), which the AMX packs use too."""
 
 from __future__ import annotations
 
@@ -20,20 +20,25 @@ def to_pairs(gen, b, panel, kc, P):
     rows 2q and 2q+1 (read first) are at or after."""
     fty = ir.VectorType(f32, P)
     row = lambda k: b.bitcast(gep(b, panel, b.mul(k, c64(P))), fty.as_pointer())
-    # rows k and k+1 side by side, rounded together (one conversion of 2P lanes), then
-    # their halves interleaved into pairs
-    pty = ir.VectorType(ir.IntType(16), 2 * P)
-    side_by_side = ir.Constant(ir.VectorType(i32, 2 * P), list(range(2 * P)))
-    interleave = ir.Constant(ir.VectorType(i32, 2 * P), [p // 2 + (p % 2) * P for p in range(2 * P)])
     with loop(b, 0, ceil_div(b, kc, 2), name="bp") as q:
         k0 = b.mul(q, c64(2))
         k1 = b.add(k0, c64(1))
         second = b.select(
             b.icmp_signed("<", k1, kc), b.load(row(smin(b, k1, b.sub(kc, c64(1)))), align=4), ir.Constant(fty, None)
         )
-        halves = bf16_halves(gen, b, b.shuffle_vector(b.load(row(k0), align=4), second, side_by_side))
-        dst = b.bitcast(gep(b, panel, b.mul(q, c64(P))), pty.as_pointer())
-        b.store(b.shuffle_vector(halves, halves, interleave), dst, align=4)
+        pairs = paired_rows(gen, b, b.load(row(k0), align=4), second)
+        b.store(pairs, b.bitcast(gep(b, panel, b.mul(q, c64(P))), pairs.type.as_pointer()), align=4)
+
+
+def paired_rows(gen, b, first, second):
+    """Rows k and k+1 of an operand (two vectors of P floats) as P bfloat16 pairs (2P
+    halves, row k's first in each pair): side by side, rounded together (one conversion of
+    2P lanes), then their halves interleaved."""
+    P = first.type.count
+    side_by_side = ir.Constant(ir.VectorType(i32, 2 * P), list(range(2 * P)))
+    interleave = ir.Constant(ir.VectorType(i32, 2 * P), [p // 2 + (p % 2) * P for p in range(2 * P)])
+    halves = bf16_halves(gen, b, b.shuffle_vector(first, second, side_by_side))
+    return b.shuffle_vector(halves, halves, interleave)
 
 
 def bf16_halves(gen, b, x):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from dlc.compiler.native import FEW_COLUMNS
-from dlc.compiler.native.codegen.gemm.bf16_operands import bf16_halves
+from dlc.compiler.native.codegen.gemm.bf16_operands import paired_rows
 from dlc.compiler.native.codegen.intrinsics import (
     declare,
     dot_bf16_pairs,
@@ -226,9 +226,9 @@ def _rounded_slice(gen, b, B, ldb, trans_b, pc, kc, n0, n1, Bp):
 
 def _paired_slice(gen, b, B, ldb, trans_b, pc, kc, n0, n1, Bp):
     """op(B)[pc : pc+kc, n0:n1] as bfloat16 pairs along k into Bp, as the tiled path's
-    packs pair them (bf16_operands.py `to_pairs`: rows k and k+1 rounded together, a zero
-    row after an odd last one): pair q of column j at Bp[q · FEW_COLUMNS + j - n0], 32 bits
-    each, lanes past n1 - n0 zeros. A row of op(B) is one masked load where it lies along
+    packs pair them (bf16_operands.py `paired_rows`, a zero row after an odd last one):
+    pair q of column j at Bp[q · FEW_COLUMNS + j - n0], 32 bits each, lanes past n1 - n0
+    zeros. A row of op(B) is one masked load where it lies along
     n, else its columns one by one (each read inside B: past n1 the last column's)."""
     W = FEW_COLUMNS
     vty, width = ir.VectorType(f32, W), b.sub(n1, n0)
@@ -236,8 +236,6 @@ def _paired_slice(gen, b, B, ldb, trans_b, pc, kc, n0, n1, Bp):
     lanes = b.icmp_signed(
         "<", ir.Constant(ir.VectorType(i64, W), list(range(W))), splat(b, width, ir.VectorType(i64, W))
     )
-    side_by_side = ir.Constant(ir.VectorType(i32, 2 * W), list(range(2 * W)))
-    interleave = ir.Constant(ir.VectorType(i32, 2 * W), [p // 2 + (p % 2) * W for p in range(2 * W)])
 
     def row(k):
         """op(B)[k, n0 : n0 + W], zeros past n1."""
@@ -259,9 +257,8 @@ def _paired_slice(gen, b, B, ldb, trans_b, pc, kc, n0, n1, Bp):
             row(smin(b, k1, b.add(pc, b.sub(kc, c64(1))))),
             ir.Constant(vty, None),
         )
-        halves = bf16_halves(gen, b, b.shuffle_vector(row(k0), second, side_by_side))
-        dst = b.bitcast(gep(b, Bp, b.mul(q, c64(W))), ir.VectorType(ir.IntType(16), 2 * W).as_pointer())
-        b.store(b.shuffle_vector(halves, halves, interleave), dst, align=4)
+        pairs = paired_rows(gen, b, row(k0), second)
+        b.store(pairs, b.bitcast(gep(b, Bp, b.mul(q, c64(W))), pairs.type.as_pointer()), align=4)
 
 
 def _store_columns(b, C, ldc, i, G, rows, j, acc, load_c):
