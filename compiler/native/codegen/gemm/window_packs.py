@@ -2,7 +2,7 @@
 packed from the image itself into the panels packs.py makes of im2col's buffer, bit for
 bit (runs of an image row by masked vector loads, other panels gathered lane by lane),
 rounded or paired as packs.py makes a bf16 routine's; on the AMX tiles a panel of floats is
-packed so, then into the tiles' layout (macro_loop.py)."""
+packed so, then into the tiles' layout (`pack_windows`)."""
 
 from __future__ import annotations
 
