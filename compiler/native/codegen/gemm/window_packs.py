@@ -68,7 +68,7 @@ def _window_parts(gen, fn):
     """The builder at fn's entry and what both window packs use: the geometry `g`,
     splat(x) over VW lanes of i64, the panel's lane indices (P // VW vectors), X as an
     integer, digits(v, rows, columns) (v as (a, row, column)) and following(a, row,
-    column, rows, columns) (the next v's, scalars: no division), position(j) (pixel j
+    column, rows, columns, step) (v + step's, scalars: no division), position(j) (pixel j
     as (n, ho, wo)), origin(n, ho, wo) (the row, column and offset in X of the window's
     tap (0, 0)), taps(t) (tap t's offset from it, row and column) — scalars or vectors
     alike — and gathered(offsets, mask)."""
@@ -99,8 +99,9 @@ def _window_parts(gen, fn):
     def position(j):
         return digits(j, g["Ho"], g["Wo"])
 
-    def following(a, row, column, rows, columns):  # the digits of the next v
-        column1 = b.add(column, c64(1))
+    def following(a, row, column, rows, columns, step=1):
+        # the digits of v + step, a step that never passes a row's end
+        column1 = b.add(column, c64(step))
         row_end = b.icmp_signed("==", column1, columns)
         row1 = b.select(row_end, b.add(row, c64(1)), row)
         plane_end = b.icmp_signed("==", row1, rows)
@@ -227,11 +228,11 @@ def _build_pixel_rows_pack(gen, fn):
             by_stride.add_case(c64(stride), block)
             b.position_at_end(block)
             row_runs(o, n, ho, wo, stride)
-            nexts.append((b.block, _advanced(b, g, ROW_PIXELS, k, n, ho, wo)))
+            nexts.append((b.block, [b.add(k, c64(ROW_PIXELS)), *w.following(n, ho, wo, g["Ho"], g["Wo"], ROW_PIXELS)]))
             b.branch(latch)
         b.position_at_end(one)
         gathered_row(o, n, ho, wo)
-        nexts.append((b.block, _advanced(b, g, 1, k, n, ho, wo)))
+        nexts.append((b.block, [b.add(k, c64(1)), *w.following(n, ho, wo, g["Ho"], g["Wo"], 1)]))
         b.branch(latch)
         b.position_at_end(latch)
         for index, phi in enumerate(at):
@@ -243,21 +244,6 @@ def _build_pixel_rows_pack(gen, fn):
         b.position_at_end(done)
         finish_panel(gen, b, out, kc, P)
     b.ret_void()
-
-
-def _advanced(b, g, step, k, n, ho, wo):
-    """Row k + step's pixel (n, ho, wo), `step` pixels along an output row that (for a
-    step of more than one) they all lie in."""
-    wo1 = b.add(wo, c64(step))
-    row_end = b.icmp_signed(">=", wo1, g["Wo"])
-    ho1 = b.select(row_end, b.add(ho, c64(1)), ho)
-    plane_end = b.icmp_signed("==", ho1, g["Ho"])
-    return [
-        b.add(k, c64(step)),
-        b.select(plane_end, b.add(n, c64(1)), n),
-        b.select(plane_end, c64(0), ho1),
-        b.select(row_end, c64(0), wo1),
-    ]
 
 
 def _build_window_pack(gen, fn):
