@@ -1,12 +1,19 @@
-"""Which loops LLVM vectorizes, and along which axis (compiler/native/codegen/builder.py's loop
-hints, shared_loops.lane_sums): a loop whose accesses are contiguous along it runs on
-vector registers, never on gathers and scatters across the loop around it."""
+"""Which loops run on vectors, and along which axis: the maps and sums dlc writes in vectors
+itself at every level (compiler/native/codegen/lanes.py), and the loops LLVM vectorizes
+(builder.py's loop hints): a loop whose accesses are contiguous along it runs on vector
+registers, never on gathers and scatters across the loop around it."""
 
 import re
 
+import numpy as np
 import pytest
 
+from dlc.compiler.frontend.loader import load_text
+from dlc.compiler.native.codegen.driver import build_module
+from dlc.compiler.native.codegen.jit import vector_width
 from dlc.runtime.cli import main
+from dlc.runtime.engines.native import Executable
+from helpers.native_cases import run_native
 
 
 def kernel_code(path, kernel: str, capsys, precision: str = "f32") -> str:
@@ -17,9 +24,13 @@ def kernel_code(path, kernel: str, capsys, precision: str = "f32") -> str:
     number = next(i for i, line in enumerate(kernels) if re.match(kernel, line))
     assert main(["compile", str(path), "--emit", "asm", "--precision", precision]) == 0
     asm = capsys.readouterr().out
-    # the kernel's loop (its function's part a thread runs), up to the next function's label
-    # (block labels start with a dot)
-    return re.search(rf"^kernel{number}\.part:\n(.*?)^[^.\s]\S*:\n", asm, re.S | re.M).group(1)
+    # the kernel's loop (its function's part a thread runs, or the worker function LLVM inlined
+    # that part into), up to the next function's label (block labels start with a dot)
+    for function in (f"kernel{number}.part", f"kernel{number}.worker"):
+        found = re.search(rf"^{re.escape(function)}:\n(.*?)^[^.\s]\S*:\n", asm, re.S | re.M)
+        if found:
+            return found.group(1)
+    raise AssertionError(f"no function of kernel {number} in the assembly")
 
 
 @pytest.mark.parametrize("precision", ["f32", "bf16"])
@@ -70,3 +81,46 @@ def test_an_accumulation_into_strided_memory_never_scatters(capsys, tmp_path):
     )
     body = kernel_code(path, re.escape("accumulate [B, 96, 1, 1, 3, 3, 16, 16]"), capsys)
     assert "vgather" not in body and "vscatter" not in body, body[:2000]
+
+
+def kernel_ir(exe: Executable, pattern: str) -> str:
+    """The LLVM IR dlc builds (before any of LLVM's passes) of the first kernel of `exe` whose
+    text starts with a match of `pattern`, and of the functions it calls."""
+    number = next(i for i, k in enumerate(exe.program.kernels) if re.match(pattern, k.text()[0]))
+    built = build_module(exe.program)
+    name = built.functions[number]
+    return "\n".join(str(g) for n, g in built.module.globals.items() if n == name or n.startswith(name + "."))
+
+
+def test_maps_and_sums_are_vector_code_before_llvm_optimizes_them():
+    """Quick code runs no loop vectorizer (docs/native.md, "Quick code first"), so the maps
+    and a sum's chunks are written in vectors of the target's lanes by dlc: a map's last
+    partial step under a mask, a sum's chunks of 16 as whole vectors."""
+    src = (
+        "model m {\n    input  x: f32[B, 6, 7, 7]\n    target y: f32[B, 6, 7, 7]\n"
+        "    loss   mse(relu(x * 2.0 + 1.0) |> batchnorm, y)\n}\n"
+    )
+    exe = Executable(load_text(src, "m.dl").build(training=True).graph)
+    lanes = f"<{vector_width()} x float>"
+    fused = kernel_ir(exe, r"(fused )?map \[B, 6, 7, 7\]")
+    assert f"fmul {lanes}" in fused and "llvm.masked.store" in fused, fused[:3000]
+    total = kernel_ir(exe, re.escape("reduce sum over axes [0, 2, 3] of [B, 6, 7, 7]"))
+    assert f"fadd {lanes}" in total, total[:3000]
+
+
+@pytest.mark.parametrize("width", [1, 3, 7, 8, 9, 15, 16, 17, 31, 33])
+def test_a_maps_last_partial_step_writes_only_its_elements(width):
+    """A concatenation writes each piece with a map into a slice of each row: the last step
+    of a piece's row, with fewer elements than lanes, stores under a mask, so the piece
+    written first keeps its values beside it (and the last row's step writes nothing past
+    the buffer). Exact: each element is one float operation, as numpy does it."""
+    src = (
+        f"model m {{\n    input  a: f32[B, {width}]\n    input  b: f32[B, 5]\n"
+        "    output y = concat(a * 2.0 + 1.0, b - 3.0, axis = 1)\n}\n"
+    )
+    exe = Executable(load_text(src, "m.dl").build(training=False).graph)
+    r = np.random.default_rng(width)
+    a, b = r.standard_normal((3, width), np.float32), r.standard_normal((3, 5), np.float32)
+    y = run_native(exe, {"a": a, "b": b}, {})["output:y"]
+    expected = np.concatenate([a * np.float32(2.0) + np.float32(1.0), b - np.float32(3.0)], axis=1)
+    assert np.array_equal(y, expected)

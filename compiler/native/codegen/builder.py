@@ -15,6 +15,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from dlc.compiler.native.codegen.intrinsics import declare
+from dlc.compiler.native.codegen.lanes import LaneBuilder, Lanes
 from dlc.compiler.native.program import Affine, Const, Gather, Guarded, Index, KernelProgram, Load, Op, Random, Size
 from dlc.compiler.native.codegen.scalar import emit, random
 from dlc.compiler.native.codegen.types import LL, i1, i8, i32, i64, is_float
@@ -91,7 +92,7 @@ class KernelBuilder:
         entry, body = fn.append_basic_block("entry"), fn.append_basic_block("body")
         self.eb = ir.IRBuilder(entry)
         self.eb.position_before(self.eb.branch(body))
-        self.b = ir.IRBuilder(body)
+        self.b = LaneBuilder(body)
         ptrs, sizes = fn.args[0], fn.args[1]
         self.sizes = {
             s: self.eb.load(self.eb.gep(sizes, [ir.Constant(i64, k)]), name=s) for k, s in enumerate(prog.symbols)
@@ -102,6 +103,7 @@ class KernelBuilder:
         self.stored: dict = {}  # (buffer, index) -> value stored earlier in this iteration
         self.accesses: list = []  # (load or store, buffer) to annotate
         self.fault = None  # the largest fault site + 1 seen by this function's checks
+        self.lanes: Lanes | None = None  # the step of the vector loop being built (loops' `lanes`)
 
     def alloca(self, t):
         return self.eb.alloca(t)
@@ -142,14 +144,16 @@ class KernelBuilder:
         return v
 
     # -- loops --
-    def loops(self, shape, body, idx=None, first=None, contiguous=False, scattered=False, rolled=False):
+    def loops(self, shape, body, idx=None, first=None, contiguous=False, scattered=False, rolled=False, lanes=None):
         """Nested loops over shape (outermost first); body(indices). `first` = (lo, hi)
         limits the outermost loop (a thread's share). `contiguous`: every access of the body
         is contiguous or invariant along the innermost loop, whose loop hints then say so
         (ROLLED_FROM). `scattered`: the body adds into memory strided along the innermost
         loop, and no loop is vectorized (gathers and scatters cost more than scalar code).
         `rolled`: the innermost loop is not unrolled (a body of vector code already, whose
-        loads of one iteration unrolled would be kept in registers for the next)."""
+        loads of one iteration unrolled would be kept in registers for the next). `lanes` =
+        (count, axis): the innermost loop steps by count, its body built on vectors, lane k
+        at element i + k of index position `axis` (codegen/lanes.py)."""
         idx = idx or []
         if len(idx) == len(shape):
             body(idx)
@@ -163,8 +167,15 @@ class KernelBuilder:
         b.position_at_end(head)
         i = b.phi(i64, name=f"i{len(idx)}")
         i.add_incoming(lo, pre)
-        self.loops(shape, body, idx + [i], contiguous=contiguous, scattered=scattered, rolled=rolled)
-        nxt = b.add(i, ir.Constant(i64, 1))
+        step = 1
+        if lanes is not None and len(idx) + 1 == len(shape):
+            step, axis = lanes
+            self.lanes = Lanes(b, step, axis, b.sub(n, i))
+            body(idx + [i])
+            self.lanes = None
+        else:
+            self.loops(shape, body, idx + [i], contiguous=contiguous, scattered=scattered, rolled=rolled, lanes=lanes)
+        nxt = b.add(i, ir.Constant(i64, step))
         i.add_incoming(nxt, b.block)
         back = b.cbranch(b.icmp_signed("<", nxt, n), head, after)
         if scattered or contiguous and len(idx) + 1 < len(shape):
@@ -196,11 +207,15 @@ class KernelBuilder:
         if (e.buffer, e.at) in self.stored:
             return self.stored[e.buffer, e.at]
         ptr = b.gep(self.buffer(e.buffer, e.dtype if e.dtype != "bool" else "i8"), [self.affine(e.at, idx)])
-        v = self.disjoint(b.load(ptr), e.buffer)
+        if self.lanes is not None and e.at.coeffs[self.lanes.axis] == 1:
+            return self.lanes.load(self, ptr, e.dtype, e.buffer)
+        v = self.disjoint(b.load(ptr), e.buffer)  # a scalar, in every lane of a vector loop
         return b.trunc(v, i1) if e.dtype == "bool" else v
 
     def index(self, e: Index, idx) -> ir.Value:
         v = self.affine(e.at, idx)
+        if self.lanes is not None:
+            v = self.lanes.steps(self.b, v, e.at.coeffs[self.lanes.axis])
         return self.b.sitofp(v, LL[e.dtype]) if e.dtype in ("f32", "f64") else self.b.trunc(v, LL[e.dtype])
 
     def random(self, e: Random, idx) -> ir.Value:
@@ -272,11 +287,20 @@ class KernelBuilder:
         return self.b.call(declare(self.m, name, ret, [a.type for a in args]), args)
 
     def intrinsic(self, name, *args):
+        """The overloaded intrinsic `name` (llvm.fma, ...) on args of one type, scalars or vectors."""
+        args = self.b.matched(*args)
         t = args[0].type
+        if isinstance(t, ir.VectorType):  # llvmlite names the overloads of scalar types only
+            suffix = f"v{t.count}{t.element.intrinsic_name}"
+            return self.b.call(declare(self.m, f"{name}.{suffix}", t, [t] * len(args)), list(args))
         return self.b.call(self.m.declare_intrinsic(name, [t], ir.FunctionType(t, [t] * len(args))), list(args))
 
     def store(self, bid, dtype, at: ir.Value, v: ir.Value):
-        if dtype == "bool":
+        if self.lanes is not None:
+            self.lanes.store(
+                self, self.b.gep(self.buffer(bid, "i8" if dtype == "bool" else dtype), [at]), dtype, bid, v
+            )
+        elif dtype == "bool":
             self.disjoint(self.b.store(self.b.zext(v, i8), self.b.gep(self.buffer(bid, "i8"), [at])), bid)
         else:
             self.disjoint(self.b.store(v, self.b.gep(self.buffer(bid, dtype), [at])), bid)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.native.codegen.types import f32, i1, i32
+from dlc.compiler.native.codegen.types import f32, f64, i1, i32
 
 
 def declare(module, name, ret, args):
@@ -202,7 +202,8 @@ def _spread(b, mask, stride: int):
 def masked(module, vty) -> tuple:
     """llvm.masked.load and llvm.masked.store of vectors of type vty (of floats or integers)."""
     mty = ir.VectorType(i1, vty.count)
-    name = f"v{vty.count}{'f32' if vty.element == f32 else vty.element}"
+    lane = {f32: "f32", f64: "f64"}.get(vty.element, str(vty.element))
+    name = f"v{vty.count}{lane}"
     return (
         declare(module, f"llvm.masked.load.{name}.p0", vty, [vty.as_pointer(), i32, mty, vty]),
         declare(module, f"llvm.masked.store.{name}.p0", ir.VoidType(), [vty, vty.as_pointer(), i32, mty]),

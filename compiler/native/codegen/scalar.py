@@ -19,7 +19,7 @@ from llvmlite import ir
 
 from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.native.program import Op, Random
-from dlc.compiler.native.codegen.types import LL, dtype_class, f32, f64, i1, i32, i64, is_float
+from dlc.compiler.native.codegen.types import LL, dtype_class, element, f32, f64, i1, i32, i64, is_float
 
 EMIT: dict[tuple[str, str], Callable] = {}
 
@@ -41,6 +41,17 @@ def emit(kb, e: Op, args: list) -> ir.Value:
     if rule is None:
         raise NotImplementedError(f"native {e.name} on {e.dtype}")
     return rule(kb, e, args)
+
+
+def lanewise(name: str, operands: str) -> bool:
+    """Whether the rule of `name` on operands of dtype `operands` builds, given vectors, each
+    lane's scalar code (codegen/lanes.py): it calls no C library function (the inline f32 exp,
+    tanh, erf and logistic do not; on f64 they call it) and divides no integers (the idle
+    lanes of a vector loop's last step hold 0)."""
+    key = (name, dtype_class(LL[operands]))
+    if key not in EMIT or key in CALLS or key in (("div", "int"), ("mod", "int")):
+        return False
+    return not (operands == "f64" and name in ("exp", "tanh", "erf", "logistic"))
 
 
 # ---- on every class ------------------------------------------------------------------------------
@@ -110,7 +121,7 @@ def _quantize_u8(kb, e, a):
 
 @emits("sign", "float")
 def _sign(kb, e, a):
-    b, t = kb.b, a[0].type
+    b, t = kb.b, element(a[0].type)
     one, zero = ir.Constant(t, 1.0), ir.Constant(t, 0.0)
     pos = b.select(b.fcmp_ordered(">", a[0], zero), one, zero)
     return b.select(b.fcmp_ordered("<", a[0], zero), ir.Constant(t, -1.0), pos)
@@ -147,7 +158,7 @@ def _logistic(kb, e, a):
         one = ir.Constant(f64, 1.0)
         return b.fdiv(one, b.fadd(one, kb.call("exp", f64, [b.fneg(x)])))
     # 1 / (1 + exp(-x)), written so that neither branch overflows
-    zero, one = ir.Constant(x.type, 0.0), ir.Constant(x.type, 1.0)
+    zero, one = ir.Constant(f32, 0.0), ir.Constant(f32, 1.0)
     z = exp(kb, b.fneg(kb.intrinsic("llvm.fabs", x)))
     pos = b.fdiv(one, b.fadd(one, z))
     return b.select(b.fcmp_ordered(">=", x, zero), pos, b.fdiv(z, b.fadd(one, z)))
@@ -157,9 +168,12 @@ def _libm(function: str):
     return lambda kb, e, a: kb.call(function + ("f" if a[0].type == f32 else ""), a[0].type, a)
 
 
+# the rules that call the C library: a call takes one element, not a vector (codegen/lanes.py)
+CALLS = {("mod", "float")}
 for _prim in PRIMITIVES.values():
-    if _prim.libm:
-        EMIT.setdefault((_prim.name, "float"), _libm(_prim.libm))
+    if _prim.libm and (_prim.name, "float") not in EMIT:
+        EMIT[_prim.name, "float"] = _libm(_prim.libm)
+        CALLS.add((_prim.name, "float"))
 
 
 # ---- int ---------------------------------------------------------------------------------------------
@@ -191,7 +205,7 @@ def _floor_div_mod(kb, e, a):
 def _pow_integers(kb, e, a):
     """x ** y by squaring, over the bits of y but its sign, without branches (so loops
     vectorize). numpy refuses a negative y; here it counts as y mod 2 ** (bits - 1)."""
-    b, t = kb.b, a[0].type
+    b, t = kb.b, element(a[0].type)
     result, base, y = ir.Constant(t, 1), a[0], a[1]
     for _ in range(t.width - 1):
         result = b.select(b.trunc(y, i1), b.mul(result, base), result)
@@ -282,7 +296,7 @@ def erf(kb, x):
 def cast(kb, v, dtype):
     """v converted to dtype, as numpy's astype (a float is true where it is not 0, NaN too)."""
     b, t = kb.b, LL[dtype]
-    src = v.type
+    src = element(v.type)
     if src == t:
         return v
     if is_float(t):

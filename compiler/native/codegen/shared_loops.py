@@ -10,8 +10,10 @@ from llvmlite import ir
 
 from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.codegen.intrinsics import round_bf16
+from dlc.compiler.native.codegen.jit import vector_width
+from dlc.compiler.native.codegen.lanes import Lanes, vectorizes
 from dlc.compiler.native.program import Affine, Load, contiguous_along
-from dlc.compiler.native.codegen.types import f32, i32, i64
+from dlc.compiler.native.codegen.types import f32, f64, i32, i64
 
 
 def strides(shape) -> list:
@@ -54,8 +56,9 @@ def lane_sum(kb: KernelBuilder, expr, t, prefix: list, tail: tuple, combine=None
 def lane_sums(kb: KernelBuilder, exprs: list, t, prefix: list, tail: tuple, combine=None, init=0.0) -> list:
     """lane_sum of each of `exprs` in one pass over the tail (several sums of one space, as
     batchnorm's gradient takes): each in partial sums of its own, so each has the bits it
-    has alone. The partial sums are an array that a loop over the lanes adds to, which LLVM
-    vectorizes where the expressions read the lanes contiguously (KernelBuilder.loops)."""
+    has alone. The partial sums are an array that each chunk of SUM_LANES elements adds to:
+    in vectors (codegen/lanes.py) where the expressions compute in them along the last axis,
+    else in a loop over the lanes; the last n mod SUM_LANES elements in that loop."""
     b = kb.b
     combine = combine or b.fadd
     lanes = ir.ArrayType(t, SUM_LANES)
@@ -66,18 +69,46 @@ def lane_sums(kb: KernelBuilder, exprs: list, t, prefix: list, tail: tuple, comb
         b.store(ir.Constant(lanes, [init] * SUM_LANES), s)
     n = kb.dim(tail[-1])
     whole = b.sdiv(n, ir.Constant(i64, SUM_LANES))
-    contiguous = contiguous_along([leaf for e in exprs for leaf in e.leaves()], len(prefix) + len(tail) - 1)
+    axis = len(prefix) + len(tail) - 1
+    contiguous = contiguous_along([leaf for e in exprs for leaf in e.leaves()], axis)
+    width = vector_width()
+    in_vectors = SUM_LANES % width == 0 and all(vectorizes(e, axis) for e in exprs)
 
     def add(j: ir.Value, i: ir.Value, row: list):
         for expr, s in zip(exprs, sums):
             b.store(combine(b.load(lane(s, j)), kb.expr(expr, prefix + row + [i])), lane(s, j))
 
+    # in vectors, the partial sums of a row's chunks are slots of a whole vector each, which
+    # SROA keeps in registers at every level; the array (whose lanes the last elements' loop
+    # indexes) takes them after the chunks
+    vty = ir.VectorType(t, width)
+    parts = [[kb.alloca(vty) for _ in range(0, SUM_LANES, width)] for _ in exprs] if in_vectors else []
+    align = 8 if t == f64 else 4  # the array's, not the vector's
+    array_part = lambda s, p: b.bitcast(lane(s, ir.Constant(i32, p * width)), vty.as_pointer())
+
+    def add_vectors(base: ir.Value, row: list):
+        kb.lanes = Lanes(b, width, axis)
+        for p in range(SUM_LANES // width):
+            for expr, slot in zip(exprs, parts):
+                v = kb.expr(expr, prefix + row + [b.add(base, ir.Constant(i64, p * width))])
+                b.store(combine(b.load(slot[p]), v), slot[p])
+        kb.lanes = None
+
     def row(ridx):
         def chunk(cidx):
             base = b.mul(cidx[0], ir.Constant(i64, SUM_LANES))
-            kb.loops((SUM_LANES,), lambda j: add(j[0], b.add(base, j[0]), ridx), contiguous=contiguous)
+            if in_vectors:
+                add_vectors(base, ridx)
+            else:
+                kb.loops((SUM_LANES,), lambda j: add(j[0], b.add(base, j[0]), ridx), contiguous=contiguous)
 
+        for s, slot in zip(sums, parts):
+            for p, v in enumerate(slot):
+                b.store(b.load(array_part(s, p), align=align), v)
         kb.loops(tail[-1:], chunk, first=(ir.Constant(i64, 0), whole))
+        for s, slot in zip(sums, parts):
+            for p, v in enumerate(slot):
+                b.store(b.load(v), array_part(s, p), align=align)
         done = b.mul(whole, ir.Constant(i64, SUM_LANES))
         # the last n mod SUM_LANES elements, in a loop: unrolled, the expressions' code
         # would be there SUM_LANES times (a batchnorm gradient's reduction: 8 times the IR)

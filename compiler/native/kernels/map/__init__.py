@@ -163,12 +163,29 @@ def merged(k: MapKernel | FusedMapKernel, axis: int) -> MapKernel | FusedMapKern
     return FusedMapKernel(shape, maps, k.registers, node=k.node, nodes=k.nodes, origin=k.origin)
 
 
+def rows_merged(k: MapKernel | FusedMapKernel) -> MapKernel | FusedMapKernel:
+    """k with its axes from the third on as one where every index allows (`merged`): an
+    image's rows and columns one run of pixels, so that its innermost loop is long (a 7 x 7
+    image's 49 pixels are three vector steps, not seven partial ones: codegen/lanes.py). The
+    first two axes stay, which a thread team splits."""
+    from dlc.compiler.native.kernels.map.loops import loop_order
+
+    while len(k.shape) > 3 and loop_order(k) == tuple(range(len(k.shape))):
+        m = merged(k, len(k.shape) - 2)
+        if m is None:
+            break
+        k = m
+    return k
+
+
 def emit_loop(k: MapKernel | FusedMapKernel, f, guard=None):
     """The loop of a map or a fused map, split along its first two axes as one on a thread
     team (a batch of one splits over its channels; on one thread when it has no axis).
     `guard(kb)`: an i1 that each thread tests first, skipping its share where it is false
     (Winograd's filters, transformed while their flag is clear: kernels/winograd)."""
     from dlc.compiler.native.kernels.map.loops import loop_order, map_loop, outer_extent
+
+    k = rows_merged(k)
 
     def run(kb, first=None):
         if guard is None:

@@ -3,15 +3,21 @@ member's value, in order. `first` = (lo, hi) limits the outermost loop to a thre
 
 from __future__ import annotations
 
+from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.builder import KernelBuilder
+from dlc.compiler.native.codegen.lanes import vectorizes
 from dlc.compiler.native.program import KernelProgram, contiguous_along
+
+# an innermost loop shorter than this stays scalar: a vector step of it would be mostly idle lanes
+LANES_FROM = 4
 
 
 def map_loop(kb: KernelBuilder, k, prog: KernelProgram, first=None):
     """A map's loop (MapKernel or FusedMapKernel): each iteration stores every member's
     value, in order; a member kept in a register is only read by the later ones. `first`
     limits its outermost loop, over the first two axes as one (`outer_extent`) where it
-    has three or more. The axes in `loop_order`."""
+    has three or more. The axes in `loop_order`; the innermost loop computes in vectors where
+    `lane_count` allows (codegen/lanes.py)."""
     order = loop_order(k)
     shape = tuple(k.shape[a] for a in order)
 
@@ -25,8 +31,10 @@ def map_loop(kb: KernelBuilder, k, prog: KernelProgram, first=None):
         [m.out_at for m in k.maps if m.out not in k.registers] + [leaf for m in k.maps for leaf in m.expr.leaves()],
         order[-1],
     )
+    lanes = lane_count(k, order[-1]) if order else None
+    lanes = None if lanes is None else (lanes, order[-1])
     if first is None or len(shape) < 3:
-        kb.loops(shape, body, first=first, contiguous=contiguous)
+        kb.loops(shape, body, first=first, contiguous=contiguous, lanes=lanes)
         return
     second = kb.dim(shape[1])
 
@@ -34,7 +42,25 @@ def map_loop(kb: KernelBuilder, k, prog: KernelProgram, first=None):
         t = idx[0]
         body([kb.b.sdiv(t, second), kb.b.srem(t, second)] + idx[1:])
 
-    kb.loops((outer_extent(shape),) + tuple(shape[2:]), split, first=first, contiguous=contiguous)
+    kb.loops((outer_extent(shape),) + tuple(shape[2:]), split, first=first, contiguous=contiguous, lanes=lanes)
+
+
+def lane_count(k, axis: int) -> int | None:
+    """The lanes in which the map's loop along `axis`, its innermost, computes at once
+    (codegen/lanes.py): the target's float lanes where every store is contiguous along it,
+    every load contiguous or invariant (and at the index it is stored at, for a buffer a
+    member writes), and every operation built lane by lane (lanes.vectorizes); else None."""
+    extent = k.shape[axis]
+    if isinstance(extent, int) and extent < LANES_FROM:
+        return None
+    written = {m.out: m.out_at for m in k.maps}
+    for m in k.maps:
+        step = m.out_at.coeffs[axis]
+        if m.out not in k.registers and not (isinstance(step, int) and step == 1):
+            return None
+        if not vectorizes(m.expr, axis, written):
+            return None
+    return jit.vector_width()
 
 
 def loop_order(k) -> tuple:
