@@ -118,17 +118,21 @@ class Loaded:
 def compile_cached(module, level: int = jit.OPT_LEVEL) -> Loaded:
     """Machine code for an IR-builder module at O`level`, from the cache or from LLVM (then
     stored)."""
-    provide(jit.declared_functions(module))
-    text, pieces = parallel_compile.module_text(module)
-    key = _object_key(text, level)
+    return compile_text(parallel_compile.module_text(module), level)
+
+
+def compile_text(unit: parallel_compile.ModuleText, level: int = jit.OPT_LEVEL) -> Loaded:
+    """compile_cached of a module's ModuleText."""
+    provide(unit.declared)
+    key = _object_key(unit.text, level)
     t0 = time.perf_counter()
     with _open_dir() as dirfd:
         objects = None if dirfd is None else _objects(_read(dirfd, f"{key}.o", key))
         if objects is not None:
-            loaded = _loaded(objects, jit.exported_functions(module), t0, key)
+            loaded = _loaded(objects, unit.exported, t0, key)
             if loaded is not None:
                 return loaded
-        objects = parallel_compile.compile_objects(module, text, pieces, level)
+        objects = parallel_compile.compile_objects(unit, level)
         stats["compiles"] += 1
         if dirfd is not None:
             _store(dirfd, f"{key}.o", key, _bundle(objects))
@@ -207,7 +211,7 @@ def _objects(payload: bytes | None) -> list | None:
 
 def compile_built(parts: tuple, build, level: int = jit.OPT_LEVEL) -> tuple[Loaded, list]:
     """Machine code at O`level` for the module that `build()` makes, and the list it gives with
-    it (`build` returns both: a step module and its argument slots), keyed by what the module
+    it (`build` returns both: a step module, or its ModuleText, and its argument slots), keyed by what the module
     is built from (`parts`, pickled) and by dlc's compiler source, before building it: a
     warm start skips building the IR, a quarter of a second for a transformer's step. The
     entry (a `.step` file) names the object entry of the module and holds the list; parts
@@ -218,8 +222,9 @@ def compile_built(parts: tuple, build, level: int = jit.OPT_LEVEL) -> tuple[Load
 
         def made():
             module, extra = build()
-            loaded = compile_cached(module, level)
-            _store_step(dirfd, key, loaded.key, module, extra)
+            unit = module if isinstance(module, parallel_compile.ModuleText) else parallel_compile.module_text(module)
+            loaded = compile_text(unit, level)
+            _store_step(dirfd, key, loaded.key, unit, extra)
             return loaded, extra
 
         return _found_or_made(dirfd, key, lambda: _built(dirfd, key, t0), made)
@@ -242,29 +247,24 @@ def find_built(parts: tuple, level: int) -> tuple[Loaded, list] | None:
         return _built(dirfd, _built_key(parts, level), time.perf_counter())
 
 
-def store_built(parts: tuple, level: int, module, text: str, objects: list, extra: list) -> Loaded:
+def store_built(parts: tuple, level: int, unit: parallel_compile.ModuleText, objects: list, extra: list) -> Loaded:
     """The objects compiled at O`level` elsewhere (runtime/engines/tiers.py) of the module that
-    compile_built's `build` makes for `parts` (`text`: its IR text), loaded and stored as
+    compile_built's `build` makes for `parts` (`unit`: its ModuleText), loaded and stored as
     compile_built stores them."""
-    key = _object_key(text, level)
+    key = _object_key(unit.text, level)
     stats["compiles"] += 1
     loaded = Loaded(jit.load_objects(objects), 0.0, False, key, _size(objects))
     with _open_dir() as dirfd:
         if dirfd is not None:
             _store(dirfd, f"{key}.o", key, _bundle(objects))
-            _store_step(dirfd, _built_key(parts, level), key, module, extra)
+            _store_step(dirfd, _built_key(parts, level), key, unit, extra)
     return loaded
 
 
-def _store_step(dirfd: int | None, key: str, object_key: str, module, extra: list):
+def _store_step(dirfd: int | None, key: str, object_key: str, unit: parallel_compile.ModuleText, extra: list):
     """The `.step` entry `key`: it names the object entry and holds the list."""
     if dirfd is not None:
-        doc = {
-            "object": object_key,
-            "functions": jit.exported_functions(module),
-            "declared": jit.declared_functions(module),
-            "extra": extra,
-        }
+        doc = {"object": object_key, "functions": list(unit.exported), "declared": list(unit.declared), "extra": extra}
         _store(dirfd, f"{key}.step", key, json.dumps(doc).encode())
 
 

@@ -49,7 +49,7 @@ class TieredDriver:
     def __init__(self, parts: tuple, build, entry: str, quick: bool = True):
         """`quick`: False compiles at O3 before the first call, as DLC_QUICK_CODE=0 does."""
         self.parts, self.build, self.entry = parts, build, entry
-        self.module = self.text = self.children = None  # the O3 compile's input, and it under way
+        self.unit = self.children = None  # the O3 compile's input (a ModuleText), and it under way
         self.ran = 0.0  # seconds the quick code has run
         mode = jit.quick_code() if quick else "0"
         found = cache.find_built(parts, jit.OPT_LEVEL) if mode != "0" else None
@@ -83,8 +83,9 @@ class TieredDriver:
             self._take()
 
     def _built(self):
-        self.module, extra = self.build()
-        return self.module, extra
+        module, extra = self.build()
+        self.unit = parallel_compile.module_text(module)  # the module goes (ModuleText)
+        return self.unit, extra
 
     def _quick(self, *arguments):
         """A call of the quick code, timed: the O3 compile starts once it is hot, and the call
@@ -99,19 +100,15 @@ class TieredDriver:
             self._take()
 
     def _start(self):
-        if self.module is None:  # the quick code came from the cache: the module is built now
-            self.module, _ = self.build()
-        self.text, pieces = parallel_compile.module_text(self.module)
-        self.children = [
-            parallel_compile.Child(part, jit.OPT_LEVEL)
-            for part in parallel_compile.parts(self.module, self.text, pieces)
-        ]
+        if self.unit is None:  # the quick code came from the cache: the module is built now
+            self._built()
+        self.children = [parallel_compile.Child(part, jit.OPT_LEVEL) for part in self.unit.parts]
         weakref.finalize(self, _stop, self.children)  # a run that ends first does not wait for them
 
     def _take(self):
         objects = [child.result() for child in self.children]
-        self.loaded = cache.store_built(self.parts, jit.OPT_LEVEL, self.module, self.text, objects, self.extra)
-        self.module = self.text = self.children = None
+        self.loaded = cache.store_built(self.parts, jit.OPT_LEVEL, self.unit, objects, self.extra)
+        self.unit = self.children = None
         self.fn = self.run = DRIVER(self.loaded.address(self.entry))
 
 

@@ -10,7 +10,6 @@ from llvmlite import ir
 
 from dlc.compiler.frontend.loader import load
 from dlc.compiler.native.codegen import jit, parallel_compile
-from dlc.runtime.engines import cache
 from dlc.runtime.engines.native import NativeEngine
 from dlc.compiler.frontend.settings import Call
 
@@ -22,10 +21,8 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 def step_module(tmp_path, monkeypatch, name: str) -> ir.Module:
     """The train step's LLVM module of an example, as the native engine builds it."""
     built = []
-    compile_cached = cache.compile_cached
-    monkeypatch.setattr(
-        cache, "compile_cached", lambda module, *level: built.append(module) or compile_cached(module, *level)
-    )
+    module_text = parallel_compile.module_text
+    monkeypatch.setattr(parallel_compile, "module_text", lambda module: built.append(module) or module_text(module))
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / "cache"))
     five_steps(load(str(EXAMPLES / name)), NativeEngine, Call("sgd", [], {"lr": 0.1}), {"B": 2, "T": 3})
     return next(m for m in built if any(f.name == "dlc_step" for f in m.functions))
@@ -37,14 +34,14 @@ def defined(text: str) -> list:
 
 def test_the_text_is_the_modules(tmp_path, monkeypatch):
     module = step_module(tmp_path, monkeypatch, "digits_cnn.dl")
-    assert parallel_compile.module_text(module)[0] == str(module)
+    assert parallel_compile.module_text(module).text == str(module)
 
 
 @pytest.mark.parametrize("parts", [2, 3, 7])
 def test_each_function_is_defined_in_one_part(tmp_path, monkeypatch, parts):
     module = step_module(tmp_path, monkeypatch, "char_lstm.dl")
-    text, pieces = parallel_compile.module_text(module)
-    split = parallel_compile.split(module, pieces, parts)
+    text = parallel_compile.module_text(module).text
+    split = parallel_compile.split(module, parallel_compile.printed(module), parts)
     assert len(split) == parts
     every = [name for part in split for name in defined(part)]  # jit.parse verifies each part
     assert sorted(every) == defined(text)

@@ -23,6 +23,7 @@ does not run). Built without, the module is the same as ever.
 from __future__ import annotations
 
 import io
+import itertools
 import pickle
 import re
 from dataclasses import dataclass, fields
@@ -119,7 +120,7 @@ def build_module(
             functions[number] = fn.name
             return fn, [buffers[s] for s in slots], number
         nested = [kernel(j, depth + 1, prog) for j in k.nested()]
-        before = set(module.globals)
+        before = len(module.globals)  # the globals it adds come after them (a dict keeps its order)
         fn = ir.Function(module, sig, f"kernel{number}")
         fn.linkage = "internal"
         # inlined, every kernel would land in the driver, one function growing with the
@@ -127,11 +128,8 @@ def build_module(
         fn.attributes.add("noinline")
         kb = k.emit(KernelFunction(module, prog, fn, nested, lambda b: calls(b, nested, fn.args)))
         kb.finish()
-        made = [
-            g
-            for n, g in module.globals.items()
-            if n not in before and isinstance(g, ir.Function) and not g.is_declaration
-        ]
+        added = list(itertools.islice(reversed(module.globals.values()), len(module.globals) - before))[::-1]
+        made = [g for g in added if isinstance(g, ir.Function) and not g.is_declaration]
         text = re.sub(rf'@"{re.escape(fn.name)}([."])', r'@"kernel\1', "\n".join(map(str, made)))
         if text in alike:
             for g in made:

@@ -24,6 +24,7 @@ import re
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 
 from llvmlite import ir
 
@@ -48,11 +49,29 @@ def jobs() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def module_text(module: ir.Module) -> tuple[str, dict]:
-    """The module's IR text (what `str(module)` gives) and each global's own text, by name,
-    printed once for both."""
-    pieces = {g.name: str(g) for g in module.globals.values()}
-    return _assemble(module, list(pieces.values())), pieces
+@dataclass(frozen=True)
+class ModuleText:
+    """What compiling a module takes of it, as text: its IR (`text`, what `str(module)`
+    gives), the IR of each part it is compiled as (the whole text, or `jobs()` parts of a
+    large module), the functions it defines for the outside (its objects must have them all)
+    and those it calls that others define. Taken once, so that the llvmlite module, hundreds
+    of thousands of objects in cycles, can go: while it lived, every pass of Python's cyclic
+    garbage collector walked it (a second of MobileNetV2's first step), and a module waiting
+    for its O3 compile (runtime/engines/tiers.py) lived for minutes."""
+
+    text: str
+    parts: tuple
+    exported: tuple
+    declared: tuple
+
+
+def module_text(module: ir.Module) -> ModuleText:
+    """The module's ModuleText, each global printed once."""
+    pieces = printed(module)
+    text = _assemble(module, list(pieces.values()))
+    n = jobs()
+    parts = split(module, pieces, n) if n > 1 and len(text) >= MIN_SPLIT_CHARS else [text]
+    return ModuleText(text, tuple(parts), tuple(jit.exported_functions(module)), tuple(jit.declared_functions(module)))
 
 
 def _assemble(module: ir.Module, body: list) -> str:
@@ -66,9 +85,14 @@ def _assemble(module: ir.Module, body: list) -> str:
     return "\n".join(header + types + body + module._get_metadata_lines())
 
 
+def printed(module: ir.Module) -> dict:
+    """Each global's IR text, by name."""
+    return {g.name: str(g) for g in module.globals.values()}
+
+
 def split(module: ir.Module, pieces: dict, parts: int) -> list[str]:
     """The IR text of each part of `module` (at most `parts`, fewer when it has fewer units
-    to share out), given each global's text (`module_text`)."""
+    to share out), given each global's text (`printed`)."""
     values = module.globals
     defined = [name for name, g in values.items() if not _is_declaration(g)]
     unit = {name: name for name in defined}
@@ -146,19 +170,11 @@ def _declaration(text: str) -> str:
     return re.sub(r"^define (internal |private )?", "declare ", line.rstrip(" {"))
 
 
-def parts(module: ir.Module, text: str, pieces: dict) -> list[str]:
-    """The IR texts `module` (its text and pieces from `module_text`) is compiled as: the
-    whole text, or `jobs()` parts of a large module."""
-    n = jobs()
-    return split(module, pieces, n) if n > 1 and len(text) >= MIN_SPLIT_CHARS else [text]
-
-
-def compile_objects(module: ir.Module, text: str, pieces: dict, level: int = jit.OPT_LEVEL) -> list[bytes]:
-    """The machine code of `module` at O`level`: one object, or one per part, compiled at once
-    in this process and `jobs() - 1` children."""
-    texts = parts(module, text, pieces)
-    children = [Child(part, level) for part in texts[1:]]
-    objects = [_compile(texts[0], level)]
+def compile_objects(unit: ModuleText, level: int = jit.OPT_LEVEL) -> list[bytes]:
+    """The machine code of a module (its ModuleText) at O`level`: one object per part,
+    compiled at once in this process and a child process each but the first."""
+    children = [Child(part, level) for part in unit.parts[1:]]
+    objects = [_compile(unit.parts[0], level)]
     return objects + [child.result() for child in children]
 
 
