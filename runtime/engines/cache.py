@@ -221,8 +221,12 @@ def compile_built(parts: tuple, build, level: int = jit.OPT_LEVEL) -> tuple[Load
     with _open_dir() as dirfd:
 
         def made():
-            module, extra = build()
-            unit = module if isinstance(module, parallel_compile.ModuleText) else parallel_compile.module_text(module)
+            with collector_paused():  # as the tiers' build (runtime/engines/tiers.py)
+                module, extra = build()
+                unit = (
+                    module if isinstance(module, parallel_compile.ModuleText) else parallel_compile.module_text(module)
+                )
+                del module
             loaded = compile_text(unit, level)
             _store_step(dirfd, key, loaded.key, unit, extra)
             return loaded, extra

@@ -27,6 +27,7 @@ import math
 import time
 import weakref
 
+from dlc.compiler.ir.graph import collector_paused
 from dlc.compiler.native.codegen import jit, parallel_compile
 from dlc.runtime.engines import cache
 
@@ -83,8 +84,12 @@ class TieredDriver:
             self._take()
 
     def _built(self):
-        module, extra = self.build()
-        self.unit = parallel_compile.module_text(module)  # the module goes (ModuleText)
+        # the module goes once printed (ModuleText), before the collector runs again: never
+        # promoted, its objects are freed by the first pass, which walks nothing else of theirs
+        with collector_paused():
+            module, extra = self.build()
+            self.unit = parallel_compile.module_text(module)
+            del module
         return self.unit, extra
 
     def _quick(self, *arguments):
