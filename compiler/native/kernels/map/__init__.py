@@ -166,8 +166,8 @@ def merged(k: MapKernel | FusedMapKernel, axis: int) -> MapKernel | FusedMapKern
 def rows_merged(k: MapKernel | FusedMapKernel) -> MapKernel | FusedMapKernel:
     """k with its axes from the third on as one where every index allows (`merged`): an
     image's rows and columns one run of pixels, so that its innermost loop is long (a 7 x 7
-    image's 49 pixels are three vector steps, not seven partial ones: codegen/lanes.py). The
-    first two axes stay, which a thread team splits."""
+    image's 49 pixels are three whole steps of 16 lanes and one partial, not seven partial
+    steps: codegen/lanes.py). The first two axes stay, which a thread team splits."""
     from dlc.compiler.native.kernels.map.loops import loop_order
 
     while len(k.shape) > 3 and loop_order(k) == tuple(range(len(k.shape))):
