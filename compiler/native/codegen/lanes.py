@@ -127,16 +127,16 @@ class Lanes:
         vty = ir.VectorType(t, self.count)
         vptr = b.bitcast(ptr, vty.as_pointer())
         if self.full is None:
-            v = kb.disjoint(b.load(vptr, align=_align(t)), bid)
+            v = kb.disjoint(b.load(vptr, align=element_align(t)), bid)
             return b.trunc(v, i1) if dtype == "bool" else v
         load, _ = masked(kb.m, vty)
         with b.if_else(self.full) as (whole, part):
             with whole:
-                a = kb.disjoint(b.load(vptr, align=_align(t)), bid)
+                a = kb.disjoint(b.load(vptr, align=element_align(t)), bid)
                 a_block = b.block
             with part:
                 c = kb.disjoint(
-                    b.call(load, [vptr, ir.Constant(i32, _align(t)), self.mask, ir.Constant(vty, None)]), bid
+                    b.call(load, [vptr, ir.Constant(i32, element_align(t)), self.mask, ir.Constant(vty, None)]), bid
                 )
                 c_block = b.block
         v = b.phi(vty)
@@ -154,14 +154,14 @@ class Lanes:
         vty = ir.VectorType(t, self.count)
         vptr = b.bitcast(ptr, vty.as_pointer())
         if self.full is None:
-            kb.disjoint(b.store(v, vptr, align=_align(t)), bid)
+            kb.disjoint(b.store(v, vptr, align=element_align(t)), bid)
             return
         _, store = masked(kb.m, vty)
         with b.if_else(self.full) as (whole, part):
             with whole:
-                kb.disjoint(b.store(v, vptr, align=_align(t)), bid)
+                kb.disjoint(b.store(v, vptr, align=element_align(t)), bid)
             with part:
-                kb.disjoint(b.call(store, [v, vptr, ir.Constant(i32, _align(t)), self.mask]), bid)
+                kb.disjoint(b.call(store, [v, vptr, ir.Constant(i32, element_align(t)), self.mask]), bid)
 
     def steps(self, b: ir.IRBuilder, v: ir.Value, coeff: int) -> ir.Value:
         """The i64 v at lane 0, v + coeff at lane 1, ...: an index's value in each lane."""
@@ -183,5 +183,6 @@ def _memory_type(dtype: str) -> ir.Type:
     return i8 if dtype == "bool" else LL[dtype]
 
 
-def _align(t: ir.Type) -> int:
+def element_align(t: ir.Type) -> int:
+    """The alignment a vector of t's lanes is accessed at: its element's (the arrays'), not the vector's."""
     return max(1, t.width // 8) if isinstance(t, ir.IntType) else (8 if t == LL["f64"] else 4)

@@ -11,9 +11,9 @@ from llvmlite import ir
 from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.codegen.intrinsics import round_bf16
 from dlc.compiler.native.codegen.jit import vector_width
-from dlc.compiler.native.codegen.lanes import Lanes, vectorizes
+from dlc.compiler.native.codegen.lanes import Lanes, element_align, vectorizes
 from dlc.compiler.native.program import Affine, Load, contiguous_along
-from dlc.compiler.native.codegen.types import f32, f64, i32, i64
+from dlc.compiler.native.codegen.types import f32, i32, i64
 
 
 def strides(shape) -> list:
@@ -83,7 +83,7 @@ def lane_sums(kb: KernelBuilder, exprs: list, t, prefix: list, tail: tuple, comb
     # indexes) takes them after the chunks
     vty = ir.VectorType(t, width)
     parts = [[kb.alloca(vty) for _ in range(0, SUM_LANES, width)] for _ in exprs] if in_vectors else []
-    align = 8 if t == f64 else 4  # the array's, not the vector's
+    align = element_align(t)
     array_part = lambda s, p: b.bitcast(lane(s, ir.Constant(i32, p * width)), vty.as_pointer())
 
     def add_vectors(base: ir.Value, row: list):
