@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #if defined(__linux__)
+#include <sys/mman.h>                    /* madvise: the packed weights' huge pages */
 #include <sys/syscall.h>                 /* arch_prctl: the AMX tile state */
 #endif
 #include <unistd.h>
@@ -30,6 +31,12 @@
 #endif
 
 #define ALIGN 64
+/* Packed weights this large or larger start on a huge page's boundary and ask Linux for huge
+ * pages, as numpy asks for an array of 4 MB or more (the JIT's packs): every call streams
+ * them again, and a batch of one reads tens of megabytes of filters a few multiply-adds a
+ * float, 4 KB pages missing the TLB all along. */
+#define HUGE_PAGE ((size_t)2 << 20)
+#define HUGE_FROM ((size_t)4 << 20)
 #define MOST_BYTES ((int64_t)1 << 46)        /* more memory than that is refused, not attempted */
 
 enum { KIND_TEMP, KIND_INPUT, KIND_PARAM, KIND_OUTPUT, KIND_CONST, KIND_PACKED };
@@ -793,8 +800,12 @@ static int lay_out(struct DLC_INSTANCE *m, const int64_t *values) {
     total += outputs;
     if (packed && !m->packs) {          /* zeroed: the flag says the weights are not packed yet */
         void *packs = NULL;
-        if (posix_memalign(&packs, ALIGN, (size_t)packed))
+        int huge = (size_t)packed >= HUGE_FROM;
+        if (posix_memalign(&packs, huge ? HUGE_PAGE : ALIGN, (size_t)packed))
             return fail(m, DLC_ERROR_MEMORY, "out of memory: the packed weights need %lld bytes", (long long)packed);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+        if (huge) madvise(packs, (size_t)packed / HUGE_PAGE * HUGE_PAGE, MADV_HUGEPAGE);  /* a hint: refused, 4 KB pages */
+#endif
         memset(packs, 0, (size_t)packed);
         m->packs = packs;
         for (int b = 0; b < DLC_N_BUFFERS; b++)     /* their places, fixed from now on (weights_changed) */

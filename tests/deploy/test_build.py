@@ -37,6 +37,18 @@ def dlc(*args, check=True, env=None):
     return r
 
 
+def bare_python(script: str, *args, timeout: float = 60, cwd=None):
+    """`script` run by a Python that cannot import dlc or numpy (an empty environment,
+    isolated, no site-packages), given `args`: a caller of a library that has only ctypes."""
+    return subprocess.run(
+        ["env", "-i", sys.executable, "-I", "-S", "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
 def build_example(model: str, folder: Path):
     """A library of the example and a checkpoint of its initial parameters (seed 7) in `folder`."""
     params = initial_parameters(load(ROOT / "examples" / f"{model}.dl").build(None, training=False), 7)
@@ -288,12 +300,7 @@ def test_loading_and_unloading_the_library_leaves_no_thread_behind(built):
     unloaded, again and again: the pool's two workers start once per load, are joined at
     each unload (the code they run unmapped after), and the bits are the same every time."""
     lib, ckpt = built("digits_cnn")
-    r = subprocess.run(
-        ["env", "-i", sys.executable, "-I", "-S", "-c", UNLOADER, str(lib / "libdigits_cnn.so"), str(ckpt), "15"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = bare_python(UNLOADER, lib / "libdigits_cnn.so", ckpt, 15, timeout=300)
     assert r.returncode == 0, r.stderr
     before, most = map(int, r.stdout.split())
     assert most == before + 2
@@ -325,14 +332,41 @@ def test_a_forked_child_of_a_library_user_starts_workers_of_its_own(built):
     """A process that predicted on 2 threads forks: the child's prediction starts a worker of
     its own and gives the same bits; the parent's pool still works. A hang fails by the timeout."""
     lib, ckpt = built("digits_cnn")
-    r = subprocess.run(
-        ["env", "-i", sys.executable, "-I", "-S", "-c", FORKER, str(lib / "libdigits_cnn.so"), str(ckpt)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = bare_python(FORKER, lib / "libdigits_cnn.so", ckpt)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["0", "True", "2"], r.stdout
+
+
+ADVISED = r"""
+import ctypes, sys
+lib, ckpt = ctypes.CDLL(sys.argv[1]), sys.argv[2].encode()
+model = ctypes.c_void_p()
+assert lib.wide_create(ctypes.byref(model), ckpt) == 0
+x = (ctypes.c_float * 1024)(*[(i % 7) / 8 for i in range(1024)])
+shape, y, out_shape = (ctypes.c_int64 * 2)(1, 1024), (ctypes.c_float * 1100)(), (ctypes.c_int64 * 2)()
+assert lib.wide_predict(model, x, shape, y, ctypes.c_int64(1100), out_shape) == 0
+for line in open("/proc/self/smaps"):
+    head = line.split()[0]
+    if "-" in head and not head.endswith(":"):
+        lo, hi = (int(v, 16) for v in head.split("-"))
+    elif head == "VmFlags:" and "hg" in line.split()[1:]:
+        print(hi - lo)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux's /proc/self/smaps")
+def test_packed_weights_of_4_mb_or_more_are_advised_into_huge_pages(tmp_path):
+    """A library's packed weights, which every call streams again, ask Linux for huge pages
+    from 4 MB on (MADV_HUGEPAGE), as the JIT's numpy arrays do; a process of plain Python
+    (no numpy, whose arrays ask too) holds no other advised mapping."""
+    (tmp_path / "wide.dl").write_text("model wide {\n    input  x: f32[B, 1024]\n    output y = dense(x, 1100)\n}\n")
+    params = initial_parameters(load(tmp_path / "wide.dl").build(None, training=False), 7)
+    checkpoint.save(tmp_path / "w.npz", params, {}, {})
+    dlc("build", tmp_path / "wide.dl", "-o", tmp_path / "lib")
+    r = bare_python(ADVISED, tmp_path / "lib" / "libwide.so", tmp_path / "w.npz")
+    assert r.returncode == 0, r.stderr
+    # the 1024 x 1100 weight's panels: 4.5 MB, advised from their first whole huge page on
+    assert [int(v) for v in r.stdout.split()] == [4 << 20], r.stdout
 
 
 def test_a_program_linked_against_the_static_library(built, tmp_path):
@@ -372,23 +406,7 @@ def test_a_python_caller_without_dlc(built, tmp_path):
     lib, ckpt = built("digits_cnn")
     x = inputs("digits_cnn", 1)
     x.tofile(tmp_path / "x.bin")
-    r = subprocess.run(
-        [
-            "env",
-            "-i",
-            sys.executable,
-            "-I",
-            "-S",
-            "-c",
-            CTYPES_CALLER,
-            str(lib / "libdigits_cnn.so"),
-            str(ckpt),
-            str(tmp_path / "x.bin"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    r = bare_python(CTYPES_CALLER, lib / "libdigits_cnn.so", ckpt, tmp_path / "x.bin", timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
     assert bytes.fromhex(r.stdout) == engine.predict({"x": x})["probs"].tobytes()
