@@ -354,7 +354,10 @@ for line in open("/proc/self/smaps"):
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux's /proc/self/smaps")
+@pytest.mark.skipif(
+    not Path("/sys/kernel/mm/transparent_hugepage").exists(),
+    reason="needs Linux with transparent huge pages (/proc/self/smaps, madvise's MADV_HUGEPAGE)",
+)
 def test_packed_weights_of_4_mb_or_more_are_advised_into_huge_pages(tmp_path):
     """A library's packed weights, which every call streams again, ask Linux for huge pages
     from 4 MB on (MADV_HUGEPAGE), as the JIT's numpy arrays do; a process of plain Python
