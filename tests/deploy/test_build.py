@@ -49,11 +49,12 @@ def bare_python(script: str, *args, timeout: float = 60, cwd=None):
     )
 
 
-def build_example(model: str, folder: Path):
-    """A library of the example and a checkpoint of its initial parameters (seed 7) in `folder`."""
-    params = initial_parameters(load(ROOT / "examples" / f"{model}.dl").build(None, training=False), 7)
+def build_program(path: Path, folder: Path):
+    """A library of the program (`folder`/lib) and a checkpoint of its initial parameters (seed
+    7, `folder`/weights.npz)."""
+    params = initial_parameters(load(path).build(None, training=False), 7)
     checkpoint.save(folder / "weights.npz", params, {}, {})
-    dlc("build", ROOT / "examples" / f"{model}.dl", "-o", folder / "lib")
+    dlc("build", path, "-o", folder / "lib")
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +63,9 @@ def built():
     pytest-xdist worker asks first; the tests only read them."""
 
     def get(model: str):
-        folder = session_folder(f"build-{model}", lambda folder: build_example(model, folder))
+        folder = session_folder(
+            f"build-{model}", lambda folder: build_program(ROOT / "examples" / f"{model}.dl", folder)
+        )
         return folder / "lib", folder / "weights.npz"
 
     return get
@@ -363,10 +366,8 @@ def test_packed_weights_of_4_mb_or_more_are_advised_into_huge_pages(tmp_path):
     from 4 MB on (MADV_HUGEPAGE), as the JIT's numpy arrays do; a process of plain Python
     (no numpy, whose arrays ask too) holds no other advised mapping."""
     (tmp_path / "wide.dl").write_text("model wide {\n    input  x: f32[B, 1024]\n    output y = dense(x, 1100)\n}\n")
-    params = initial_parameters(load(tmp_path / "wide.dl").build(None, training=False), 7)
-    checkpoint.save(tmp_path / "w.npz", params, {}, {})
-    dlc("build", tmp_path / "wide.dl", "-o", tmp_path / "lib")
-    r = bare_python(ADVISED, tmp_path / "lib" / "libwide.so", tmp_path / "w.npz")
+    build_program(tmp_path / "wide.dl", tmp_path)
+    r = bare_python(ADVISED, tmp_path / "lib" / "libwide.so", tmp_path / "weights.npz")
     assert r.returncode == 0, r.stderr
     # the 1024 x 1100 weight's panels: 4.5 MB, advised from their first whole huge page on
     assert [int(v) for v in r.stdout.split()] == [4 << 20], r.stdout
