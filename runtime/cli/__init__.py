@@ -169,7 +169,13 @@ def _recorded_interrupts() -> list | None:
     with status 0. A SIGINT that is ignored or handled by the embedding program is left
     alone, as is one outside the main thread, where no handler can be set. The trainer's own
     handler (training/interrupt.py: stop after the step and save) replaces this one for the
-    loop, and what it handles is not an interrupt of the command."""
+    loop, and what it handles is not an interrupt of the command.
+
+    An interrupt that lands while llvmlite's binding code runs is put off until it has
+    returned: llvmlite frees its C objects in Python code that an exception can cut in half
+    (`OutputString.close` frees the string, then forgets it; cut between, its `__del__` frees
+    it again and the process dies of a double free). The signal is sent again every 10 ms
+    until it finds Python outside llvmlite; LLVM's own work is not Python and is never cut."""
     if (
         threading.current_thread() is not threading.main_thread()
         or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
@@ -179,10 +185,28 @@ def _recorded_interrupts() -> list | None:
 
     def handler(signum, frame):
         seen.append(signum)
+        if _inside_llvmlite(frame):
+            again = threading.Timer(0.01, _send_again, (handler, signum))
+            again.daemon = True
+            again.start()
+            return
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)
     return seen
+
+
+def _send_again(handler, signum):
+    if signal.getsignal(signum) is handler:  # else the command has ended: it saw the interrupt
+        os.kill(os.getpid(), signum)
+
+
+def _inside_llvmlite(frame) -> bool:
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith("llvmlite.binding"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _main(argv) -> int:

@@ -3,6 +3,7 @@ once ended in "internal error" (exit 3) are usage errors (exit 2) or clear error
 seed, DLC_NUM_THREADS, the numbers of every command's flags, predict's text input, a bare data file
 name; Ctrl-C at any moment exits 130; --optimizer and --freeze replace the train block's."""
 
+import gc
 import json
 import os
 import signal
@@ -360,6 +361,46 @@ def test_an_interrupt_a_callback_dropped_still_ends_with_130(monkeypatch, capsys
     finally:
         signal.signal(signal.SIGINT, previous)
     assert dropped == [KeyboardInterrupt] and capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_an_interrupt_inside_llvmlite_waits_until_llvmlite_has_returned(monkeypatch, capsys):
+    """llvmlite frees a string it returned, then forgets it (`OutputString.close`): an
+    interrupt raised between the two left the string to be freed again by its `__del__`,
+    and the process died of a double free (SIGABRT) in one start-up of six. Here the free
+    itself is interrupted: it must run once, and the command end as interrupted."""
+    import llvmlite.binding as llvm
+    from llvmlite.binding import ffi
+
+    import dlc.runtime.cli as cli
+
+    real, frees = ffi.lib, []
+
+    class InterruptedAtFree:  # llvmlite's library, Ctrl-C pressed as a string is freed
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def LLVMPY_DisposeString(self, pointer):
+            frees.append(pointer)
+            if len(frees) == 1:
+                real.LLVMPY_DisposeString(pointer)
+                os.kill(os.getpid(), signal.SIGINT)  # the handler runs as this returns
+
+    def command(argv):
+        llvm.get_host_cpu_name()
+        gc.collect()  # the string's __del__, had the interrupt cut its close in half
+        time.sleep(5)  # the interrupt, sent again, arrives here
+        return 0
+
+    monkeypatch.setattr(ffi, "lib", InterruptedAtFree())
+    monkeypatch.setattr(cli, "_main", command)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
+    try:
+        started = time.monotonic()
+        assert cli.main([]) == 130
+        assert time.monotonic() - started < 2
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert len(frees) == 1 and capsys.readouterr().err.strip() == "interrupted"
 
 
 # ---- --optimizer and --freeze replace the train block's ------------------------------------------
