@@ -197,8 +197,10 @@ def _recorded_interrupts() -> list | None:
 
 
 def _send_again(handler, signum):
+    """The signal again, to the main thread: sent to the process, another thread may take it,
+    and a main thread asleep would not wake to run the handler."""
     if signal.getsignal(signum) is handler:  # else the command has ended: it saw the interrupt
-        os.kill(os.getpid(), signum)
+        signal.pthread_kill(threading.main_thread().ident, signum)
 
 
 def _inside_llvmlite(frame) -> bool:
