@@ -23,6 +23,8 @@ from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.native import PACK_WEIGHTS, PRECISIONS
 from dlc.compiler.native.fusion import Fusion, epilogues, fuse_maps, fuse_sums, keep_in_registers
 from dlc.compiler.native.choose.conv import stored_channels_first
+from dlc.compiler.native.choose.int8 import Int8Conv
+from dlc.compiler.native.choose.int8 import chosen as int8_choice
 from dlc.compiler.native.kernels.int8 import Int8Weights
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.program import (
@@ -332,7 +334,9 @@ def integer_weights(graph: Graph, quantization: dict) -> dict:
                 f"after the graph passes {p.reason}",
                 p.span,
             )
-        out[p.node] = Int8Weights.of(p, quantization[p.weight], graph.attrs(p.node).get("groups", 1))
+        groups = graph.attrs(p.node).get("groups", 1)
+        depthwise = p.op == "conv2d" and int8_choice(Int8Conv(p.weight_shape, groups)).name == "int8 depthwise"
+        out[p.node] = Int8Weights.of(p, quantization[p.weight], groups, depthwise)
     return out
 
 

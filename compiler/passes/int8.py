@@ -15,9 +15,16 @@ PRODUCTS = ("matmul", "conv2d")
 # The shortest sums that gain from integer dot products (docs/quantization.md, measured on an
 # AMX Xeon, docs/native.md#int8): a matmul's K; a convolution's channels a tap (C / groups),
 # below which its kernel spends its time gathering windows, not summing them (a first layer
-# of 1 or 3 channels, a depthwise convolution), whatever the taps
+# of 1 or 3 channels, a small grouped convolution), whatever the taps; but a depthwise
+# convolution, whose kernel sums a tap's channels side by side (kernels/int8)
 FEWEST_TERMS = 24
 FEWEST_CHANNELS = 16
+
+
+def depthwise(weight_shape: tuple, groups: int) -> bool:
+    """Whether a convolution of weights [O, C / groups, kh, kw] in `groups` groups is depthwise:
+    one input channel and one filter a group."""
+    return weight_shape[1] == 1 and weight_shape[0] == groups
 
 
 @dataclass
@@ -90,7 +97,7 @@ def _product(graph: Graph, n: int) -> Product:
             p.reason = f"its {p.terms} terms could overflow int32 sums (at most {LONGEST_SUM})"
         elif op == "matmul" and p.terms < FEWEST_TERMS:
             p.reason = f"its sums of {p.terms} terms are too short to gain from int8 (at least {FEWEST_TERMS})"
-        elif op == "conv2d" and shape[1] < FEWEST_CHANNELS:
+        elif op == "conv2d" and shape[1] < FEWEST_CHANNELS and not depthwise(shape, attrs["groups"]):
             p.reason = (
                 f"its taps hold {shape[1]} channel{'s' * (shape[1] != 1)} (C / groups): too few to gain from "
                 f"int8 (at least {FEWEST_CHANNELS})"

@@ -149,8 +149,9 @@ def test_products_say_which_are_integer_and_why_not():
 
 def test_sums_too_short_to_gain_stay_float32_with_their_reason():
     """A matmul of fewer than FEWEST_TERMS terms, a convolution of fewer than FEWEST_CHANNELS
-    channels a tap (a first layer of 1 or 3, a depthwise one), whatever its taps; from
-    there on, integer."""
+    channels a tap (a first layer of 1 or 3, groups of a few channels, two filters of one
+    channel a group), whatever its taps; from there on, integer. A depthwise convolution
+    (one channel and one filter a group) has a kernel of its own: integer."""
     model = load_text(
         f"""
 model m {{
@@ -160,7 +161,9 @@ model m {{
     b = conv2d(a, {2 * FEWEST_CHANNELS}, 3, groups = {2 * FEWEST_CHANNELS})
     c = conv2d(a, {2 * FEWEST_CHANNELS}, 1, groups = 2)
     d = conv2d(c, 8, 1)
-    output y = sum(b) + sum(d) + sum(dense(v, 4)) + sum(dense(v[:, 1:], 4))
+    e = conv2d(a, {4 * FEWEST_CHANNELS}, 3, groups = {2 * FEWEST_CHANNELS})
+    f = conv2d(a, {2 * FEWEST_CHANNELS}, 3, groups = 8)
+    output y = sum(b) + sum(d) + sum(e) + sum(f) + sum(dense(v, 4)) + sum(dense(v[:, 1:], 4))
 }}""",
         "m.dl",
     ).build("m", training=False)
@@ -168,9 +171,10 @@ model m {{
     assert (
         found["a.W"] == f"its taps hold 3 channels (C / groups): too few to gain from int8 (at least {FEWEST_CHANNELS})"
     )
-    assert found["b.W"].startswith("its taps hold 1 channel (C / groups)")
-    assert found["c.W"] == "" and found["d.W"] == ""
-    dense = sorted(r for w, r in found.items() if w not in ("a.W", "b.W", "c.W", "d.W"))
+    assert found["e.W"].startswith("its taps hold 1 channel (C / groups)")
+    assert found["f.W"].startswith("its taps hold 4 channels (C / groups)")
+    assert found["b.W"] == "" and found["c.W"] == "" and found["d.W"] == ""
+    dense = sorted(r for w, r in found.items() if w not in ("a.W", "b.W", "c.W", "d.W", "e.W", "f.W"))
     assert dense == [
         "",
         f"its sums of {FEWEST_TERMS - 1} terms are too short to gain from int8 (at least {FEWEST_TERMS})",

@@ -254,6 +254,44 @@ def test_images_of_any_size_through_one_program():
         _same_bits(Int8Engine(model, model, quantization).predict(params, feeds), native.predict(params, feeds))
 
 
+# depthwise convolutions (choose/int8.py): 70 channels (whole blocks of 4 vectors, then a
+# vector and a masked one of AVX-512's 16 lanes; AVX2's 8), 3 x 3 with the next one's
+# quantization in its store (blocks of rows between runs of it, an image's rows split
+# across them), 5 x 5 at stride 2, dilated, a conv1d's; batches of 3 and 1
+DEPTHWISE = """
+model m {
+    input x: f32[B, 70, 11, 13]
+    input s: f32[B, 20, 30]
+    a = conv2d(x, 70, 3, padding = 1, groups = 70, act = relu)
+    output y = conv2d(a, 70, 5, stride = 2, padding = 2, groups = 70)
+    output z = relu(conv2d(x, 70, 3, dilation = 2, padding = 2, groups = 70))
+    output u = conv1d(s, 20, 3, padding = 1, groups = 20)
+}
+"""
+
+
+@pytest.mark.sets_target
+@pytest.mark.parametrize("target", [t for t in TARGETS if t != "avx512bf16"])
+def test_depthwise_convolutions_give_the_reference_bits(target, compile_for):
+    compile_for(target)
+    model = _model(DEPTHWISE)
+    rng = np.random.default_rng(4)
+    params = {p.name: rng.normal(size=p.type.shape).astype(np.float32) for p in model.params}
+    feeds = {
+        "x": rng.normal(size=(3, 70, 11, 13)).astype(np.float32),
+        "s": rng.normal(size=(3, 20, 30)).astype(np.float32),
+    }
+    quantization = calibrate(model.graph, params, [feeds])
+    assert len(quantization) == 4
+    kernels = [k for k in _program(model, quantization).kernels if isinstance(k, Int8Kernel)]
+    assert [k.weights.depthwise for k in kernels] == [True] * 4
+    assert sum(k.epilogue is not None for k in kernels) >= 1
+    native = NativeEngine(model, model, int8=quantization)
+    for n in (3, 1):
+        feeds = {k: 3 * rng.normal(size=(n, *v.shape[1:])).astype(np.float32) for k, v in feeds.items()}
+        _same_bits(Int8Engine(model, model, quantization).predict(params, feeds), native.predict(params, feeds))
+
+
 # the AMX tiles' edges: 19 rows (a block of 16 and 3 in registers), convolutions' rows not a
 # multiple of 16; K of 36 (one tile, short), 126 (a tile read in place and 62 bytes copied,
 # not a multiple of 4), 300 (25 taps: their loop), 288 (70 channels a tap: two loads of

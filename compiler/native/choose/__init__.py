@@ -7,9 +7,9 @@ all read these lists; the kinds of kernels/ compute what they are told, each
 implementation a rule registered under its name in the package of the kind it emits
 (program/registry.py `register_implementation`). `conv.py`: conv2d and its two gradients;
 `matmul.py`: matmul (its gradients are matmuls), and the order of the GEMM's paths at run
-time. An int8 program's integer convolutions and matmuls have one implementation each
-(kernels/int8), and no list: which products are integer is compiler/passes/int8.py's,
-below the backend."""
+time; `int8.py`: an int8 program's integer convolutions (kernels/int8), whose choice is
+the packing of their weights; its integer matmuls have one implementation, and no list.
+Which products are integer is compiler/passes/int8.py's, below the backend."""
 
 from __future__ import annotations
 

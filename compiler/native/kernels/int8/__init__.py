@@ -37,7 +37,10 @@ class Int8Weights:
     M[o] [groups, padded channels]; the input's scale and zero point. A convolution's terms
     are in the order (i, j, c), each tap's channels of a group padded with zero weights to
     a multiple of 4 (`taps` taps of `tap_channels` channels, which its kernel reads in place:
-    Int8Kernel.window); a matmul's, its K in order (taps 0)."""
+    Int8Kernel.window); a matmul's, its K in order (taps 0). A `depthwise` convolution's (one
+    channel and one filter a group: choose/int8.py) are one group of all its channels, each
+    tap's weights along the channels, `packed` [1, taps, channels padded, 1] (k = taps,
+    `tap_channels` 1): its kernel sums each tap's channels of a pixel a vector at a time."""
 
     packed: np.ndarray
     sums: np.ndarray
@@ -49,11 +52,15 @@ class Int8Weights:
     k: int
     taps: int = 0
     tap_channels: int = 0
+    depthwise: bool = False
 
     @classmethod
-    def of(cls, p: Product, q: int8.QuantizedProduct, groups: int) -> "Int8Weights":
-        """Of product p (compiler/passes/int8.py) quantized as q, in `groups` groups."""
+    def of(cls, p: Product, q: int8.QuantizedProduct, groups: int, depthwise: bool = False) -> "Int8Weights":
+        """Of product p (compiler/passes/int8.py) quantized as q, in `groups` groups, or
+        `depthwise`."""
         w = q.weight.reshape(p.weight_shape)
+        if depthwise:
+            return cls._depthwise(w, q)
         taps = tap_channels = 0
         if p.op == "matmul":  # [K, N] (or [N, K] with tb): channel rows of K terms
             w = w if p.channel_axis == 0 else w.T
@@ -85,6 +92,20 @@ class Int8Weights:
             taps,
             tap_channels,
         )
+
+    @classmethod
+    def _depthwise(cls, w: np.ndarray, q: int8.QuantizedProduct) -> "Int8Weights":
+        channels, _, kh, kw = w.shape
+        padded = -(-channels // CHANNEL_BLOCK) * CHANNEL_BLOCK
+        rows = w.reshape(channels, kh * kw)
+        packed = np.zeros((1, kh * kw, padded, 1), np.int8)
+        packed[0, :, :channels, 0] = rows.T
+        sums = np.zeros((1, padded), np.int32)
+        sums[0, :channels] = rows.astype(np.int64).sum(axis=1)
+        multipliers = np.zeros((1, padded), np.float32)
+        multipliers[0, :channels] = q.multipliers()
+        scale, zero = np.float32(q.input_scale), int(q.input_zero_point)
+        return cls(packed, sums, multipliers, scale, zero, 1, channels, kh * kw, kh * kw, 1, depthwise=True)
 
     @property
     def padded(self) -> int:
@@ -126,11 +147,17 @@ class Int8Kernel(Kernel):
 
     def text(self) -> list:
         g = self.weights
-        groups = f" in {g.groups} groups" if g.groups > 1 else ""
-        rows = " windows" if self.window else ""
+        if g.depthwise:
+            kh, kw = self.window[3:5]
+            what = f"int8 depthwise {kh}x{kw} [{self.rows} x {g.channels}]: b{self.c[0]} = u8 b{self.a[0]} windows * "
+        else:
+            groups = f" in {g.groups} groups" if g.groups > 1 else ""
+            rows = " windows" if self.window else ""
+            what = (
+                f"int8 [{self.rows} x {g.k}] @ [{g.k} x {g.channels}]{groups}: b{self.c[0]} = u8 b{self.a[0]}{rows} @ "
+            )
         return [
-            f"int8 [{self.rows} x {g.k}] @ [{g.k} x {g.channels}]{groups}: b{self.c[0]} = u8 b{self.a[0]}{rows} @ "
-            f"s8 b{self.w}, z_x {g.zero}{', then in its store:' if self.epilogue else ''}{render.located(self)}"
+            f"{what}s8 b{self.w}, z_x {g.zero}{', then in its store:' if self.epilogue else ''}{render.located(self)}"
         ] + ["  " + line for line in (self.epilogue.text() if self.epilogue else [])]
 
     def accesses(self) -> tuple:

@@ -39,6 +39,7 @@ ROWS = 4  # rows of a register tile
 TERMS = 4  # the terms of a 32-bit lane (kernels/int8 TERMS)
 UNROLLED_TAPS = 9  # a convolution's taps up to which its loop over them is unrolled (3 x 3)
 WINDOW_BYTES = 2048  # the bytes of K of 16 windows gathered at once for the tiles (32 KB on the stack)
+DEPTHWISE_BYTES = 32 * 1024  # the float32 sums of a depthwise convolution's rows between two runs of its epilogue
 
 
 def lanes() -> int:
@@ -144,6 +145,9 @@ def int8_rows(kb, k, first):
     the last rows of all can miss a block of 16."""
     b = kb.b
     lo, hi = first
+    if k.weights.depthwise:
+        _depthwise_rows(kb, k, lo, hi)
+        return
     start = lo
     if on_tiles(k):
         rows = kb.dim(k.rows)
@@ -160,6 +164,65 @@ def int8_rows(kb, k, first):
         _rows(kb, k, r, 1)
     if k.epilogue is not None:
         _epilogue(kb, k, lo, hi)
+
+
+def _depthwise_rows(kb, k, lo, hi):
+    """Rows [lo, hi) of a depthwise convolution (Int8Weights.depthwise), in blocks of
+    DEPTHWISE_BYTES of sums, each block's epilogue run while they are in cache. A row (a pixel) takes its
+    channels a vector at a time, up to 4 vectors at once: at each tap, the pixel's u8
+    channels there (one load a vector; z_x outside the image) widened to int32, times the
+    tap's s8 weights widened, summed exactly; the channels past the last whole vector by
+    masked loads. Stored as the other integer products' sums are (_store)."""
+    b, g = kb.b, k.weights
+    width = lanes()
+    vectors = 4
+    block = width * vectors
+    windows = _Windows(kb, k)
+    a, w = kb.buffer(k.a[0], "i8"), kb.buffer(k.w, "i8")
+    bty, vty = ir.VectorType(i8, width), ir.VectorType(i32, width)
+    mload, _ = masked(kb.m, bty)
+    fill = ir.Constant(bty, [g.zero - 256 if g.zero > 127 else g.zero] * width)
+    nothing = ir.Constant(bty, [0] * width)
+    rows = max(1, DEPTHWISE_BYTES // (4 * g.channels))
+
+    def sums(origin, start, count: int, left: int):
+        """The sums of `count` vectors of channels from `start` (`left` channels from there)."""
+
+        def at_tap(tap, ti, tj, accs):
+            valid, at = windows.tap(origin, _c(0), ti, tj)
+            out = []
+            for v in range(count):
+                c0 = b.add(start, _c(v * width))
+                ptr = b.bitcast(gep(b, a, b.add(at, c0)), bty.as_pointer())
+                if left - v * width >= width:
+                    terms = b.load(ptr, align=1)
+                else:
+                    mask = ir.Constant(
+                        ir.VectorType(ir.IntType(1), width), [lane < left - v * width for lane in range(width)]
+                    )
+                    terms = b.call(mload, [ptr, ir.Constant(i32, 1), mask, nothing])
+                weights = b.load(b.bitcast(gep(b, w, b.add(b.mul(tap, _c(g.padded)), c0)), bty.as_pointer()), align=1)
+                product = b.mul(b.zext(b.select(valid, terms, fill), vty), b.sext(weights, vty))
+                out.append(b.add(accs[v], product))
+            return out
+
+        return windows.over_taps([ir.Constant(vty, [0] * width)] * count, at_tap)
+
+    with loop(b, lo, hi, rows, "rows") as first:
+        last = smin(b, b.add(first, _c(rows)), hi)
+        with loop(b, first, last, 1, "pixel") as r:
+            origin = windows.origin(r)
+            whole = g.channels // block
+            if whole:
+                with loop(b, _c(0), _c(whole * block), block, "channels") as start:
+                    _store(kb, k, r, 1, _c(0), start, vectors, width, sums(origin, start, vectors, block), 0)
+            left = g.channels - whole * block
+            if left:
+                count = -(-left // width)
+                tail = sums(origin, _c(whole * block), count, left)
+                _store(kb, k, r, 1, _c(0), whole * block, count, width, tail, 0)
+        if k.epilogue is not None:
+            _epilogue(kb, k, first, last)
 
 
 def _whole(b, lo, hi, n: int):
@@ -470,7 +533,9 @@ def _store(kb, k, r, count, group, start, vectors, width, accs, bias):
     vty, fty = ir.VectorType(i32, width), ir.VectorType(f32, width)
     _, store = masked(kb.m, fty)
     c = kb.buffer(k.c[0], "f32")
-    at = b.add(b.mul(group, _c(g.padded)), _c(start))
+    whole = not isinstance(start, int)  # a value: a block of whole vectors inside the channels
+    first = start if whole else _c(start)
+    at = b.add(b.mul(group, _c(g.padded)), first)
     sums = kb.buffer(k.sums, "i32")
     mult = kb.buffer(k.multipliers, "f32")
     zero = ir.Constant(vty, [g.zero - bias] * width)
@@ -478,11 +543,11 @@ def _store(kb, k, r, count, group, start, vectors, width, accs, bias):
         o = b.add(at, _c(v * width))
         off = b.mul(b.load(b.bitcast(gep(b, sums, o), vty.as_pointer()), align=4), zero)
         m = b.load(b.bitcast(gep(b, mult, o), fty.as_pointer()), align=4)
-        left = g.channels - start - v * width
+        left = width if whole else g.channels - start - v * width
         mask = ir.Constant(ir.VectorType(ir.IntType(1), width), [lane < left for lane in range(width)])
         for j in range(count):
             y = b.fmul(b.sitofp(b.sub(accs[j * vectors + v], off), fty), m)
-            column = b.add(b.mul(group, _c(g.channels)), _c(start + v * width))
+            column = b.add(b.mul(group, _c(g.channels)), b.add(first, _c(v * width)))
             place = b.add(kb.dim(k.c[1]), b.add(b.mul(b.add(r, _c(j)), kb.dim(k.c[2])), column))
             ptr = b.bitcast(gep(b, c, place), fty.as_pointer())
             if left >= width:
