@@ -334,9 +334,9 @@ def integer_weights(graph: Graph, quantization: dict) -> dict:
                 f"after the graph passes {p.reason}",
                 p.span,
             )
-        groups = graph.attrs(p.node).get("groups", 1)
-        depthwise = p.op == "conv2d" and int8_choice(Int8Conv(p.weight_shape, groups)).name == "int8 depthwise"
-        out[p.node] = Int8Weights.of(p, quantization[p.weight], groups, depthwise)
+        attrs = graph.attrs(p.node)
+        how = int8_choice(Int8Conv(p.weight_shape, attrs)).name if p.op == "conv2d" else "int8 matmul"
+        out[p.node] = Int8Weights.of(p, quantization[p.weight], attrs.get("groups", 1), how)
     return out
 
 

@@ -257,8 +257,10 @@ def test_images_of_any_size_through_one_program():
 # depthwise convolutions (choose/int8.py): 70 channels (whole blocks of 4 vectors, then a
 # vector and a masked one of AVX-512's 16 lanes; AVX2's 8), 3 x 3 with the next one's
 # quantization in its store (blocks of rows between runs of it, an image's rows split
-# across them), 5 x 5 at stride 2, dilated, a conv1d's; batches of 3 and 1
-DEPTHWISE = """
+# across them), 5 x 5 at stride 2, dilated, a conv1d's; pointwise ones (1 x 1 of 32
+# channels: matmuls of the pixels) before and after a depthwise one, and a 1 x 1 one of 70
+# channels (not whole steps of four: windows); batches of 3 and 1
+SEPARABLE = """
 model m {
     input x: f32[B, 70, 11, 13]
     input s: f32[B, 20, 30]
@@ -266,30 +268,46 @@ model m {
     output y = conv2d(a, 70, 5, stride = 2, padding = 2, groups = 70)
     output z = relu(conv2d(x, 70, 3, dilation = 2, padding = 2, groups = 70))
     output u = conv1d(s, 20, 3, padding = 1, groups = 20)
+    e = conv2d(a, 32, 1, act = relu)
+    d = conv2d(conv2d(e, 32, 1, act = relu), 32, 3, stride = 2, padding = 1, groups = 32, act = relu)
+    output p = conv2d(d, 24, 1)
 }
 """
 
 
 @pytest.mark.sets_target
 @pytest.mark.parametrize("target", [t for t in TARGETS if t != "avx512bf16"])
-def test_depthwise_convolutions_give_the_reference_bits(target, compile_for):
+def test_depthwise_and_pointwise_convolutions_give_the_reference_bits(target, compile_for):
     compile_for(target)
-    model = _model(DEPTHWISE)
+    model = _model(SEPARABLE)
     rng = np.random.default_rng(4)
     params = {p.name: rng.normal(size=p.type.shape).astype(np.float32) for p in model.params}
-    feeds = {
-        "x": rng.normal(size=(3, 70, 11, 13)).astype(np.float32),
-        "s": rng.normal(size=(3, 20, 30)).astype(np.float32),
-    }
+    feeds = {"x": rng.normal(size=(3, 70, 11, 13)), "s": rng.normal(size=(3, 20, 30))}
+    feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
     quantization = calibrate(model.graph, params, [feeds])
-    assert len(quantization) == 4
     kernels = [k for k in _program(model, quantization).kernels if isinstance(k, Int8Kernel)]
-    assert [k.weights.depthwise for k in kernels] == [True] * 4
-    assert sum(k.epilogue is not None for k in kernels) >= 1
+    found = sorted(k.weights.implementation for k in kernels)
+    assert found == ["int8 depthwise"] * 5 + ["int8 pointwise"] * 2 + ["int8 windows"]
+    assert all((k.window is None) == (k.weights.implementation == "int8 pointwise") for k in kernels)
+    assert sum(k.epilogue is not None for k in kernels) >= 3
     native = NativeEngine(model, model, int8=quantization)
     for n in (3, 1):
         feeds = {k: 3 * rng.normal(size=(n, *v.shape[1:])).astype(np.float32) for k, v in feeds.items()}
         _same_bits(Int8Engine(model, model, quantization).predict(params, feeds), native.predict(params, feeds))
+
+
+@pytest.mark.parametrize("level", ["aarch64", "aarch64-dotprod", "aarch64-i8mm"])
+def test_depthwise_and_pointwise_convolutions_compile_for_aarch64(level, compile_for_aarch64):
+    """NEON's four lanes: the depthwise kernel's products widened (smlal or mla), a vector and a
+    masked one of 70 channels (tests/deploy/test_aarch64.py runs int8 libraries under qemu)."""
+    model = _model(SEPARABLE)
+    rng = np.random.default_rng(5)
+    params = {p.name: rng.normal(size=p.type.shape).astype(np.float32) for p in model.params}
+    feeds = {"x": rng.normal(size=(1, 70, 11, 13)), "s": rng.normal(size=(1, 20, 30))}
+    quantization = calibrate(model.graph, params, [{k: v.astype(np.float32) for k, v in feeds.items()}])
+    compile_for_aarch64(level)
+    asm = jit.assembly(build_module(_program(model, quantization)).module)
+    assert re.search(r"\b(?:smlal|mla)\s", asm)
 
 
 # the AMX tiles' edges: 19 rows (a block of 16 and 3 in registers), convolutions' rows not a

@@ -37,10 +37,11 @@ class Int8Weights:
     M[o] [groups, padded channels]; the input's scale and zero point. A convolution's terms
     are in the order (i, j, c), each tap's channels of a group padded with zero weights to
     a multiple of 4 (`taps` taps of `tap_channels` channels, which its kernel reads in place:
-    Int8Kernel.window); a matmul's, its K in order (taps 0). A `depthwise` convolution's (one
-    channel and one filter a group: choose/int8.py) are one group of all its channels, each
-    tap's weights along the channels, `packed` [1, taps, channels padded, 1] (k = taps,
-    `tap_channels` 1): its kernel sums each tap's channels of a pixel a vector at a time."""
+    Int8Kernel.window); a matmul's, its K in order (taps 0). `implementation`: the name of
+    a convolution's (choose/int8.py), else "int8 matmul". A depthwise convolution's (one
+    channel and one filter a group) are one group of all its channels, each tap's weights
+    along the channels, `packed` [1, taps, channels padded, 1] (k = taps, `tap_channels` 1):
+    its kernel sums each tap's channels of a pixel a vector at a time."""
 
     packed: np.ndarray
     sums: np.ndarray
@@ -52,14 +53,16 @@ class Int8Weights:
     k: int
     taps: int = 0
     tap_channels: int = 0
-    depthwise: bool = False
+    implementation: str = "int8 matmul"
 
     @classmethod
-    def of(cls, p: Product, q: int8.QuantizedProduct, groups: int, depthwise: bool = False) -> "Int8Weights":
-        """Of product p (compiler/passes/int8.py) quantized as q, in `groups` groups, or
-        `depthwise`."""
+    def of(
+        cls, p: Product, q: int8.QuantizedProduct, groups: int, implementation: str = "int8 matmul"
+    ) -> "Int8Weights":
+        """Of product p (compiler/passes/int8.py) quantized as q, in `groups` groups, for
+        `implementation`."""
         w = q.weight.reshape(p.weight_shape)
-        if depthwise:
+        if implementation == "int8 depthwise":
             return cls._depthwise(w, q)
         taps = tap_channels = 0
         if p.op == "matmul":  # [K, N] (or [N, K] with tb): channel rows of K terms
@@ -91,6 +94,7 @@ class Int8Weights:
             k,
             taps,
             tap_channels,
+            implementation,
         )
 
     @classmethod
@@ -105,7 +109,11 @@ class Int8Weights:
         multipliers = np.zeros((1, padded), np.float32)
         multipliers[0, :channels] = q.multipliers()
         scale, zero = np.float32(q.input_scale), int(q.input_zero_point)
-        return cls(packed, sums, multipliers, scale, zero, 1, channels, kh * kw, kh * kw, 1, depthwise=True)
+        return cls(packed, sums, multipliers, scale, zero, 1, channels, kh * kw, kh * kw, 1, "int8 depthwise")
+
+    @property
+    def depthwise(self) -> bool:
+        return self.implementation == "int8 depthwise"
 
     @property
     def padded(self) -> int:
@@ -229,8 +237,9 @@ def _int8_matmul(lw, n, ins, attrs, typ):
 
 @register_lowering("conv2d", int8=True)
 def _int8_conv2d(lw, n, ins, attrs, typ):
-    """The rows: x's windows, read in place from its u8 copy channels last, z_x outside it;
-    the output [N·Ho·Wo, O] (channels last), read as y [N, O, Ho, Wo]."""
+    """The rows: x's windows, read in place from its u8 copy channels last, z_x outside it
+    (a pointwise convolution's, its pixels as they lie: choose/int8.py); the output
+    [N·Ho·Wo, O] (channels last), read as y [N, O, Ho, Wo]."""
     x, w = ins[0], lw.int8[n]
     (N, C, H, W), (ho, wo) = x.shape, typ.shape[2:]
     kh, kw = lw.graph.inputs(n)[1].shape[2:]
@@ -238,6 +247,8 @@ def _int8_conv2d(lw, n, ins, attrs, typ):
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     q = _quantized(lw, x, w, channels_last=True)
     window = (H, W, C, kh, kw, attrs["stride"], attrs["padding"], attrs["dilation"])
+    if w.implementation == "int8 pointwise":
+        window = None
     lw.emit(
         Int8Kernel(
             N * ho * wo, w, (q.buffer, 0, C), *_consts(lw, w), (out.id, 0, channels), (ho, wo), window=window, node=n

@@ -33,13 +33,13 @@ from dlc.compiler.native.codegen.amx import TILE_BYTES, TILE_ROWS, has_tiles, ti
 from dlc.compiler.native.codegen.gemm.ir_helpers import carrying_loop, gep, loop, smax, smin
 from dlc.compiler.native.codegen.intrinsics import declare, masked, splat
 from dlc.compiler.native.codegen.types import f32, i8, i32, i64
-from dlc.compiler.native.kernels.map.loops import loop_order, map_body
+from dlc.compiler.native.kernels.map.loops import lane_count, loop_order, map_body
 
 ROWS = 4  # rows of a register tile
 TERMS = 4  # the terms of a 32-bit lane (kernels/int8 TERMS)
 UNROLLED_TAPS = 9  # a convolution's taps up to which its loop over them is unrolled (3 x 3)
 WINDOW_BYTES = 2048  # the bytes of K of 16 windows gathered at once for the tiles (32 KB on the stack)
-DEPTHWISE_BYTES = 32 * 1024  # the float32 sums of a depthwise convolution's rows between two runs of its epilogue
+EPILOGUE_BYTES = 32 * 1024  # the float32 sums of a block of rows between two runs of the epilogue (L1's size)
 
 
 def lanes() -> int:
@@ -110,13 +110,15 @@ class _Dot:
 
 def on_tiles(k) -> bool:
     """Whether kernel k's blocks of TILE_ROWS rows run on the AMX tiles: where the target has
-    AMX-INT8 (and Linux grants the tile state), a matmul's, and a convolution's whose group
+    AMX-INT8 (and Linux grants the tile state), a matmul's, and a convolution's (not a
+    depthwise one: its own loops, _depthwise_rows) whose group
     fills a tile's 16 columns (fewer channels leave most of each tdpbusd's sums unused: a
     depthwise convolution ran 1.5x slower on the tiles) and whose windows are gathered in
     pieces of whole tiles (_pieces)."""
     g = k.weights
     return (
         lanes() == 16
+        and not g.depthwise
         and has_tiles("tdpbusd")
         and (k.window is None or g.channels >= TILE_ROWS and _pieces(k) is not None)
     )
@@ -138,41 +140,57 @@ def _pieces(k) -> list | None:
 
 
 def int8_rows(kb, k, first):
-    """Rows [first[0], first[1]) of an Int8Kernel: blocks of TILE_ROWS rows on the AMX tiles
-    where it takes them (on_tiles), then register tiles of ROWS rows, then the rest one by
-    one, then the epilogue on them all. On the tiles, both ends of a thread's slice move up
+    """Rows [first[0], first[1]) of an Int8Kernel, with its epilogue in blocks of about
+    EPILOGUE_BYTES of float32 sums (whole tiles of rows), each block's run while its sums are
+    in cache. A block's rows: a depthwise convolution's by _depthwise_rows; else blocks of
+    TILE_ROWS rows on the AMX tiles where it takes them (on_tiles), then register tiles of
+    ROWS rows, then the rest one by one. On the tiles, both ends of a thread's slice move up
     to a multiple of 16 (or the last row): the slices still cover every row once, and only
     the last rows of all can miss a block of 16."""
     b = kb.b
     lo, hi = first
-    if k.weights.depthwise:
-        _depthwise_rows(kb, k, lo, hi)
-        return
-    start = lo
-    if on_tiles(k):
+    tiles = on_tiles(k)
+    if tiles:
         rows = kb.dim(k.rows)
         lo, hi = (
             smin(b, b.mul(b.sdiv(b.add(x, _c(TILE_ROWS - 1)), _c(TILE_ROWS)), _c(TILE_ROWS)), rows) for x in (lo, hi)
         )
+    if k.epilogue is None:
+        _block(kb, k, lo, hi, tiles)
+        return
+    channels = k.weights.groups * k.weights.channels
+    block = max(1, EPILOGUE_BYTES // (4 * channels * TILE_ROWS)) * TILE_ROWS
+    with loop(b, lo, hi, block, "block") as start:
+        end = smin(b, b.add(start, _c(block)), hi)
+        _block(kb, k, start, end, tiles)
+        _epilogue(kb, k, start, end)
+
+
+def _block(kb, k, lo, hi, tiles: bool):
+    """The sums of rows [lo, hi), stored."""
+    b = kb.b
+    if k.weights.depthwise:
+        _depthwise_rows(kb, k, lo, hi)
+        return
+    start = lo
+    if tiles:
         start = _whole(b, lo, hi, TILE_ROWS)
         with loop(b, lo, start, TILE_ROWS, "tr") as r:
             _tile_rows(kb, k, r)
-    tiles = _whole(b, start, hi, ROWS)
-    with loop(b, start, tiles, ROWS, "r") as r:
+    whole = _whole(b, start, hi, ROWS)
+    with loop(b, start, whole, ROWS, "r") as r:
         _rows(kb, k, r, ROWS)
-    with loop(b, tiles, hi, 1, "rest") as r:
+    with loop(b, whole, hi, 1, "rest") as r:
         _rows(kb, k, r, 1)
-    if k.epilogue is not None:
-        _epilogue(kb, k, lo, hi)
 
 
 def _depthwise_rows(kb, k, lo, hi):
-    """Rows [lo, hi) of a depthwise convolution (Int8Weights.depthwise), in blocks of
-    DEPTHWISE_BYTES of sums, each block's epilogue run while they are in cache. A row (a pixel) takes its
-    channels a vector at a time, up to 4 vectors at once: at each tap, the pixel's u8
-    channels there (one load a vector; z_x outside the image) widened to int32, times the
+    """Rows [lo, hi) of a depthwise convolution (Int8Weights.depthwise). A row (a pixel)
+    takes its channels a vector at a time, up to 4 vectors at once: at each tap, the pixel's
+    u8 channels there (one load a vector; z_x outside the image) widened to int32, times the
     tap's s8 weights widened, summed exactly; the channels past the last whole vector by
-    masked loads. Stored as the other integer products' sums are (_store)."""
+    masked loads. Stored as the other integer products' sums are (_store). The pixels are
+    walked, not divided out of the row at each one."""
     b, g = kb.b, k.weights
     width = lanes()
     vectors = 4
@@ -183,7 +201,6 @@ def _depthwise_rows(kb, k, lo, hi):
     mload, _ = masked(kb.m, bty)
     fill = ir.Constant(bty, [g.zero - 256 if g.zero > 127 else g.zero] * width)
     nothing = ir.Constant(bty, [0] * width)
-    rows = max(1, DEPTHWISE_BYTES // (4 * g.channels))
 
     def sums(origin, start, count: int, left: int):
         """The sums of `count` vectors of channels from `start` (`left` channels from there)."""
@@ -208,21 +225,18 @@ def _depthwise_rows(kb, k, lo, hi):
 
         return windows.over_taps([ir.Constant(vty, [0] * width)] * count, at_tap)
 
-    with loop(b, lo, hi, rows, "rows") as first:
-        last = smin(b, b.add(first, _c(rows)), hi)
-        with loop(b, first, last, 1, "pixel") as r:
-            origin = windows.origin(r)
-            whole = g.channels // block
-            if whole:
-                with loop(b, _c(0), _c(whole * block), block, "channels") as start:
-                    _store(kb, k, r, 1, _c(0), start, vectors, width, sums(origin, start, vectors, block), 0)
-            left = g.channels - whole * block
-            if left:
-                count = -(-left // width)
-                tail = sums(origin, _c(whole * block), count, left)
-                _store(kb, k, r, 1, _c(0), whole * block, count, width, tail, 0)
-        if k.epilogue is not None:
-            _epilogue(kb, k, first, last)
+    with carrying_loop(b, hi, list(windows.position(lo)), "pixel", lo) as (r, pixel, following):
+        following.extend(windows.following(*pixel))
+        origin = windows.origin_of(*pixel)
+        whole = g.channels // block
+        if whole:
+            with loop(b, _c(0), _c(whole * block), block, "channels") as start:
+                _store(kb, k, r, 1, _c(0), start, vectors, width, sums(origin, start, vectors, block), 0)
+        left = g.channels - whole * block
+        if left:
+            count = -(-left // width)
+            tail = sums(origin, _c(whole * block), count, left)
+            _store(kb, k, r, 1, _c(0), whole * block, count, width, tail, 0)
 
 
 def _whole(b, lo, hi, n: int):
@@ -453,9 +467,27 @@ class _Windows:
 
     def origin(self, i):
         """(n, the window's first row, its first column) of row i."""
-        b, (ho, wo), (sh, sw), (ph, pw) = self.b, self.pixels, self.stride, self.padding
+        return self.origin_of(*self.position(i))
+
+    def position(self, i):
+        """The output pixel (n, y, x) of row i."""
+        b, (ho, wo) = self.b, self.pixels
         n, p = b.sdiv(i, b.mul(ho, wo)), b.srem(i, b.mul(ho, wo))
-        return n, b.sub(b.mul(b.sdiv(p, wo), _c(sh)), _c(ph)), b.sub(b.mul(b.srem(p, wo), _c(sw)), _c(pw))
+        return n, b.sdiv(p, wo), b.srem(p, wo)
+
+    def following(self, n, y, x) -> list:
+        """The output pixel after (n, y, x), without dividing."""
+        b, (ho, wo) = self.b, self.pixels
+        x = b.add(x, _c(1))
+        row_ends = b.icmp_signed("==", x, wo)
+        y = b.select(row_ends, b.add(y, _c(1)), y)
+        image_ends = b.icmp_signed("==", y, ho)
+        return [b.select(image_ends, b.add(n, _c(1)), n), b.select(image_ends, _c(0), y), b.select(row_ends, _c(0), x)]
+
+    def origin_of(self, n, y, x):
+        """(n, the window's first row, its first column) of output pixel (n, y, x)."""
+        b, (sh, sw), (ph, pw) = self.b, self.stride, self.padding
+        return n, b.sub(b.mul(y, _c(sh)), _c(ph)), b.sub(b.mul(x, _c(sw)), _c(pw))
 
     def tap(self, origin, group, ti, tj):
         """(whether tap (ti, tj) of the window at `origin` is inside the image, the byte of its
@@ -560,24 +592,32 @@ def _epilogue(kb, k, lo, hi):
     """The epilogue map at every element of rows [lo, hi): [row, channel], or for a
     convolution [n, channel, p] with row = n · Ho · Wo + p, each image's run of pixels in
     turn, the channels innermost where it stores them contiguously (channels last), else
-    the pixels (its stores contiguous either way)."""
-    b = kb.b
+    the pixels (its stores contiguous either way); in vectors where the map's own loop
+    would be (kernels/map lane_count)."""
+    b, m = kb.b, k.epilogue
     channels = k.weights.groups * k.weights.channels
+
+    def lanes(axis: int):
+        count = lane_count(m, axis)
+        return None if count is None else (count, axis)
+
     if k.pixels is None:
-        kb.loops((b.sub(hi, lo), channels), lambda idx: map_body(kb, k.epilogue, kb.p, [b.add(lo, idx[0]), idx[1]]))
+        kb.loops(
+            (b.sub(hi, lo), channels), lambda idx: map_body(kb, m, kb.p, [b.add(lo, idx[0]), idx[1]]), lanes=lanes(1)
+        )
         return
     pixels = b.mul(*(kb.dim(d) for d in k.pixels))
     first = b.sdiv(lo, pixels)
-    along_channels = loop_order(k.epilogue)[-1] == 1  # it stores channels last
+    along_channels = loop_order(m)[-1] == 1  # it stores channels last
 
     def image(n):
         start = b.mul(n, pixels)
         p0, p1 = b.sub(smax(b, lo, start), start), b.sub(smin(b, hi, b.add(start, pixels)), start)
-        at = lambda c, p: map_body(kb, k.epilogue, kb.p, [n, c, b.add(p0, p)])
+        at = lambda c, p: map_body(kb, m, kb.p, [n, c, b.add(p0, p)])
         if along_channels:
-            kb.loops((b.sub(p1, p0), channels), lambda idx: at(idx[1], idx[0]))
+            kb.loops((b.sub(p1, p0), channels), lambda idx: at(idx[1], idx[0]), lanes=lanes(1))
         else:
-            kb.loops((channels, b.sub(p1, p0)), lambda idx: at(*idx))
+            kb.loops((channels, b.sub(p1, p0)), lambda idx: at(*idx), lanes=lanes(2))
 
     images = b.sub(b.sdiv(b.add(hi, b.sub(pixels, _c(1))), pixels), first)  # those rows [lo, hi) reach
     kb.loops((images,), lambda idx: image(b.add(first, idx[0])))
