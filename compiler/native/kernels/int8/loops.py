@@ -26,6 +26,8 @@ times M[o], masked past the last channel."""
 
 from __future__ import annotations
 
+import contextlib
+
 from llvmlite import ir
 
 from dlc.compiler.native.codegen import jit
@@ -40,6 +42,7 @@ TERMS = 4  # the terms of a 32-bit lane (kernels/int8 TERMS)
 UNROLLED_TAPS = 9  # a convolution's taps up to which its loop over them is unrolled (3 x 3)
 WINDOW_BYTES = 2048  # the bytes of K of 16 windows gathered at once for the tiles (32 KB on the stack)
 EPILOGUE_BYTES = 32 * 1024  # the float32 sums of a block of rows between two runs of the epilogue (L1's size)
+STACK_SUMS = 256 * 1024  # the largest block of sums kept on a thread's stack (16 rows of 4,096 channels)
 
 
 def lanes() -> int:
@@ -160,10 +163,36 @@ def int8_rows(kb, k, first):
         return
     channels = k.weights.groups * k.weights.channels
     block = max(1, EPILOGUE_BYTES // (4 * channels * TILE_ROWS)) * TILE_ROWS
+    kept = k.c[2] == channels and 4 * block * channels <= STACK_SUMS
+    sums = _stack(kb, block * channels, f32) if kept else None
     with loop(b, lo, hi, block, "block") as start:
         end = smin(b, b.add(start, _c(block)), hi)
-        _block(kb, k, start, end, tiles)
-        _epilogue(kb, k, start, end)
+        with _sums_in(kb, k, sums, start):
+            _block(kb, k, start, end, tiles)
+            _epilogue(kb, k, start, end)
+
+
+@contextlib.contextmanager
+def _sums_in(kb, k, sums, start):
+    """The sums of the block of rows from `start` stored to, and the epilogue reading them
+    from, `sums` on the thread's stack (where not None) instead of c: row `start` at its
+    first element. c's own rows are then never written, and a block's sums stay in L1
+    rather than streaming through memory, once as they are stored and again as their
+    lines are written back."""
+    if sums is None:
+        yield
+        return
+    b, key = kb.b, (k.c[0], "f32")
+    before = kb.ptrs.get(key)
+    first = b.add(kb.dim(k.c[1]), b.mul(start, kb.dim(k.c[2])))
+    kb.ptrs[key] = b.gep(sums, [b.neg(first)])  # not inbounds: below the block, indexed back into it
+    try:
+        yield
+    finally:
+        if before is None:
+            del kb.ptrs[key]
+        else:
+            kb.ptrs[key] = before
 
 
 def _block(kb, k, lo, hi, tiles: bool):
@@ -581,7 +610,7 @@ def _store(kb, k, r, count, group, start, vectors, width, accs, bias):
             y = b.fmul(b.sitofp(b.sub(accs[j * vectors + v], off), fty), m)
             column = b.add(b.mul(group, _c(g.channels)), b.add(first, _c(v * width)))
             place = b.add(kb.dim(k.c[1]), b.add(b.mul(b.add(r, _c(j)), kb.dim(k.c[2])), column))
-            ptr = b.bitcast(gep(b, c, place), fty.as_pointer())
+            ptr = b.bitcast(b.gep(c, [place]), fty.as_pointer())  # not inbounds: c may be a block's (_sums_in)
             if left >= width:
                 b.store(y, ptr, align=4)
             else:
