@@ -295,10 +295,11 @@ class KernelBuilder:
             return self.b.call(declare(self.m, f"{name}.{suffix}", t, [t] * len(args)), list(args))
         return self.b.call(self.m.declare_intrinsic(name, [t], ir.FunctionType(t, [t] * len(args))), list(args))
 
-    def store(self, bid, dtype, at: ir.Value, v: ir.Value):
+    def store(self, bid, dtype, at: ir.Value, v: ir.Value, step: int = 1):
+        """v at element `at` of buffer bid; in a vector loop, lane k at at + k · step."""
         if self.lanes is not None:
             self.lanes.store(
-                self, self.b.gep(self.buffer(bid, "i8" if dtype == "bool" else dtype), [at]), dtype, bid, v
+                self, self.b.gep(self.buffer(bid, "i8" if dtype == "bool" else dtype), [at]), dtype, bid, v, step
             )
         elif dtype == "bool":
             self.disjoint(self.b.store(self.b.zext(v, i8), self.b.gep(self.buffer(bid, "i8"), [at])), bid)

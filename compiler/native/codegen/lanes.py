@@ -144,13 +144,16 @@ class Lanes:
         v.add_incoming(c, c_block)
         return b.trunc(v, i1) if dtype == "bool" else v
 
-    def store(self, kb, ptr: ir.Value, dtype: str, bid: int, v: ir.Value):
-        """Store the vector v (a scalar: in every lane) at ptr, its lanes' elements only on a
-        partial step."""
+    def store(self, kb, ptr: ir.Value, dtype: str, bid: int, v: ir.Value, step: int = 1):
+        """Store the vector v (a scalar: in every lane) at ptr, lane k `step` elements after
+        lane k - 1, its lanes' elements only on a partial step."""
         b, t = kb.b, _memory_type(dtype)
         v = widened(b, v, self.count)
         if dtype == "bool":
             v = b.zext(v, i8)
+        if step != 1:
+            self._scattered(kb, ptr, bid, v, step)
+            return
         vty = ir.VectorType(t, self.count)
         vptr = b.bitcast(ptr, vty.as_pointer())
         if self.full is None:
@@ -162,6 +165,29 @@ class Lanes:
                 kb.disjoint(b.store(v, vptr, align=element_align(t)), bid)
             with part:
                 kb.disjoint(b.call(store, [v, vptr, ir.Constant(i32, element_align(t)), self.mask]), bid)
+
+    def _scattered(self, kb, ptr: ir.Value, bid: int, v: ir.Value, step: int):
+        """Each lane of v stored on its own, `step` elements apart (no vector store or scatter
+        of bytes: the lanes computed together are still most of the work)."""
+        b = kb.b
+
+        def lane(k: int):
+            kb.disjoint(
+                b.store(b.extract_element(v, ir.Constant(i32, k)), b.gep(ptr, [ir.Constant(i64, k * step)])), bid
+            )
+
+        if self.full is None:
+            for k in range(self.count):
+                lane(k)
+            return
+        with b.if_else(self.full) as (whole, part):
+            with whole:
+                for k in range(self.count):
+                    lane(k)
+            with part:
+                for k in range(self.count):
+                    with b.if_then(b.extract_element(self.mask, ir.Constant(i32, k))):
+                        lane(k)
 
     def steps(self, b: ir.IRBuilder, v: ir.Value, coeff: int) -> ir.Value:
         """The i64 v at lane 0, v + coeff at lane 1, ...: an index's value in each lane."""

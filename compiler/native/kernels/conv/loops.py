@@ -11,7 +11,7 @@ from dlc.compiler.native.codegen.intrinsics import concatenated, masked, splat, 
 from dlc.compiler.native.program import Affine
 from dlc.compiler.native.codegen.shared_loops import SUM_LANES, add_lanes
 from dlc.compiler.native.codegen.types import f32, i1, i32, i64
-from dlc.compiler.native.kernels.map.loops import map_body
+from dlc.compiler.native.kernels.map.loops import lane_count, map_body
 
 
 def conv(kb: KernelBuilder, k, first):
@@ -105,11 +105,19 @@ def conv(kb: KernelBuilder, k, first):
 
 def row_epilogue(kb: KernelBuilder, k, n, ho):
     """The epilogue's map (over [N, O, Ho·Wo]) on output row (n, ho) of every channel,
-    once the row is stored, still in cache."""
+    once the row is stored, still in cache; in vectors along the row, which it reads
+    contiguously, even where it stores channels last (an int8 program's quantized image
+    for an integer convolution: each lane stored on its own)."""
     if k.epilogue is not None:
         b, (O, (_, Wo)) = kb.b, (k.channels, k.out_hw)
         p0 = b.mul(ho, kb.dim(Wo))
-        kb.loops((O, Wo), lambda ow: map_body(kb, k.epilogue, kb.p, [n, ow[0], b.add(p0, ow[1])]), contiguous=True)
+        count = lane_count(k.epilogue, 2, strided_stores=True)
+        kb.loops(
+            (O, Wo),
+            lambda ow: map_body(kb, k.epilogue, kb.p, [n, ow[0], b.add(p0, ow[1])]),
+            contiguous=True,
+            lanes=None if count is None else (count, 2),
+        )
 
 
 # a tile of conv_by_channels: TILE_CHANNELS (the filters come in multiples of it) times

@@ -45,18 +45,20 @@ def map_loop(kb: KernelBuilder, k, prog: KernelProgram, first=None):
     kb.loops((outer_extent(shape),) + tuple(shape[2:]), split, first=first, contiguous=contiguous, lanes=lanes)
 
 
-def lane_count(k, axis: int) -> int | None:
+def lane_count(k, axis: int, strided_stores: bool = False) -> int | None:
     """The lanes in which the map's loop along `axis`, its innermost, computes at once
-    (codegen/lanes.py): the target's float lanes where every store is contiguous along it,
-    every load contiguous or invariant (and at the index it is stored at, for a buffer a
-    member writes), and every operation built lane by lane (lanes.vectorizes); else None."""
+    (codegen/lanes.py): the target's float lanes where every store is contiguous along it
+    (`strided_stores`: or a whole step apart, each lane stored on its own), every load
+    contiguous or invariant (and at the index it is stored at, for a buffer a member
+    writes), and every operation built lane by lane (lanes.vectorizes); else None."""
     extent = k.shape[axis]
     if isinstance(extent, int) and extent < LANES_FROM:
         return None
     written = {m.out: m.out_at for m in k.maps}
     for m in k.maps:
         step = m.out_at.coeffs[axis]
-        if m.out not in k.registers and not (isinstance(step, int) and step == 1):
+        stored = isinstance(step, int) and (step == 1 or strided_stores and step > 1)
+        if m.out not in k.registers and not stored:
             return None
         if not vectorizes(m.expr, axis, written):
             return None
@@ -91,6 +93,7 @@ def map_body(kb: KernelBuilder, k, prog: KernelProgram, idx: list):
     for m in k.maps:
         v = kb.expr(m.expr, idx)
         if m.out not in k.registers:
-            kb.store(m.out, prog.buffers[m.out].dtype, kb.affine(m.out_at, idx), v)
+            step = m.out_at.coeffs[kb.lanes.axis] if kb.lanes is not None else 1
+            kb.store(m.out, prog.buffers[m.out].dtype, kb.affine(m.out_at, idx), v, step)
         kb.stored[m.out, m.out_at] = v  # later members read it from the register
     kb.stored.clear()
