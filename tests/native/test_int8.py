@@ -310,6 +310,39 @@ def test_depthwise_and_pointwise_convolutions_compile_for_aarch64(level, compile
     assert re.search(r"\b(?:smlal|mla)\s", asm)
 
 
+# fewer rows than channels (loops.shared_blocks): a dense layer and a convolution over 2 x 2
+# pixels of 130 channels (two whole blocks of AVX-512's 64, then a block of 2; AVX2's 16 and
+# 8 blocks), each with the next product's quantization in its store; batches of 1 and 3
+# share out channels, one of 40 rows (160 convolution rows, 40 dense rows: the dense layer
+# still shares channels)
+FEW_ROWS = """
+model m {
+    input x: f32[B, 24, 4, 4]
+    a = conv2d(x, 130, 3, stride = 2, padding = 1, act = relu)
+    b = conv2d(a, 130, 3, padding = 1, act = relu)
+    h = dense(flatten(b), 300, relu)
+    output y = dense(h, 130)
+}
+"""
+
+
+@pytest.mark.sets_target
+@pytest.mark.parametrize("target, threads", [("host", "1"), ("host", "2"), ("host", "3"), ("avx2", "2")])
+def test_products_of_fewer_rows_than_channels_share_out_channels_with_the_same_bits(
+    target, threads, compile_for, monkeypatch
+):
+    compile_for(target)
+    monkeypatch.setenv("DLC_NUM_THREADS", threads)
+    model = _model(FEW_ROWS)
+    rng = np.random.default_rng(6)
+    params = {p.name: rng.normal(size=p.type.shape).astype(np.float32) for p in model.params}
+    quantization = calibrate(model.graph, params, [{"x": rng.normal(size=(4, 24, 4, 4)).astype(np.float32)}])
+    native = NativeEngine(model, model, int8=quantization)
+    for n in (1, 3, 40):
+        feeds = {"x": 2 * rng.normal(size=(n, 24, 4, 4)).astype(np.float32)}
+        _same_bits(Int8Engine(model, model, quantization).predict(params, feeds), native.predict(params, feeds))
+
+
 # the AMX tiles' edges: 19 rows (a block of 16 and 3 in registers), convolutions' rows not a
 # multiple of 16; K of 36 (one tile, short), 126 (a tile read in place and 62 bytes copied,
 # not a multiple of 4), 300 (25 taps: their loop), 288 (70 channels a tap: two loads of

@@ -195,11 +195,13 @@ class Int8Kernel(Kernel):
         return self.taking(m, epilogue=m, node=m.node)
 
     def emit(self, f):
-        """Its rows split over a thread team."""
-        from dlc.compiler.native.kernels.int8.loops import int8_rows
+        """Its rows split over a thread team, or where they are fewer than its channels, its
+        channels (loops.shared_blocks)."""
+        from dlc.compiler.native.kernels.int8.loops import int8_rows, shared_blocks
 
         g = self.weights
-        return f.team(lambda kb, first: int8_rows(kb, self, first), self.rows, self.rows * (g.groups * g.padded * g.k))
+        units = self.rows * shared_blocks(self)
+        return f.team(lambda kb, first: int8_rows(kb, self, first), units, self.rows * (g.groups * g.padded * g.k))
 
 
 # ---- lowering rules ------------------------------------------------------------------------------

@@ -143,33 +143,110 @@ def _pieces(k) -> list | None:
 
 
 def int8_rows(kb, k, first):
-    """Rows [first[0], first[1]) of an Int8Kernel, with its epilogue in blocks of about
-    EPILOGUE_BYTES of float32 sums (whole tiles of rows), each block's run while its sums are
-    in cache. A block's rows: a depthwise convolution's by _depthwise_rows; else blocks of
-    TILE_ROWS rows on the AMX tiles where it takes them (on_tiles), then register tiles of
-    ROWS rows, then the rest one by one. On the tiles, both ends of a thread's slice move up
-    to a multiple of 16 (or the last row): the slices still cover every row once, and only
-    the last rows of all can miss a block of 16."""
+    """A team's slice [first[0], first[1]) of an Int8Kernel's rows · shared_blocks units:
+    where the product has fewer rows than channels, the same share of its blocks of
+    channels, every row of them (_channel_share); else the same share of its rows
+    (_row_share)."""
     b = kb.b
     lo, hi = first
+    blocks = shared_blocks(k)
+    if blocks == 1:
+        _row_share(kb, k, lo, hi)
+        return
+    rows = kb.dim(k.rows)
+    few = b.and_(b.icmp_signed(">", rows, _c(0)), b.icmp_signed("<", rows, _c(k.weights.channels)))
+    with b.if_else(few) as (by_channels, by_rows):
+        with by_channels:
+            _channel_share(kb, k, b.sdiv(lo, rows), b.sdiv(hi, rows), rows)
+        with by_rows:
+            _row_share(kb, k, b.sdiv(lo, _c(blocks)), b.sdiv(hi, _c(blocks)))
+
+
+def _vectors(width: int) -> int:
+    """The vectors of channels of a register tile: 16 accumulators of AVX-512's or NEON's 32
+    registers, 8 of AVX2's 16."""
+    return 2 if width == 8 else 4
+
+
+def shared_blocks(k) -> int:
+    """The blocks of channels (a register tile's) the team may share out instead of rows
+    (_channel_share), or 1: for one group of at least two blocks, in registers (not the AMX
+    tiles' blocks of rows), not a depthwise convolution (whose loops are its own). The team
+    then splits rows · blocks units: a slice of them is the same share of the rows, or of
+    the blocks (Int8Kernel.emit)."""
+    g, width = k.weights, lanes()
+    block = width * _vectors(width)
+    if g.groups != 1 or g.depthwise or on_tiles(k) or g.channels < 2 * block:
+        return 1
+    return -(-g.channels // block)
+
+
+def _channel_share(kb, k, first, last, rows):
+    """Blocks of channels [first, last) of every row: a product of fewer rows than channels
+    (a batch of one's dense layer, a convolution over a few pixels), whose threads each read
+    their share of the weights, not all of them for their few rows (the weights are most of
+    what such a product reads). The epilogue follows on those channels, a block of rows at
+    a time (_in_blocks)."""
+    b, g = kb.b, k.weights
+    width = lanes()
+    vectors = _vectors(width)
+    block = width * vectors
+    blocks, whole = -(-g.channels // block), g.channels // block
+
+    def sums_of(r0, r1):
+        def every_row(start, count):
+            tiles = _whole(b, r0, r1, ROWS)
+            with loop(b, r0, tiles, ROWS, "r") as r:
+                _tile(kb, k, r, ROWS, _c(0), start, count, width)
+            with loop(b, tiles, r1, 1, "rest") as r:
+                _tile(kb, k, r, 1, _c(0), start, count, width)
+
+        with loop(b, first, smin(b, last, _c(whole)), 1, "block") as j:
+            every_row(b.mul(j, _c(block)), vectors)
+        if whole < blocks:  # the last block's channels, fewer than a block
+            with b.if_then(b.icmp_signed(">", last, _c(whole))):
+                every_row(whole * block, -(-(g.channels - whole * block) // width))
+
+    channel_range = b.mul(first, _c(block)), smin(b, b.mul(last, _c(block)), _c(g.channels))
+    _in_blocks(kb, k, _c(0), rows, ROWS, sums_of, channel_range)
+
+
+def _row_share(kb, k, lo, hi):
+    """Rows [lo, hi), every channel, with its epilogue in blocks of about EPILOGUE_BYTES of
+    float32 sums (whole tiles of rows), each block's run while its sums are in cache. A
+    block's rows: a depthwise convolution's by _depthwise_rows; else blocks of TILE_ROWS rows
+    on the AMX tiles where it takes them (on_tiles), then register tiles of ROWS rows, then
+    the rest one by one. On the tiles, both ends of a thread's slice move up to a multiple of
+    16 (or the last row): the slices still cover every row once, and only the last rows of
+    all can miss a block of 16."""
+    b = kb.b
     tiles = on_tiles(k)
     if tiles:
         rows = kb.dim(k.rows)
         lo, hi = (
             smin(b, b.mul(b.sdiv(b.add(x, _c(TILE_ROWS - 1)), _c(TILE_ROWS)), _c(TILE_ROWS)), rows) for x in (lo, hi)
         )
+    _in_blocks(kb, k, lo, hi, TILE_ROWS, lambda start, end: _block(kb, k, start, end, tiles))
+
+
+def _in_blocks(kb, k, lo, hi, multiple: int, sums_of, channel_range=None):
+    """sums_of(start, end) for rows [lo, hi): all at once where the kernel has no epilogue,
+    else in blocks of about EPILOGUE_BYTES of float32 sums (whole multiples of `multiple`
+    rows), each followed by the epilogue on them (of `channel_range`'s channels, else all)
+    while they are in cache, kept on the thread's stack where they fit (_sums_in)."""
+    b = kb.b
     if k.epilogue is None:
-        _block(kb, k, lo, hi, tiles)
+        sums_of(lo, hi)
         return
     channels = k.weights.groups * k.weights.channels
-    block = max(1, EPILOGUE_BYTES // (4 * channels * TILE_ROWS)) * TILE_ROWS
+    block = max(1, EPILOGUE_BYTES // (4 * channels * multiple)) * multiple
     kept = k.c[2] == channels and 4 * block * channels <= STACK_SUMS
     sums = _stack(kb, block * channels, f32) if kept else None
     with loop(b, lo, hi, block, "block") as start:
         end = smin(b, b.add(start, _c(block)), hi)
         with _sums_in(kb, k, sums, start):
-            _block(kb, k, start, end, tiles)
-            _epilogue(kb, k, start, end)
+            sums_of(start, end)
+            _epilogue(kb, k, start, end, channel_range)
 
 
 @contextlib.contextmanager
@@ -425,15 +502,15 @@ def _rows(kb, k, r, count: int):
     """Rows r .. r + count - 1: every group's channels."""
     b, g = kb.b, k.weights
     width = lanes()
-    vectors = 2 if width == 8 else 4  # 16 accumulators of AVX-512's or NEON's 32 registers, 8 of AVX2's 16
+    vectors = _vectors(width)
     with loop(b, _c(0), _c(g.groups), 1, "g") as group:
         for start in range(0, g.channels, width * vectors):
             _tile(kb, k, r, count, group, start, min(vectors, -(-(g.channels - start) // width)), width)
 
 
-def _tile(kb, k, r, count: int, group, start: int, vectors: int, width: int):
+def _tile(kb, k, r, count: int, group, start, vectors: int, width: int):
     """The sums of `count` rows from r by `vectors` vectors of channels from `start` of group
-    `group`, stored."""
+    `group` (an int, or a value: a block of whole vectors), stored."""
     b, g = kb.b, k.weights
     vty = ir.VectorType(i32, width)
     dot = _Dot(kb.m, b, width)
@@ -448,7 +525,8 @@ def _tile(kb, k, r, count: int, group, start: int, vectors: int, width: int):
     panel = b.mul(group, _c(g.steps * g.padded * TERMS))
 
     def weights(t):
-        base = b.add(panel, b.add(b.mul(t, _c(g.padded * TERMS)), _c(start * TERMS)))
+        at = b.mul(start, _c(TERMS)) if isinstance(start, ir.Value) else _c(start * TERMS)
+        base = b.add(panel, b.add(b.mul(t, _c(g.padded * TERMS)), at))
         return [
             b.load(b.bitcast(gep(b, w, b.add(base, _c(v * width * TERMS))), vty.as_pointer()), align=1)
             for v in range(vectors)
@@ -617,23 +695,23 @@ def _store(kb, k, r, count, group, start, vectors, width, accs, bias):
                 b.call(store, [y, ptr, ir.Constant(i32, 4), mask])
 
 
-def _epilogue(kb, k, lo, hi):
-    """The epilogue map at every element of rows [lo, hi): [row, channel], or for a
-    convolution [n, channel, p] with row = n · Ho · Wo + p, each image's run of pixels in
-    turn, the channels innermost where it stores them contiguously (channels last), else
-    the pixels (its stores contiguous either way); in vectors where the map's own loop
-    would be (kernels/map lane_count)."""
+def _epilogue(kb, k, lo, hi, channel_range=None):
+    """The epilogue map at every element of rows [lo, hi) (`channel_range` (c0, c1): of those
+    channels only, else all): [row, channel], or for a convolution [n, channel, p] with
+    row = n · Ho · Wo + p, each image's run of pixels in turn, the channels innermost where
+    it stores them contiguously (channels last), else the pixels (its stores contiguous
+    either way); in vectors where the map's own loop would be (kernels/map lane_count)."""
     b, m = kb.b, k.epilogue
-    channels = k.weights.groups * k.weights.channels
+    c0, c1 = channel_range or (_c(0), _c(k.weights.groups * k.weights.channels))
+    channels = b.sub(c1, c0)
 
     def lanes(axis: int):
         count = lane_count(m, axis)
         return None if count is None else (count, axis)
 
     if k.pixels is None:
-        kb.loops(
-            (b.sub(hi, lo), channels), lambda idx: map_body(kb, m, kb.p, [b.add(lo, idx[0]), idx[1]]), lanes=lanes(1)
-        )
+        at = lambda idx: map_body(kb, m, kb.p, [b.add(lo, idx[0]), b.add(c0, idx[1])])
+        kb.loops((b.sub(hi, lo), channels), at, lanes=lanes(1))
         return
     pixels = b.mul(*(kb.dim(d) for d in k.pixels))
     first = b.sdiv(lo, pixels)
@@ -642,7 +720,7 @@ def _epilogue(kb, k, lo, hi):
     def image(n):
         start = b.mul(n, pixels)
         p0, p1 = b.sub(smax(b, lo, start), start), b.sub(smin(b, hi, b.add(start, pixels)), start)
-        at = lambda c, p: map_body(kb, m, kb.p, [n, c, b.add(p0, p)])
+        at = lambda c, p: map_body(kb, m, kb.p, [n, b.add(c0, c), b.add(p0, p)])
         if along_channels:
             kb.loops((b.sub(p1, p0), channels), lambda idx: at(idx[1], idx[0]), lanes=lanes(1))
         else:
