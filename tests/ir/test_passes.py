@@ -231,9 +231,9 @@ def _optimize_seconds(layers: int) -> float:
     step = autodiff.train_step(load_text(mlp(layers)).build().graph)
     best = float("inf")
     for _ in range(2):
-        started = time.process_time()
+        started = time.thread_time()
         optimize(step)
-        best = min(best, time.process_time() - started)
+        best = min(best, time.thread_time() - started)
     return best
 
 

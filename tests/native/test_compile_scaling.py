@@ -151,10 +151,10 @@ def _front_and_middle_seconds(layers: int) -> float:
         gc.collect()
         gc.disable()
         try:
-            start = time.process_time()
+            start = time.thread_time()
             program = lower(optimize(train_step(model.graph)))
             memory.plan(program, {s: 32 for s in program.symbols})
-            best = min(best, time.process_time() - start)
+            best = min(best, time.thread_time() - start)
         finally:
             gc.enable()
     return best
@@ -171,11 +171,13 @@ def test_packing_time_grows_linearly_with_the_buffers_live_at_once():
     def seconds(n: int) -> float:
         live = {b: (0, 1) for b in range(n)}
         nbytes = {b: 256 + 64 * (b % 7) for b in range(n)}
-        start = time.process_time()
+        start = time.thread_time()
         memory.pack(nbytes, live)
-        return time.process_time() - start
+        return time.thread_time() - start
 
-    small, large = min(seconds(300) for _ in range(3)), seconds(3000)
+    # the calling thread's CPU time: a background compile of an earlier test's program, in
+    # another thread of the process, counted in the process's (one run: 141x)
+    small, large = min(seconds(300) for _ in range(3)), min(seconds(3000) for _ in range(2))
     # 10x the buffers: 23x here (numpy's comparisons with every placed one show at 3000);
     # one Python comparison per placed buffer: 96x
     assert large / small < 50, (small, large)
