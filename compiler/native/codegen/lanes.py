@@ -7,7 +7,8 @@ operation is computed lane by lane in IR (scalar.py `lanewise`), is instead emit
 vector values: the loop steps by W, a contiguous access is one vector load or store, an
 invariant one a scalar in every lane. The last step, with fewer than W elements left, loads
 and stores under a mask (its idle lanes read 0 and write nothing), so memory outside a
-buffer is never touched. Each lane computes what the scalar loop computed for its element,
+buffer is never touched. A store a whole step apart along the axis (a convolution's row
+epilogue storing channels last: `store`'s `step`) stores each lane on its own. Each lane computes what the scalar loop computed for its element,
 in the same operations: the bits are the same at every level and on every ISA.
 
 `LaneBuilder` is the IRBuilder of every kernel: where an operation meets a vector and a

@@ -62,23 +62,29 @@ class Int8Weights:
         """Of product p (compiler/passes/int8.py) quantized as q, in `groups` groups, for
         `implementation`."""
         w = q.weight.reshape(p.weight_shape)
-        if implementation == "int8 depthwise":
-            return cls._depthwise(w, q)
         taps = tap_channels = 0
-        if p.op == "matmul":  # [K, N] (or [N, K] with tb): channel rows of K terms
-            w = w if p.channel_axis == 0 else w.T
+        depthwise = implementation == "int8 depthwise"
+        if depthwise:  # [C, 1, kh, kw]: one group of every channel, a term a tap
+            c, _, kh, kw = w.shape
+            groups, taps, tap_channels = 1, kh * kw, 1
+            rows = w.reshape(c, taps)
+        elif p.op == "matmul":  # [K, N] (or [N, K] with tb): channel rows of K terms
+            rows = w if p.channel_axis == 0 else w.T
         else:  # [O, C / groups, kh, kw] -> [O, kh, kw, C / groups padded]
             o, c, kh, kw = w.shape
             taps, tap_channels = kh * kw, -(-c // TERMS) * TERMS
-            w = np.pad(w.transpose(0, 2, 3, 1), ((0, 0), (0, 0), (0, 0), (0, tap_channels - c)))
-        rows = w.reshape(w.shape[0], -1)
+            rows = np.pad(w.transpose(0, 2, 3, 1), ((0, 0), (0, 0), (0, 0), (0, tap_channels - c))).reshape(o, -1)
         total, k = rows.shape
         channels = total // groups
         padded = -(-channels // CHANNEL_BLOCK) * CHANNEL_BLOCK
-        steps = -(-k // (TERMS * STEP_BLOCK)) * STEP_BLOCK
-        w = np.zeros((groups, padded, steps * TERMS), np.int8)
-        w[:, :channels, :k] = rows.reshape(groups, channels, k)
-        packed = np.ascontiguousarray(w.reshape(groups, padded, steps, TERMS).transpose(0, 2, 1, 3))
+        if depthwise:  # [1, taps, channels padded, 1]: a tap's weights along the channels
+            packed = np.zeros((1, k, padded, 1), np.int8)
+            packed[0, :, :channels, 0] = rows.T
+        else:
+            steps = -(-k // (TERMS * STEP_BLOCK)) * STEP_BLOCK
+            w = np.zeros((groups, padded, steps * TERMS), np.int8)
+            w[:, :channels, :k] = rows.reshape(groups, channels, k)
+            packed = np.ascontiguousarray(w.reshape(groups, padded, steps, TERMS).transpose(0, 2, 1, 3))
         sums = np.zeros((groups, padded), np.int32)
         sums[:, :channels] = rows.astype(np.int64).sum(axis=1).reshape(groups, channels)
         multipliers = np.zeros((groups, padded), np.float32)
@@ -96,20 +102,6 @@ class Int8Weights:
             tap_channels,
             implementation,
         )
-
-    @classmethod
-    def _depthwise(cls, w: np.ndarray, q: int8.QuantizedProduct) -> "Int8Weights":
-        channels, _, kh, kw = w.shape
-        padded = -(-channels // CHANNEL_BLOCK) * CHANNEL_BLOCK
-        rows = w.reshape(channels, kh * kw)
-        packed = np.zeros((1, kh * kw, padded, 1), np.int8)
-        packed[0, :, :channels, 0] = rows.T
-        sums = np.zeros((1, padded), np.int32)
-        sums[0, :channels] = rows.astype(np.int64).sum(axis=1)
-        multipliers = np.zeros((1, padded), np.float32)
-        multipliers[0, :channels] = q.multipliers()
-        scale, zero = np.float32(q.input_scale), int(q.input_zero_point)
-        return cls(packed, sums, multipliers, scale, zero, 1, channels, kh * kw, kh * kw, 1, "int8 depthwise")
 
     @property
     def depthwise(self) -> bool:

@@ -195,11 +195,7 @@ def _channel_share(kb, k, first, last, rows):
 
     def sums_of(r0, r1):
         def every_row(start, count):
-            tiles = _whole(b, r0, r1, ROWS)
-            with loop(b, r0, tiles, ROWS, "r") as r:
-                _tile(kb, k, r, ROWS, _c(0), start, count, width)
-            with loop(b, tiles, r1, 1, "rest") as r:
-                _tile(kb, k, r, 1, _c(0), start, count, width)
+            _row_tiles(b, r0, r1, lambda r, rows: _tile(kb, k, r, rows, _c(0), start, count, width))
 
         with loop(b, first, smin(b, last, _c(whole)), 1, "block") as j:
             every_row(b.mul(j, _c(block)), vectors)
@@ -283,11 +279,17 @@ def _block(kb, k, lo, hi, tiles: bool):
         start = _whole(b, lo, hi, TILE_ROWS)
         with loop(b, lo, start, TILE_ROWS, "tr") as r:
             _tile_rows(kb, k, r)
-    whole = _whole(b, start, hi, ROWS)
-    with loop(b, start, whole, ROWS, "r") as r:
-        _rows(kb, k, r, ROWS)
+    _row_tiles(b, start, hi, lambda r, rows: _rows(kb, k, r, rows))
+
+
+def _row_tiles(b, lo, hi, body):
+    """body(r, ROWS) for each register tile of rows from lo, then body(r, 1) for each row
+    left before hi."""
+    whole = _whole(b, lo, hi, ROWS)
+    with loop(b, lo, whole, ROWS, "r") as r:
+        body(r, ROWS)
     with loop(b, whole, hi, 1, "rest") as r:
-        _rows(kb, k, r, 1)
+        body(r, 1)
 
 
 def _depthwise_rows(kb, k, lo, hi):
@@ -299,7 +301,7 @@ def _depthwise_rows(kb, k, lo, hi):
     walked, not divided out of the row at each one."""
     b, g = kb.b, k.weights
     width = lanes()
-    vectors = 4
+    vectors = 4  # 4 sums, a load and a product in flight: within AVX2's 16 registers too
     block = width * vectors
     windows = _Windows(kb, k)
     a, w = kb.buffer(k.a[0], "i8"), kb.buffer(k.w, "i8")
