@@ -304,6 +304,16 @@ class Lowering:
         guards = ((Affine(-ph, row), h), (Affine(-pw, col), w))
         return Guarded(load, guards, fill)
 
+    def padded(self, x: Tensor, padding, fill=0.0):
+        """x [N, C, H, W] read over the iteration [N, C, H + 2 ph, W + 2 pw], `fill` in its
+        border: its windows of one pixel, the taps' axes dropped."""
+        e = self.windows(x, (1, 1), padding, fill, order="nchwij")
+        load = e.load if isinstance(e, Guarded) else e
+        load = Load(load.buffer, Affine(load.at.offset, load.at.coeffs[:4]), load.dtype)
+        if not isinstance(e, Guarded):
+            return load
+        return Guarded(load, tuple((Affine(a.offset, a.coeffs[:4]), size) for a, size in e.guards), fill)
+
     def im2col(self, x: Tensor, window_shape, attrs, n) -> Buffer:
         """x's windows laid out [N, Ho, Wo, C, kh, kw]; written once and shared by the
         convolution and its weight gradient, which read the same windows."""

@@ -16,15 +16,26 @@ PRODUCTS = ("matmul", "conv2d")
 # AMX Xeon, docs/native.md#int8): a matmul's K; a convolution's channels a tap (C / groups),
 # below which its kernel spends its time gathering windows, not summing them (a first layer
 # of 1 or 3 channels, a small grouped convolution), whatever the taps; but a depthwise
-# convolution, whose kernel sums a tap's channels side by side (kernels/int8)
+# convolution, whose kernel sums a tap's channels side by side, and one of a single group read
+# by kernel rows, whose K must then be as long as a matmul's (kernels/int8)
 FEWEST_TERMS = 24
 FEWEST_CHANNELS = 16
+# a convolution of one group and fewer channels than this reads its windows a kernel row at a
+# time (choose/int8.py): a tap of them would be a step or two of four, each tested at the edges
+ROW_CHANNELS = 16
 
 
 def depthwise(weight_shape: tuple, groups: int) -> bool:
     """Whether a convolution of weights [O, C / groups, kh, kw] in `groups` groups is depthwise:
     one input channel and one filter a group."""
     return weight_shape[1] == 1 and weight_shape[0] == groups
+
+
+def by_kernel_rows(weight_shape: tuple, attrs: dict) -> bool:
+    """Whether a convolution of weights [O, C / groups, kh, kw] reads its windows a kernel row
+    at a time: one group of fewer than ROW_CHANNELS channels, undilated along the rows, so
+    that a kernel row of a window is a run of kw · C bytes of the channels-last image."""
+    return attrs["groups"] == 1 and weight_shape[1] < ROW_CHANNELS and attrs["dilation"][1] == 1
 
 
 @dataclass
@@ -91,17 +102,20 @@ def _product(graph: Graph, n: int) -> Product:
         p.reason = "a batched matmul"
     else:
         p.terms = (shape[1] if attrs["tb"] else shape[0]) if op == "matmul" else shape[1] * shape[2] * shape[3]
+        # a convolution of few channels a tap: integer only read by kernel rows, then its K as a matmul's
+        few = op == "conv2d" and shape[1] < FEWEST_CHANNELS and not depthwise(shape, attrs["groups"])
         if op == "matmul" and attrs["ta"]:
             p.reason = "its activation operand is transposed"
         elif p.terms > LONGEST_SUM:
             p.reason = f"its {p.terms} terms could overflow int32 sums (at most {LONGEST_SUM})"
-        elif op == "matmul" and p.terms < FEWEST_TERMS:
-            p.reason = f"its sums of {p.terms} terms are too short to gain from int8 (at least {FEWEST_TERMS})"
-        elif op == "conv2d" and shape[1] < FEWEST_CHANNELS and not depthwise(shape, attrs["groups"]):
+        elif few and not by_kernel_rows(shape, attrs):
             p.reason = (
                 f"its taps hold {shape[1]} channel{'s' * (shape[1] != 1)} (C / groups): too few to gain from "
-                f"int8 (at least {FEWEST_CHANNELS})"
+                f"int8 (at least {FEWEST_CHANNELS}) "
+                + (f"in {attrs['groups']} groups" if attrs["groups"] > 1 else "with its kernel rows dilated")
             )
+        elif (op == "matmul" or few) and p.terms < FEWEST_TERMS:
+            p.reason = f"its sums of {p.terms} terms are too short to gain from int8 (at least {FEWEST_TERMS})"
     return p
 
 

@@ -148,10 +148,12 @@ def test_products_say_which_are_integer_and_why_not():
 
 
 def test_sums_too_short_to_gain_stay_float32_with_their_reason():
-    """A matmul of fewer than FEWEST_TERMS terms, a convolution of fewer than FEWEST_CHANNELS
-    channels a tap (a first layer of 1 or 3, groups of a few channels, two filters of one
-    channel a group), whatever its taps; from there on, integer. A depthwise convolution
-    (one channel and one filter a group) has a kernel of its own: integer."""
+    """A matmul of fewer than FEWEST_TERMS terms; a convolution of fewer than FEWEST_CHANNELS
+    channels a tap in groups (groups of a few channels, two filters of one channel a group)
+    or dilated along its kernel rows, whatever its taps; from there on, integer. A depthwise
+    convolution (one channel and one filter a group) has a kernel of its own, as has one of a
+    single group of few channels (a first layer's), read by kernel rows, which is integer
+    where its K is a matmul's."""
     model = load_text(
         f"""
 model m {{
@@ -163,18 +165,23 @@ model m {{
     d = conv2d(c, 8, 1)
     e = conv2d(a, {4 * FEWEST_CHANNELS}, 3, groups = {2 * FEWEST_CHANNELS})
     f = conv2d(a, {2 * FEWEST_CHANNELS}, 3, groups = 8)
-    output y = sum(b) + sum(d) + sum(e) + sum(f) + sum(dense(v, 4)) + sum(dense(v[:, 1:], 4))
+    g = conv2d(x, 8, 3, dilation = 2)
+    h = conv2d(x[:, :2], 8, 3)
+    output y = sum(b) + sum(d) + sum(e) + sum(f) + sum(g) + sum(h) + sum(dense(v, 4)) + sum(dense(v[:, 1:], 4))
 }}""",
         "m.dl",
     ).build("m", training=False)
     found = {p.weight: p.reason for p in products(model.graph)}
-    assert (
-        found["a.W"] == f"its taps hold 3 channels (C / groups): too few to gain from int8 (at least {FEWEST_CHANNELS})"
+    assert found["e.W"] == (
+        f"its taps hold 1 channel (C / groups): too few to gain from int8 (at least {FEWEST_CHANNELS}) "
+        f"in {2 * FEWEST_CHANNELS} groups"
     )
-    assert found["e.W"].startswith("its taps hold 1 channel (C / groups)")
     assert found["f.W"].startswith("its taps hold 4 channels (C / groups)")
-    assert found["b.W"] == "" and found["c.W"] == "" and found["d.W"] == ""
-    dense = sorted(r for w, r in found.items() if w not in ("a.W", "b.W", "c.W", "d.W", "e.W", "f.W"))
+    assert found["g.W"].startswith("its taps hold 3 channels (C / groups)")
+    assert found["g.W"].endswith("with its kernel rows dilated")
+    assert found["h.W"] == f"its sums of 18 terms are too short to gain from int8 (at least {FEWEST_TERMS})"
+    assert found["a.W"] == found["b.W"] == found["c.W"] == found["d.W"] == ""
+    dense = sorted(r for w, r in found.items() if w.startswith("y."))
     assert dense == [
         "",
         f"its sums of {FEWEST_TERMS - 1} terms are too short to gain from int8 (at least {FEWEST_TERMS})",

@@ -279,21 +279,27 @@ model m {
 @pytest.mark.parametrize("target", [t for t in TARGETS if t != "avx512bf16"])
 def test_depthwise_and_pointwise_convolutions_give_the_reference_bits(target, compile_for):
     compile_for(target)
-    model = _model(SEPARABLE)
-    rng = np.random.default_rng(4)
-    params = {p.name: rng.normal(size=p.type.shape).astype(np.float32) for p in model.params}
-    feeds = {"x": rng.normal(size=(3, 70, 11, 13)), "s": rng.normal(size=(3, 20, 30))}
-    feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
-    quantization = calibrate(model.graph, params, [feeds])
-    kernels = [k for k in _program(model, quantization).kernels if isinstance(k, Int8Kernel)]
+    kernels = _integer_kernels_of_the_reference_bits(SEPARABLE, {"x": (70, 11, 13), "s": (20, 30)}, seed=4)
     found = sorted(k.weights.implementation for k in kernels)
     assert found == ["int8 depthwise"] * 5 + ["int8 pointwise"] * 2 + ["int8 windows"]
     assert all((k.window is None) == (k.weights.implementation == "int8 pointwise") for k in kernels)
     assert sum(k.epilogue is not None for k in kernels) >= 3
+
+
+def _integer_kernels_of_the_reference_bits(source: str, shapes: dict, seed: int) -> list:
+    """The integer kernels of the program of `source` calibrated on random inputs of `shapes`
+    (each without its batch axis), once its outputs are the reference int8 engine's bits on
+    batches of 3 and 1 of larger inputs (some saturate)."""
+    model = _model(source)
+    rng = np.random.default_rng(seed)
+    params = {p.name: rng.normal(size=p.type.shape).astype(np.float32) for p in model.params}
+    feeds = {k: rng.normal(size=(3, *shape)).astype(np.float32) for k, shape in shapes.items()}
+    quantization = calibrate(model.graph, params, [feeds])
     native = NativeEngine(model, model, int8=quantization)
     for n in (3, 1):
-        feeds = {k: 3 * rng.normal(size=(n, *v.shape[1:])).astype(np.float32) for k, v in feeds.items()}
+        feeds = {k: 3 * rng.normal(size=(n, *shape)).astype(np.float32) for k, shape in shapes.items()}
         _same_bits(Int8Engine(model, model, quantization).predict(params, feeds), native.predict(params, feeds))
+    return [k for k in _program(model, quantization).kernels if isinstance(k, Int8Kernel)]
 
 
 @pytest.mark.parametrize("level", ["aarch64", "aarch64-dotprod", "aarch64-i8mm"])
@@ -308,6 +314,33 @@ def test_depthwise_and_pointwise_convolutions_compile_for_aarch64(level, compile
     compile_for_aarch64(level)
     asm = jit.assembly(build_module(_program(model, quantization)).module)
     assert re.search(r"\b(?:smlal|mla)\s", asm)
+
+
+# first layers read by kernel rows (choose/int8.py): 3 channels in 7 x 7 windows at stride 2
+# (runs of 21 bytes in steps of 24), in 3 x 3 ones of odd images (the windows at the padded
+# copy's far edges; its last run reads into the slack), 1 channel in 5 x 5 ones unpadded, 5
+# channels dilated down the columns only; each the next one's quantization in its store
+STEMS = """
+model m {
+    input x: f32[B, 3, 17, 15]
+    input g: f32[B, 1, 12, 12]
+    input f: f32[B, 5, 9, 9]
+    a = conv2d(x, 20, 7, stride = 2, padding = 3, act = relu)
+    output y = conv2d(a, 16, 3, padding = 1)
+    output z = conv2d(x, 32, 3, stride = 2, padding = 1, act = relu6)
+    output u = conv2d(g, 6, 5)
+    output v = conv2d(f, 8, 3, dilation = (2, 1), padding = 1)
+}
+"""
+
+
+@pytest.mark.sets_target
+@pytest.mark.parametrize("target", [t for t in TARGETS if t != "avx512bf16"])
+def test_first_layers_read_by_kernel_rows_give_the_reference_bits(target, compile_for):
+    compile_for(target)
+    shapes = {"x": (3, 17, 15), "g": (1, 12, 12), "f": (5, 9, 9)}
+    kernels = _integer_kernels_of_the_reference_bits(STEMS, shapes, seed=7)
+    assert sorted(k.weights.implementation for k in kernels) == ["int8 kernel rows"] * 4 + ["int8 windows"]
 
 
 # fewer rows than channels (loops.shared_blocks): a dense layer and a convolution over 2 x 2

@@ -101,7 +101,7 @@ def test_python_quantize_matches_the_command_and_saves_a_quantized_checkpoint(tr
 def test_summary_int8_lists_the_integer_products(capsys):
     assert main(["summary", DIGITS, "--int8"]) == 0
     out = capsys.readouterr().out
-    assert "3 of 4 products in int8" in out and "logits.W" in out and "its taps hold 1 channel" in out
+    assert "3 of 4 products in int8" in out and "logits.W" in out and "its sums of 9 terms are too short" in out
 
 
 def test_int8_needs_a_quantization(trained, capsys):
@@ -191,7 +191,7 @@ def _hostile(trained, tmp_path, key, value):
         (
             "int8:c1.W:weight",
             lambda w: np.zeros((16, 1, 3, 3), np.int8),
-            "quantizes c1.W, whose conv2d stays float32: its taps hold 1 channel (C / groups)",
+            "quantizes c1.W, whose conv2d stays float32: its sums of 9 terms are too short",
         ),
     ],
 )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from dlc.compiler.native.choose import Implementation, first
 from dlc.compiler.native.kernels.int8 import TERMS
-from dlc.compiler.passes.int8 import depthwise
+from dlc.compiler.passes.int8 import by_kernel_rows, depthwise
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,14 @@ INT8_CONV2D = (
         "a 1 x 1 convolution at stride 1 without padding, of whole steps of four channels, is a matmul "
         "of the image's pixels as they lie (channels last): its rows are read in place, with no window "
         "to find or test at each row",
+    ),
+    Implementation(
+        "int8 kernel rows",
+        "int8",
+        lambda c: by_kernel_rows(c.weight_shape, c.attrs),
+        "a window of few channels (a first layer's 1 to 3) is kh runs of kw · C bytes in the channels-last "
+        "image, quantized into a copy padded with z_x: each run read in whole steps of four, with no test "
+        "at the image's edges; a tap of its channels alone would be one short step, tested at every row",
     ),
     Implementation(
         "int8 windows",

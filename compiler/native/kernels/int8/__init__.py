@@ -37,7 +37,8 @@ class Int8Weights:
     M[o] [groups, padded channels]; the input's scale and zero point. A convolution's terms
     are in the order (i, j, c), each tap's channels of a group padded with zero weights to
     a multiple of 4 (`taps` taps of `tap_channels` channels, which its kernel reads in place:
-    Int8Kernel.window); a matmul's, its K in order (taps 0). `implementation`: the name of
+    Int8Kernel.window), or read by kernel rows ("int8 kernel rows"), each kernel row's kw · C
+    terms (j, c) so padded (`taps` kh); a matmul's, its K in order (taps 0). `implementation`: the name of
     a convolution's (choose/int8.py), else "int8 matmul". A depthwise convolution's (one
     channel and one filter a group) are one group of all its channels, each tap's weights
     along the channels, `packed` [1, taps, channels padded, 1] (k = taps, `tap_channels` 1):
@@ -70,10 +71,12 @@ class Int8Weights:
             rows = w.reshape(c, taps)
         elif p.op == "matmul":  # [K, N] (or [N, K] with tb): channel rows of K terms
             rows = w if p.channel_axis == 0 else w.T
-        else:  # [O, C / groups, kh, kw] -> [O, kh, kw, C / groups padded]
+        else:  # [O, C / groups, kh, kw] -> [O, taps, a tap's terms padded]: taps (i, j) of C / groups, or kernel rows i of kw · C
             o, c, kh, kw = w.shape
-            taps, tap_channels = kh * kw, -(-c // TERMS) * TERMS
-            rows = np.pad(w.transpose(0, 2, 3, 1), ((0, 0), (0, 0), (0, 0), (0, tap_channels - c))).reshape(o, -1)
+            taps, run = (kh, kw * c) if implementation == "int8 kernel rows" else (kh * kw, c)
+            tap_channels = -(-run // TERMS) * TERMS
+            runs = w.transpose(0, 2, 3, 1).reshape(o, taps, run)
+            rows = np.pad(runs, ((0, 0), (0, 0), (0, tap_channels - run))).reshape(o, -1)
         total, k = rows.shape
         channels = total // groups
         padded = -(-channels // CHANNEL_BLOCK) * CHANNEL_BLOCK
@@ -128,7 +131,9 @@ class Int8Kernel(Kernel):
     positions (n, ho, wo) (a convolution's, `pixels` = (Ho, Wo); its map's image rows and
     columns merged into one run of pixels). `window`: a convolution's rows read in place, its
     windows of a [N, H, W, C] u8 tensor a (channels last), terms (i, j, c) four channels
-    at a time, z_x outside: (H, W, C, kh, kw, stride, padding, dilation)."""
+    at a time, z_x outside: (H, W, C, kh, kw, stride, padding, dilation); read by kernel rows
+    (Int8Weights), of the tensor padded in memory: kw 1 and padding 0, each tap a run of
+    the weights' tap channels."""
 
     rows: object
     weights: Int8Weights
@@ -152,7 +157,7 @@ class Int8Kernel(Kernel):
             what = f"int8 depthwise {kh}x{kw} [{self.rows} x {g.channels}]: b{self.c[0]} = u8 b{self.a[0]} windows * "
         else:
             groups = f" in {g.groups} groups" if g.groups > 1 else ""
-            rows = " windows" if self.window else ""
+            rows = {"int8 kernel rows": " kernel rows", "int8 windows": " windows"}.get(g.implementation, "")
             what = (
                 f"int8 [{self.rows} x {g.k}] @ [{g.k} x {g.channels}]{groups}: b{self.c[0]} = u8 b{self.a[0]}{rows} @ "
             )
@@ -210,13 +215,29 @@ def _quantized(lw, x, w: Int8Weights, channels_last: bool = False) -> Load:
     [N, H, W, C]), by the map that computes x (int8.quantize: clip(rint(x / s_x) + z_x, 0,
     255), NaN as 0.0)."""
     buf = lw.p.buffer("i8", numel(x.shape), "temp")
-    e = Op("quantize_u8", (lw.use(x), Const(float(w.scale), "f32"), Const(float(w.zero), "f32")), "i8")
     at = Affine(0, row_major(x.shape))
     if channels_last:
-        _, c, h, w = x.shape
-        at = Affine(0, (h * w * c, 1, w * c, c))
-    lw.emit(MapKernel(x.shape, buf.id, at, e, node=x.node))
+        _, c, h, wide = x.shape
+        at = Affine(0, (h * wide * c, 1, wide * c, c))
+    lw.emit(MapKernel(x.shape, buf.id, at, _quantize(lw.use(x), w), node=x.node))
     return Load(buf.id, at, "i8")
+
+
+def _quantize(e, w: Int8Weights) -> Op:
+    return Op("quantize_u8", (e, Const(float(w.scale), "f32"), Const(float(w.zero), "f32")), "i8")
+
+
+def _quantized_padded(lw, x, w: Int8Weights, padding: tuple, slack: int) -> tuple:
+    """An image x [N, C, H, W] quantized to u8 channels last inside a border of `padding`
+    pixels of z_x (0.0 quantized: a zero point is exact), [N, H + 2 ph, W + 2 pw, C], then
+    `slack` bytes (a kernel row's last step of four reads past its run): (buffer, its height
+    and width)."""
+    (n, c, h, wide), (ph, pw) = x.shape, padding
+    hp, wp = h + 2 * ph, wide + 2 * pw
+    buf = lw.p.buffer("i8", n * hp * wp * c + slack, "temp")
+    e = _quantize(lw.padded(x, padding, fill=0.0), w)
+    lw.emit(MapKernel((n, c, hp, wp), buf.id, Affine(0, (hp * wp * c, 1, wp * c, c)), e, node=x.node))
+    return buf.id, hp, wp
 
 
 @register_lowering("matmul", int8=True)
@@ -239,13 +260,15 @@ def _int8_conv2d(lw, n, ins, attrs, typ):
     kh, kw = lw.graph.inputs(n)[1].shape[2:]
     channels = w.groups * w.channels
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    q = _quantized(lw, x, w, channels_last=True)
     window = (H, W, C, kh, kw, attrs["stride"], attrs["padding"], attrs["dilation"])
+    if w.implementation == "int8 kernel rows":  # a kernel row a tap, in an image padded in memory
+        q, H, W = _quantized_padded(lw, x, w, attrs["padding"], w.tap_channels - kw * C)
+        window = (H, W, C, kh, 1, attrs["stride"], (0, 0), attrs["dilation"])
+    else:
+        q = _quantized(lw, x, w, channels_last=True).buffer
     if w.implementation == "int8 pointwise":
         window = None
     lw.emit(
-        Int8Kernel(
-            N * ho * wo, w, (q.buffer, 0, C), *_consts(lw, w), (out.id, 0, channels), (ho, wo), window=window, node=n
-        )
+        Int8Kernel(N * ho * wo, w, (q, 0, C), *_consts(lw, w), (out.id, 0, channels), (ho, wo), window=window, node=n)
     )
     lw.set(n, Load(out.id, Affine(0, (ho * wo * channels, 1, wo * channels, channels)), typ.dtype))

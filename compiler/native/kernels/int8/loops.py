@@ -572,7 +572,10 @@ class _Windows:
         height, wide, channels, self.kh, self.kw, self.stride, self.padding, self.dilation = k.window
         self.size = (kb.dim(height), kb.dim(wide), kb.dim(channels))
         self.pixels = [kb.dim(d) for d in k.pixels]
-        self.own = channels // k.weights.groups  # the group's channels of a tap
+        # a tap's bytes: its group's channels; a kernel row's, its run of kw · C in whole steps
+        # of four (the bytes past the run, the next pixel's or the image's slack, times zero weights)
+        by_rows = k.weights.implementation == "int8 kernel rows"
+        self.own = k.weights.tap_channels if by_rows else channels // k.weights.groups
 
     def origin(self, i):
         """(n, the window's first row, its first column) of row i."""
@@ -603,7 +606,10 @@ class _Windows:
         group's first channel there, else 0: never past the image's ends)."""
         b, (n, h0, w0), (h_, w_, c_), (dh, dw) = self.b, origin, self.size, self.dilation
         h, w = b.add(h0, b.mul(ti, _c(dh))), b.add(w0, b.mul(tj, _c(dw)))
-        valid = b.and_(_inside(b, h, h_), _inside(b, w, w_))
+        if self.padding == (0, 0):  # every window lies inside the image
+            valid = ir.Constant(ir.IntType(1), 1)
+        else:
+            valid = b.and_(_inside(b, h, h_), _inside(b, w, w_))
         at = b.add(b.mul(b.add(b.mul(b.add(b.mul(n, h_), h), w_), w), c_), b.mul(group, _c(self.own)))
         return valid, b.select(valid, at, _c(0))
 
