@@ -148,6 +148,7 @@ def _imported(argv) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    previous = signal.getsignal(signal.SIGINT)
     interrupts = _recorded_interrupts()
     try:
         status = _main(argv)
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
         status = None
     finally:
         if interrupts is not None:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, previous)
     if status is None or interrupts:
         print("interrupted", file=sys.stderr)
         return 130
@@ -166,49 +167,21 @@ def _recorded_interrupts() -> list | None:
     """Ctrl-C raises KeyboardInterrupt as Python's own handler does, and is also recorded: one
     raised inside a callback that CPython runs and whose exceptions it drops (importlib's
     module-lock weakref callback, a __del__) would otherwise let the command run on and end
-    with status 0. A SIGINT that is ignored or handled by the embedding program is left
-    alone, as is one outside the main thread, where no handler can be set. The trainer's own
-    handler (training/interrupt.py: stop after the step and save) replaces this one for the
-    loop, and what it handles is not an interrupt of the command.
+    with status 0. An interrupt that lands while llvmlite's binding code runs is put off
+    until it has returned (compiler/native/codegen/interrupts.py: a double free otherwise).
+    A SIGINT that is ignored or handled by the embedding program is left alone, as is one
+    outside the main thread, where no handler can be set. The trainer's own handler
+    (training/interrupt.py: stop after the step and save) replaces this one for the loop,
+    and what it handles is not an interrupt of the command."""
+    from dlc.compiler.native.codegen import interrupts
 
-    An interrupt that lands while llvmlite's binding code runs is put off until it has
-    returned: llvmlite frees its C objects in Python code that an exception can cut in half
-    (`OutputString.close` frees the string, then forgets it; cut between, its `__del__` frees
-    it again and the process dies of a double free). The signal is sent again every 10 ms
-    until it finds Python outside llvmlite; LLVM's own work is not Python and is never cut."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    if threading.current_thread() is not threading.main_thread() or not interrupts.pythons_own(
+        signal.getsignal(signal.SIGINT)
     ):
         return None
     seen = []
-
-    def handler(signum, frame):
-        seen.append(signum)
-        if _inside_llvmlite(frame):
-            again = threading.Timer(0.01, _send_again, (handler, signum))
-            again.daemon = True
-            again.start()
-            return
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, interrupts.putting_off_llvmlite(seen))
     return seen
-
-
-def _send_again(handler, signum):
-    """The signal again, to the main thread: sent to the process, another thread may take it,
-    and a main thread asleep would not wake to run the handler."""
-    if signal.getsignal(signum) is handler:  # else the command has ended: it saw the interrupt
-        signal.pthread_kill(threading.main_thread().ident, signum)
-
-
-def _inside_llvmlite(frame) -> bool:
-    while frame is not None:
-        if frame.f_globals.get("__name__", "").startswith("llvmlite.binding"):
-            return True
-        frame = frame.f_back
-    return False
 
 
 def _main(argv) -> int:

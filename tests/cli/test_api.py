@@ -6,9 +6,14 @@ docstrings on every public method; docs/api.md names every public name."""
 
 import contextlib
 import dataclasses
+import gc
 import inspect
 import io
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +25,7 @@ from dlc.runtime import api
 from dlc.runtime.cli import main
 from dlc.runtime.training.trainer import Result
 
+from helpers.interrupts import interrupted_at_free
 from helpers.programs import CLASSIFIER, XOR, write
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -194,3 +200,44 @@ def test_a_notebook_shows_the_summary_as_a_table(tmp_path):
     with contextlib.redirect_stdout(io.StringIO()) as out:
         print(text)
     assert out.getvalue().splitlines()[0] == "Model: digits_cnn"
+
+
+def test_an_interrupt_inside_llvmlite_in_the_python_api_waits_until_llvmlite_has_returned(monkeypatch):
+    """The JIT puts Python's own SIGINT handler off while llvmlite's binding code runs (a
+    notebook's interrupt as a model compiles): the string llvmlite frees as Ctrl-C lands is
+    freed once, and KeyboardInterrupt comes once llvmlite has returned."""
+    import llvmlite.binding as llvm
+
+    from dlc.compiler.native.codegen import interrupts
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a Python session
+    try:
+        interrupts.guard()
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        frees = interrupted_at_free(monkeypatch)
+        with pytest.raises(KeyboardInterrupt):
+            llvm.get_host_cpu_name()
+            gc.collect()  # the string's __del__, had the interrupt cut its close in half
+            time.sleep(5)  # the interrupt, sent again, arrives
+        assert len(frees) == 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_the_jit_guards_pythons_own_handler_and_leaves_a_programs_own(own, tmp_path):
+    path = write(tmp_path, "model m { input x: f32[B, 2]  output y = dense(x, 3) }", train="")
+    program = f"""
+import signal
+import numpy as np
+import dlc
+if {own}:
+    signal.signal(signal.SIGINT, lambda *_: None)
+m = dlc.load({path!r})
+m.params = {{p.name: np.zeros(p.type.shape, np.float32) for p in m.eval_model.params}}
+m.predict(np.ones((1, 2), np.float32))
+handler = signal.getsignal(signal.SIGINT)
+print(handler is signal.default_int_handler, getattr(handler, "puts_off_llvmlite", False))
+"""
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", str(not own)]

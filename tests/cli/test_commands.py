@@ -26,6 +26,7 @@ from dlc.runtime.training.gradcheck import init_params
 from dlc.compiler.frontend.loader import load
 
 from helpers.cli import failure, usage_error
+from helpers.interrupts import interrupted_at_free
 from helpers.programs import XOR, write
 
 LENET = str(Path(__file__).parents[2] / "examples" / "lenet5.dl")
@@ -369,21 +370,8 @@ def test_an_interrupt_inside_llvmlite_waits_until_llvmlite_has_returned(monkeypa
     and the process died of a double free (SIGABRT) in one start-up of six. Here the free
     itself is interrupted: it must run once, and the command end as interrupted."""
     import llvmlite.binding as llvm
-    from llvmlite.binding import ffi
 
     import dlc.runtime.cli as cli
-
-    real, frees = ffi.lib, []
-
-    class InterruptedAtFree:  # llvmlite's library, Ctrl-C pressed as a string is freed
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-        def LLVMPY_DisposeString(self, pointer):
-            frees.append(pointer)
-            if len(frees) == 1:
-                real.LLVMPY_DisposeString(pointer)
-                os.kill(os.getpid(), signal.SIGINT)  # the handler runs as this returns
 
     def command(argv):
         llvm.get_host_cpu_name()
@@ -391,7 +379,7 @@ def test_an_interrupt_inside_llvmlite_waits_until_llvmlite_has_returned(monkeypa
         time.sleep(0.5)  # the interrupt, sent again, arrives (or lands in a callback that drops it)
         return 0
 
-    monkeypatch.setattr(ffi, "lib", InterruptedAtFree())
+    frees = interrupted_at_free(monkeypatch)
     monkeypatch.setattr(cli, "_main", command)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
     try:

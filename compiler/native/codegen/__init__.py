@@ -13,4 +13,4 @@ kernel kind's loops.py (tests/project/test_llvm_floor.py).
   __init__.py names its modules); amx.py: the AMX tiles (the bf16 GEMM's and the int8
   product's);
 - jit.py: the host target and compilation; parallel_compile.py: a module compiled in parts
-  on every core."""
+  on every core; interrupts.py: Ctrl-C put off while llvmlite's binding code runs."""

@@ -28,6 +28,8 @@ import llvmlite
 import llvmlite.binding as llvm
 from llvmlite import ir
 
+from dlc.compiler.native.codegen import interrupts
+
 OPT_LEVEL = 3
 # the level of quick code (runtime/engines/tiers.py): dlc's short pass list (`optimize`) and
 # LLVM's O1 code generator, not LLVM's O1 pipeline
@@ -90,6 +92,7 @@ def _init() -> None:
     llvm.initialize_all_asmprinters()
     for option in LLVM_OPTIONS:  # once per process: LLVM takes an option once
         llvm.set_option("dlc", option)
+    interrupts.guard()  # Ctrl-C in the Python API, never inside llvmlite's binding code
 
 
 # DLC_TARGET=avx2 compiles for a generic AVX2 machine (x86-64-v3, without AVX-VNNI) even on
