@@ -69,7 +69,10 @@ class Lowering:
         self.bf16 = bf16  # GEMMs' operands rounded to bfloat16 (compiler/native/bf16.py)
         self.pack_weights = pack_weights  # GEMMs' weights packed: PACK_WEIGHTS (kernels/gemm: packed_weight)
         self.weight_packs = None  # its WeightPacksKernel, once a GEMM takes a weight
-        self.fusion = fusion or Fusion(graph, quantized=frozenset(self.int8))
+        # an integer product's operand is computed by the map that quantizes it, but for a
+        # convolution read by kernel rows, whose padded copy reads it stored (int8._quantized_padded)
+        inlined = frozenset(n for n, w in self.int8.items() if w.implementation != "int8 kernel rows")
+        self.fusion = fusion or Fusion(graph, quantized=inlined)
         self.p = program or KernelProgram()
         self.kernels = self.p.kernels if program is None else []
         self.args, self.depth = list(args), depth

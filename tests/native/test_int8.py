@@ -317,19 +317,23 @@ def test_depthwise_and_pointwise_convolutions_compile_for_aarch64(level, compile
 
 
 # first layers read by kernel rows (choose/int8.py): 3 channels in 7 x 7 windows at stride 2
-# (runs of 21 bytes in steps of 24), in 3 x 3 ones of odd images (the windows at the padded
-# copy's far edges; its last run reads into the slack), 1 channel in 5 x 5 ones unpadded, 5
-# channels dilated down the columns only; each the next one's quantization in its store
+# (runs of 21 bytes in steps of 24), in 3 x 3 ones of odd images of a value computed from
+# the input (stored for its padded copy, not computed by the map that quantizes it; the
+# windows at the copy's far edges, its last run reading into the slack), 1 channel in 5 x 5
+# ones unpadded, 5 channels dilated down the columns only, padded unevenly, a conv1d's; each
+# the next one's quantization in its store
 STEMS = """
 model m {
     input x: f32[B, 3, 17, 15]
     input g: f32[B, 1, 12, 12]
     input f: f32[B, 5, 9, 9]
+    input s: f32[B, 4, 40]
     a = conv2d(x, 20, 7, stride = 2, padding = 3, act = relu)
     output y = conv2d(a, 16, 3, padding = 1)
-    output z = conv2d(x, 32, 3, stride = 2, padding = 1, act = relu6)
+    output z = conv2d((x - 0.5) * 2.0, 32, 3, stride = 2, padding = 1, act = relu6)
     output u = conv2d(g, 6, 5)
-    output v = conv2d(f, 8, 3, dilation = (2, 1), padding = 1)
+    output v = conv2d(f, 8, 3, dilation = (2, 1), padding = (1, 2))
+    output w = conv1d(s, 8, 7, padding = 3)
 }
 """
 
@@ -338,9 +342,9 @@ model m {
 @pytest.mark.parametrize("target", [t for t in TARGETS if t != "avx512bf16"])
 def test_first_layers_read_by_kernel_rows_give_the_reference_bits(target, compile_for):
     compile_for(target)
-    shapes = {"x": (3, 17, 15), "g": (1, 12, 12), "f": (5, 9, 9)}
+    shapes = {"x": (3, 17, 15), "g": (1, 12, 12), "f": (5, 9, 9), "s": (4, 40)}
     kernels = _integer_kernels_of_the_reference_bits(STEMS, shapes, seed=7)
-    assert sorted(k.weights.implementation for k in kernels) == ["int8 kernel rows"] * 4 + ["int8 windows"]
+    assert sorted(k.weights.implementation for k in kernels) == ["int8 kernel rows"] * 5 + ["int8 windows"]
 
 
 # fewer rows than channels (loops.shared_blocks): a dense layer and a convolution over 2 x 2
