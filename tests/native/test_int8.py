@@ -302,9 +302,12 @@ def _integer_kernels_of_the_reference_bits(source: str, shapes: dict, seed: int)
     return [k for k in _program(model, quantization).kernels if isinstance(k, Int8Kernel)]
 
 
-@pytest.mark.parametrize("level", ["aarch64", "aarch64-dotprod", "aarch64-i8mm"])
-def test_depthwise_and_pointwise_convolutions_compile_for_aarch64(level, compile_for_aarch64):
-    """NEON's four lanes: the depthwise kernel's products widened (smlal or mla), a vector and a
+@pytest.mark.parametrize(
+    "level, instruction", [("aarch64", "smlal"), ("aarch64-dotprod", "sdot"), ("aarch64-i8mm", "usdot")]
+)
+def test_depthwise_and_pointwise_convolutions_compile_for_aarch64(level, instruction, compile_for_aarch64):
+    """NEON's four lanes: the depthwise kernel's four taps' products by the level's own dot
+    products, as the other products' (smlal's widening ones at the baseline), a vector and a
     masked one of 70 channels (tests/deploy/test_aarch64.py runs int8 libraries under qemu)."""
     model = _model(SEPARABLE)
     rng = np.random.default_rng(5)
@@ -313,7 +316,7 @@ def test_depthwise_and_pointwise_convolutions_compile_for_aarch64(level, compile
     quantization = calibrate(model.graph, params, [{k: v.astype(np.float32) for k, v in feeds.items()}])
     compile_for_aarch64(level)
     asm = jit.assembly(build_module(_program(model, quantization)).module)
-    assert re.search(r"\b(?:smlal|mla)\s", asm)
+    assert {i for i in ("smlal", "sdot", "usdot") if re.search(rf"\b{i}\s", asm)} == {instruction}
 
 
 # first layers read by kernel rows (choose/int8.py): 3 channels in 7 x 7 windows at stride 2

@@ -40,9 +40,9 @@ class Int8Weights:
     Int8Kernel.window), or read by kernel rows ("int8 kernel rows"), each kernel row's kw · C
     terms (j, c) so padded (`taps` kh); a matmul's, its K in order (taps 0). `implementation`: the name of
     a convolution's (choose/int8.py), else "int8 matmul". A depthwise convolution's (one
-    channel and one filter a group) are one group of all its channels, each tap's weights
-    along the channels, `packed` [1, taps, channels padded, 1] (k = taps, `tap_channels` 1):
-    its kernel sums each tap's channels of a pixel a vector at a time."""
+    channel and one filter a group) are packed as a matmul's of one group of all its channels
+    and K = taps (`tap_channels` 1): its kernel sums a vector of a pixel's channels four taps
+    at a time."""
 
     packed: np.ndarray
     sums: np.ndarray
@@ -64,8 +64,7 @@ class Int8Weights:
         `implementation`."""
         w = q.weight.reshape(p.weight_shape)
         taps = tap_channels = 0
-        depthwise = implementation == "int8 depthwise"
-        if depthwise:  # [C, 1, kh, kw]: one group of every channel, a term a tap
+        if implementation == "int8 depthwise":  # [C, 1, kh, kw]: one group of every channel, a term a tap
             c, _, kh, kw = w.shape
             groups, taps, tap_channels = 1, kh * kw, 1
             rows = w.reshape(c, taps)
@@ -80,14 +79,10 @@ class Int8Weights:
         total, k = rows.shape
         channels = total // groups
         padded = -(-channels // CHANNEL_BLOCK) * CHANNEL_BLOCK
-        if depthwise:  # [1, taps, channels padded, 1]: a tap's weights along the channels
-            packed = np.zeros((1, k, padded, 1), np.int8)
-            packed[0, :, :channels, 0] = rows.T
-        else:
-            steps = -(-k // (TERMS * STEP_BLOCK)) * STEP_BLOCK
-            w = np.zeros((groups, padded, steps * TERMS), np.int8)
-            w[:, :channels, :k] = rows.reshape(groups, channels, k)
-            packed = np.ascontiguousarray(w.reshape(groups, padded, steps, TERMS).transpose(0, 2, 1, 3))
+        steps = -(-k // (TERMS * STEP_BLOCK)) * STEP_BLOCK
+        w = np.zeros((groups, padded, steps * TERMS), np.int8)
+        w[:, :channels, :k] = rows.reshape(groups, channels, k)
+        packed = np.ascontiguousarray(w.reshape(groups, padded, steps, TERMS).transpose(0, 2, 1, 3))
         sums = np.zeros((groups, padded), np.int32)
         sums[:, :channels] = rows.astype(np.int64).sum(axis=1).reshape(groups, channels)
         multipliers = np.zeros((groups, padded), np.float32)

@@ -294,44 +294,81 @@ def _row_tiles(b, lo, hi, body):
 
 def _depthwise_rows(kb, k, lo, hi):
     """Rows [lo, hi) of a depthwise convolution (Int8Weights.depthwise). A row (a pixel)
-    takes its channels a vector at a time, up to 4 vectors at once: at each tap, the pixel's
-    u8 channels there (one load a vector; z_x outside the image) widened to int32, times the
-    tap's s8 weights widened, summed exactly; the channels past the last whole vector by
-    masked loads. Stored as the other integer products' sums are (_store). The pixels are
-    walked, not divided out of the row at each one."""
+    takes its channels a vector at a time, up to 4 vectors at once, and its taps four at a
+    time: the pixel's u8 channels at each of the four taps (one load a vector; z_x outside
+    the image), interleaved so that each 32-bit lane holds one channel's four terms, then one
+    dot product of the target's (_Dot: vpdpbusd) with the four taps' s8 weights of those
+    channels, packed so (Int8Weights: a matmul's [steps, channels, 4] of K = taps, zero
+    weights past the taps); the channels past the last whole vector by masked loads. Stored
+    as the other integer products' sums are (_store). The pixels are walked, not divided out
+    of the row at each one."""
     b, g = kb.b, k.weights
     width = lanes()
-    vectors = 4  # 4 sums, a load and a product in flight: within AVX2's 16 registers too
+    vectors = 4  # 4 sums, four loads and their interleaving in flight: within AVX2's 16 registers too
     block = width * vectors
     windows = _Windows(kb, k)
+    dot = _Dot(kb.m, b, width)
     a, w = kb.buffer(k.a[0], "i8"), kb.buffer(k.w, "i8")
     bty, vty = ir.VectorType(i8, width), ir.VectorType(i32, width)
     mload, _ = masked(kb.m, bty)
     fill = ir.Constant(bty, [g.zero - 256 if g.zero > 127 else g.zero] * width)
     nothing = ir.Constant(bty, [0] * width)
+    outside = b.bitcast(_stack(kb, width, i8), bty.as_pointer())
+    b.store(fill, outside, align=64)
+    taps = g.k
+    pairs = ir.Constant(ir.VectorType(i32, 2 * width), list(range(2 * width)))
+    # byte 4c + j of the four taps' vectors side by side: tap j's channel c
+    quads = ir.Constant(
+        ir.VectorType(i32, 4 * width),
+        [(j // 2) * 2 * width + (j % 2) * width + c for c in range(width) for j in range(TERMS)],
+    )
 
     def sums(origin, start, count: int, left: int):
         """The sums of `count` vectors of channels from `start` (`left` channels from there)."""
 
-        def at_tap(tap, ti, tj, accs):
-            valid, at = windows.tap(origin, _c(0), ti, tj)
+        def terms(tap, v):
+            """Tap `tap`'s u8 channels of vector v (a Python int: of the window; else a value
+            in 0 .. taps + 2, none past the taps: the last quad's missing ones read nothing)."""
+            known = isinstance(tap, int)
+            if known and tap >= taps:
+                return nothing
+            t = _c(tap) if known else tap
+            valid, at = windows.tap(origin, _c(0), b.sdiv(t, _c(windows.kw)), b.srem(t, _c(windows.kw)))
+            if not known:
+                inside = b.icmp_signed("<", t, _c(taps))
+                valid, at = b.and_(valid, inside), b.select(inside, at, _c(0))
+            # outside the image the z_x bytes on the stack: a select of the address, not of the
+            # bytes, which LLVM would merge into a mask of each interleaved byte
+            ptr = b.bitcast(gep(b, a, b.add(at, b.add(start, _c(v * width)))), bty.as_pointer())
+            ptr = b.select(valid, ptr, outside)
+            if left - v * width >= width:
+                return b.load(ptr, align=1)
+            mask = ir.Constant(ir.VectorType(ir.IntType(1), width), [lane < left - v * width for lane in range(width)])
+            return b.call(mload, [ptr, ir.Constant(i32, 1), mask, nothing])
+
+        def quad(q, accs):
+            """accs plus taps 4q .. 4q + 3 (q: an int, or a value)."""
+            first = b.mul(q, _c(TERMS)) if not isinstance(q, int) else None
             out = []
             for v in range(count):
-                c0 = b.add(start, _c(v * width))
-                ptr = b.bitcast(gep(b, a, b.add(at, c0)), bty.as_pointer())
-                if left - v * width >= width:
-                    terms = b.load(ptr, align=1)
-                else:
-                    mask = ir.Constant(
-                        ir.VectorType(ir.IntType(1), width), [lane < left - v * width for lane in range(width)]
-                    )
-                    terms = b.call(mload, [ptr, ir.Constant(i32, 1), mask, nothing])
-                weights = b.load(b.bitcast(gep(b, w, b.add(b.mul(tap, _c(g.padded)), c0)), bty.as_pointer()), align=1)
-                product = b.mul(b.zext(b.select(valid, terms, fill), vty), b.sext(weights, vty))
-                out.append(b.add(accs[v], product))
+                four = [terms(4 * q + j if first is None else b.add(first, _c(j)), v) for j in range(TERMS)]
+                side = [b.shuffle_vector(four[j], four[j + 1], pairs) for j in (0, 2)]
+                interleaved = b.bitcast(b.shuffle_vector(side[0], side[1], quads), vty)
+                step = q if first is not None else _c(q)
+                byte = b.mul(b.add(b.mul(step, _c(g.padded)), b.add(start, _c(v * width))), _c(TERMS))
+                weights = b.load(b.bitcast(gep(b, w, byte), vty.as_pointer()), align=1)
+                out.append(dot(accs[v], interleaved, weights))
             return out
 
-        return windows.over_taps([ir.Constant(vty, [0] * width)] * count, at_tap)
+        accs = [ir.Constant(vty, [0] * width)] * count
+        steps = -(-taps // TERMS)
+        if taps <= UNROLLED_TAPS:
+            for q in range(steps):
+                accs = quad(q, accs)
+            return accs
+        with carrying_loop(b, _c(steps), accs, "quad") as (q, now, nxt):
+            nxt.extend(quad(q, now))
+        return now
 
     with carrying_loop(b, hi, list(windows.position(lo)), "pixel", lo) as (r, pixel, following):
         following.extend(windows.following(*pixel))
@@ -339,12 +376,12 @@ def _depthwise_rows(kb, k, lo, hi):
         whole = g.channels // block
         if whole:
             with loop(b, _c(0), _c(whole * block), block, "channels") as start:
-                _store(kb, k, r, 1, _c(0), start, vectors, width, sums(origin, start, vectors, block), 0)
+                _store(kb, k, r, 1, _c(0), start, vectors, width, sums(origin, start, vectors, block), dot.bias)
         left = g.channels - whole * block
         if left:
             count = -(-left // width)
             tail = sums(origin, _c(whole * block), count, left)
-            _store(kb, k, r, 1, _c(0), whole * block, count, width, tail, 0)
+            _store(kb, k, r, 1, _c(0), whole * block, count, width, tail, dot.bias)
 
 
 def _whole(b, lo, hi, n: int):
