@@ -239,8 +239,9 @@ def test_the_largest_sums_are_exact(weight, k):
 
 
 def test_images_of_any_size_through_one_program():
-    """Symbolic height and width (the windows' bounds read at run time), three channels (a
-    step of three bytes), a dilated convolution reading the first one's quantized relu."""
+    """Symbolic height and width (the windows' bounds and the padded copy's size read at run
+    time), three channels (kernel rows of nine bytes), a dilated convolution reading the first
+    one's quantized relu."""
     model = _model(
         "model m {\n input x: f32[B, 3, H, W]\n a = conv2d(x, 8, 3, padding = 1, act = relu)\n"
         " output y = conv2d(a, 4, 3, padding = 1, dilation = 2)\n}"
