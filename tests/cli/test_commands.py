@@ -26,7 +26,7 @@ from dlc.runtime.training.gradcheck import init_params
 from dlc.compiler.frontend.loader import load
 
 from helpers.cli import failure, usage_error
-from helpers.interrupts import interrupted_at_free
+from helpers.interrupts import InterruptedAtFree
 from helpers.programs import XOR, write
 
 LENET = str(Path(__file__).parents[2] / "examples" / "lenet5.dl")
@@ -379,14 +379,14 @@ def test_an_interrupt_inside_llvmlite_waits_until_llvmlite_has_returned(monkeypa
         time.sleep(0.5)  # the interrupt, sent again, arrives (or lands in a callback that drops it)
         return 0
 
-    frees = interrupted_at_free(monkeypatch)
+    library = InterruptedAtFree(monkeypatch)
     monkeypatch.setattr(cli, "_main", command)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
     try:
         assert cli.main([]) == 130
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert len(frees) == 1 and capsys.readouterr().err.strip() == "interrupted"
+    assert library.freed_once() and capsys.readouterr().err.strip() == "interrupted"
 
 
 # ---- --optimizer and --freeze replace the train block's ------------------------------------------
