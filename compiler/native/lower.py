@@ -19,7 +19,7 @@ loads LLVM: the kinds' loop code is imported by code generation alone
 from __future__ import annotations
 
 from dlc.compiler.ir.dims import Dim, numel
-from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, Tensor, collector_paused
+from dlc.compiler.ir.graph import FLOAT_DTYPES, PRIMITIVES, Graph, Pattern, Tensor, collector_paused
 from dlc.compiler.native import PACK_WEIGHTS, PRECISIONS
 from dlc.compiler.native.fusion import Fusion, epilogues, fuse_maps, fuse_sums, keep_in_registers
 from dlc.compiler.native.choose.conv import stored_channels_first
@@ -85,6 +85,7 @@ class Lowering:
         self.channel_copies: dict = {}  # tensor key -> its copy channels first (`channels_first`)
         self.channels_first_keys = stored_channels_first(graph)  # values `place` lays out [C, N, ...]
         self.laid_out: dict = {}  # tensor key -> its place so laid out, once stored
+        self.between: dict | None = None  # tensor key -> whether it lies between integer convolutions
 
     def emit(self, kernel, into: list | None = None):
         kernel.nodes, kernel.origin = self.fusion.group(kernel.node), self.fusion.origin(kernel.node)
@@ -211,18 +212,32 @@ class Lowering:
         return bool(pixels) and all(c[1] == 1 and c[3] != 1 for c in pixels)
 
     def _read_channels_last(self, t: Tensor) -> bool:
-        """Whether only integer convolutions read t, or poolings whose outputs only they
-        read, and so on: the images between two integer convolutions."""
-        if self.graph.outputs.readers(t.key()):
-            return False
-        for _, v, k, out in self.graph.nx.out_edges(t.node, keys=True, data="out"):
-            if (
-                out == t.out
-                and not (v in self.int8 and k == 0)
-                and not (self.graph.op(v) in POOLINGS and self._read_channels_last(self.graph.outputs_of(v)[0]))
-            ):
-                return False
-        return True
+        """Whether t is an image between integer convolutions: read only by them, by poolings
+        or by elementwise maps of its shape whose results are so read too (a residual stream:
+        a block's input, added to its last convolution's sums), and so on, or by reductions
+        (a global average pooling at the end); each of those reads any layout in place."""
+        if self.between is None:  # every value's, its readers' results before it
+            self.between = {}
+            for n in reversed(self.graph.order()):
+                for r in self.graph.outputs_of(n):
+                    self.between[r.key()] = not self.graph.outputs.readers(r.key()) and all(
+                        self._reads_channels_last(v, k, r)
+                        for _, v, k, out in self.graph.nx.out_edges(n, keys=True, data="out")
+                        if out == r.out
+                    )
+        return self.between[t.key()]
+
+    def _reads_channels_last(self, v: int, k: int, t: Tensor) -> bool:
+        """Whether node v, reading t as its operand k, reads it as an image between integer
+        convolutions (_read_channels_last: its result's known already)."""
+        op = self.graph.op(v)
+        pattern = PRIMITIVES[op].pattern
+        if v in self.int8 and k == 0 or pattern is Pattern.REDUCTION:
+            return True
+        if op in POOLINGS or pattern is Pattern.ELEMENTWISE:
+            (result,) = self.graph.outputs_of(v)
+            return (op in POOLINGS or result.shape == t.shape) and self.between[result.key()]
+        return False
 
     @staticmethod
     def fuse_maps(kernels: list) -> list:

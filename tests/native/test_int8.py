@@ -351,6 +351,31 @@ def test_first_layers_read_by_kernel_rows_give_the_reference_bits(target, compil
     assert sorted(k.weights.implementation for k in kernels) == ["int8 kernel rows"] * 5 + ["int8 windows"]
 
 
+# a residual network's images between integer convolutions (Lowering.channels_last): the
+# stem's ReLU and its max pooling (padded taps: guarded loads, in vectors of channels), each
+# block's input added to its last convolution's sums and ReLU (the residual stream, in the
+# convolution's store), a strided block with a 1 x 1 shortcut, the global average pooling
+RESIDUAL = """
+model m {
+    input x: f32[B, 16, 12, 12]
+    a = maxpool2d(conv2d(x, 32, 3, padding = 1, act = relu), 3, 2, 1)
+    r = relu(conv2d(conv2d(a, 32, 3, padding = 1, act = relu), 32, 3, padding = 1) + a)
+    d = conv2d(r, 48, 1, stride = 2)
+    s = relu(conv2d(conv2d(r, 48, 3, stride = 2, padding = 1, act = relu), 48, 3, padding = 1) + d)
+    output y = dense(global_avg_pool(s), 10)
+}
+"""
+
+
+@pytest.mark.sets_target
+@pytest.mark.parametrize("target", [t for t in TARGETS if t != "avx512bf16"])
+def test_a_residual_stream_stays_channels_last_with_the_reference_bits(target, compile_for):
+    compile_for(target)
+    kernels = _integer_kernels_of_the_reference_bits(RESIDUAL, {"x": (16, 12, 12)}, seed=8)
+    stores = [m.out_at.coeffs for k in kernels if k.epilogue for m in getattr(k.epilogue, "maps", [k.epilogue])]
+    assert len(stores) >= 6 and all(c[1] == 1 for c in stores), stores  # unit stride along the channels
+
+
 # fewer rows than channels (loops.shared_blocks): a dense layer and a convolution over 2 x 2
 # pixels of 130 channels (two whole blocks of AVX-512's 64, then a block of 2; AVX2's 16 and
 # 8 blocks), each with the next product's quantization in its store; batches of 1 and 3

@@ -230,10 +230,17 @@ class KernelBuilder:
         return b.select(ok, v, ir.Constant(v.type, None))
 
     def guarded(self, e: Guarded, idx) -> ir.Value:
+        """e's load where its guards hold, else its fill (the load then at index 0, inside the
+        buffer); in a vector loop, whose axis the guards do not vary along (lanes.vectorizes),
+        one test for all its lanes."""
         b = self.b
         ok = self.inside(e.guards, idx)
         at = b.select(ok, self.affine(e.load.at, idx), ir.Constant(i64, 0))
-        v = self.disjoint(b.load(b.gep(self.buffer(e.load.buffer, e.load.dtype), [at])), e.load.buffer)
+        ptr = b.gep(self.buffer(e.load.buffer, e.load.dtype), [at])
+        if self.lanes is not None and e.load.at.coeffs[self.lanes.axis] == 1:
+            v = self.lanes.load(self, ptr, e.load.dtype, e.load.buffer)
+            return b.select(ok, v, ir.Constant(v.type, [e.fill] * v.type.count))
+        v = self.disjoint(b.load(ptr), e.load.buffer)
         return b.select(ok, v, ir.Constant(v.type, e.fill))
 
     def op(self, e: Op, idx) -> ir.Value:

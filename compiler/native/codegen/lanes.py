@@ -23,7 +23,7 @@ from llvmlite import ir
 from dlc.compiler.native.codegen.intrinsics import masked, splat
 from dlc.compiler.native.codegen.scalar import lanewise
 from dlc.compiler.native.codegen.types import LL, i1, i8, i32, i64
-from dlc.compiler.native.program import Const, Index, Load, Op, Size
+from dlc.compiler.native.program import Const, Guarded, Index, Load, Op, Size
 
 _BINARY = "add fadd sub fsub mul fmul sdiv udiv fdiv srem urem frem and_ or_ xor shl lshr ashr".split()
 _COMPARE = "icmp_signed icmp_unsigned fcmp_ordered fcmp_unordered".split()
@@ -102,6 +102,9 @@ def vectorizes(e, axis: int, written: dict | None = None) -> bool:
     if isinstance(e, Load):
         step = e.at.coeffs[axis]
         return isinstance(step, int) and step in (0, 1) and written.get(e.buffer, e.at) == e.at
+    if isinstance(e, Guarded):  # one test for every lane: its guards the same along the axis
+        steps = [a.coeffs[axis] for a, _ in e.guards]
+        return all(isinstance(c, int) and c == 0 for c in steps) and vectorizes(e.load, axis, written)
     if isinstance(e, Index):
         return isinstance(e.at.coeffs[axis], int)
     if isinstance(e, Op):

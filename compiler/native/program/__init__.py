@@ -250,6 +250,10 @@ class Guarded(KernelExpr):
         yield self
 
     @property
+    def dtype(self) -> str:
+        return self.load.dtype
+
+    @property
     def read_buffer(self) -> int:
         return self.load.buffer
 
