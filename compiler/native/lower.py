@@ -71,7 +71,7 @@ class Lowering:
         self.weight_packs = None  # its WeightPacksKernel, once a GEMM takes a weight
         # an integer product's operand is computed by the map that quantizes it, but for a
         # convolution read by kernel rows, whose padded copy reads it stored (int8._quantized_padded)
-        inlined = frozenset(n for n, w in self.int8.items() if w.implementation != "int8 kernel rows")
+        inlined = frozenset(n for n, w in self.int8.items() if not w.by_kernel_rows)
         self.fusion = fusion or Fusion(graph, quantized=inlined)
         self.p = program or KernelProgram()
         self.kernels = self.p.kernels if program is None else []

@@ -106,6 +106,11 @@ class Int8Weights:
         return self.implementation == "int8 depthwise"
 
     @property
+    def by_kernel_rows(self) -> bool:
+        """Whether its convolution reads a window's kernel rows as runs, from a padded copy."""
+        return self.implementation == "int8 kernel rows"
+
+    @property
     def padded(self) -> int:
         return self.packed.shape[2]
 
@@ -256,7 +261,7 @@ def _int8_conv2d(lw, n, ins, attrs, typ):
     channels = w.groups * w.channels
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     window = (H, W, C, kh, kw, attrs["stride"], attrs["padding"], attrs["dilation"])
-    if w.implementation == "int8 kernel rows":  # a kernel row a tap, in an image padded in memory
+    if w.by_kernel_rows:  # a kernel row a tap, in an image padded in memory
         q, H, W = _quantized_padded(lw, x, w, attrs["padding"], w.tap_channels - kw * C)
         window = (H, W, C, kh, 1, attrs["stride"], (0, 0), attrs["dilation"])
     else:

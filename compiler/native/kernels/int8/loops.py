@@ -334,9 +334,8 @@ def _depthwise_rows(kb, k, lo, hi):
                 return nothing
             t = _c(tap) if known else tap
             valid, at = windows.tap(origin, _c(0), b.sdiv(t, _c(windows.kw)), b.srem(t, _c(windows.kw)))
-            if not known:
-                inside = b.icmp_signed("<", t, _c(taps))
-                valid, at = b.and_(valid, inside), b.select(inside, at, _c(0))
+            if not known:  # the last quad's taps past the window read the z_x bytes
+                valid = b.and_(valid, b.icmp_signed("<", t, _c(taps)))
             # outside the image the z_x bytes on the stack: a select of the address, not of the
             # bytes, which LLVM would merge into a mask of each interleaved byte
             ptr = b.bitcast(gep(b, a, b.add(at, b.add(start, _c(v * width)))), bty.as_pointer())
@@ -611,8 +610,7 @@ class _Windows:
         self.pixels = [kb.dim(d) for d in k.pixels]
         # a tap's bytes: its group's channels; a kernel row's, its run of kw · C in whole steps
         # of four (the bytes past the run, the next pixel's or the image's slack, times zero weights)
-        by_rows = k.weights.implementation == "int8 kernel rows"
-        self.own = k.weights.tap_channels if by_rows else channels // k.weights.groups
+        self.own = k.weights.tap_channels if k.weights.by_kernel_rows else channels // k.weights.groups
 
     def origin(self, i):
         """(n, the window's first row, its first column) of row i."""
