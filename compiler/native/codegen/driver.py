@@ -32,6 +32,7 @@ from typing import Callable
 from llvmlite import ir
 
 from dlc.compiler.ir.graph import collector_paused
+from dlc.compiler.native.codegen import parallel_compile
 from dlc.compiler.native.codegen.builder import Arguments, KernelBuilder, fault_flag
 from dlc.compiler.native.codegen.fpmode import subnormals_flushed
 from dlc.compiler.native.codegen.parallel import parallel_loop
@@ -129,11 +130,13 @@ def build_module(
         kb = k.emit(KernelFunction(module, prog, fn, nested, lambda b: calls(b, nested, fn.args)))
         kb.finish()
         added = list(itertools.islice(reversed(module.globals.values()), len(module.globals) - before))[::-1]
-        made = [g for g in added if isinstance(g, ir.Function) and not g.is_declaration]
-        text = re.sub(rf'@"{re.escape(fn.name)}([."])', r'@"kernel\1', "\n".join(map(str, made)))
+        made = {g.name: str(g) for g in added if isinstance(g, ir.Function) and not g.is_declaration}
+        text = re.sub(rf'@"{re.escape(fn.name)}([."])', r'@"kernel\1', "\n".join(made.values()))
         if text in alike:
-            for g in made:
-                del module.globals[g.name]
+            for name in made:
+                del module.globals[name]
+        elif profile is None:  # a profiled scan's calls index dlc_profile, whose type is resized below
+            parallel_compile.remember_printed(module, made)
         functions[number] = alike.setdefault(text, fn).name
         if key is not None and set(kb.args.refs) <= set(buffers):  # its slots hold buffers only
             alike_fields[key] = alike[text], [buffers.index(e) for e in kb.args.refs]

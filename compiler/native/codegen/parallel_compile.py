@@ -24,6 +24,7 @@ import re
 import subprocess
 import sys
 import threading
+import weakref
 from dataclasses import dataclass
 
 from llvmlite import ir
@@ -86,8 +87,21 @@ def _assemble(module: ir.Module, body: list) -> str:
 
 
 def printed(module: ir.Module) -> dict:
-    """Each global's IR text, by name."""
-    return {g.name: str(g) for g in module.globals.values()}
+    """Each global's IR text, by name: the text `remember_printed` kept, else printed now."""
+    before = _printed_before.get(module, {})
+    return {g.name: before.get(g.name) or str(g) for g in module.globals.values()}
+
+
+# The text of functions printed while their module was built (codegen/driver.py compares
+# kernels by it), which module_text takes instead of printing them again: llvmlite prints
+# in Python, a tenth of building a module.
+_printed_before: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def remember_printed(module: ir.Module, texts: dict):
+    """Keep `texts`, the final IR text of some of module's functions by name (none of them
+    changes after), for module_text."""
+    _printed_before.setdefault(module, {}).update(texts)
 
 
 def split(module: ir.Module, pieces: dict, parts: int) -> list[str]:
