@@ -91,12 +91,12 @@ class Eval:
         """The graph's outputs by (node, output): every other value is dropped after its last
         reader (GPT-2's initializers held each draw beside its scaled parameter: 340 MB more)."""
         values: dict = {}
-        for n, impl, inputs, attrs, dtypes, dead in plan(graph):
+        for n, impl, inputs, attrs, sized, dtypes, dead in plan(graph):
             self.at = (graph, n)
+            if sized:
+                attrs = {**attrs, **{k: self._resolve(attrs[k]) for k in sized}}
             try:
-                outs = self.impl_of(graph, n, impl)(
-                    self, [values[k] for k in inputs], **{k: self._resolve(v) for k, v in attrs.items()}
-                )
+                outs = self.impl_of(graph, n, impl)(self, [values[k] for k in inputs], **attrs)
             except DlcError as e:  # a check of the values (an index out of range): at the node's line
                 if e.span is not None:
                     raise
@@ -128,8 +128,8 @@ class Eval:
 def plan(graph: Graph) -> list:
     """The graph in execution order, computed once per graph (graphs do not change
     after they are built; the node and edge counts and the outputs guard against it): each
-    node with the values that are not outputs and that no later node reads (`dead`,
-    dropped after it)."""
+    node with the attributes that hold symbolic dims (`sized`, resolved at each run) and the
+    values that are not outputs and that no later node reads (`dead`, dropped after it)."""
     key = (graph.nx.number_of_nodes(), graph.nx.number_of_edges(), tuple(t.key() for t in graph.outputs.values()))
     cached = graph.__dict__.get("_plan")
     if cached is None or cached[0] != key:
@@ -146,8 +146,13 @@ def plan(graph: Graph) -> list:
         steps = []
         for n, inputs, gone in zip(order, reads, dead):
             data = graph.nx.nodes[n]
-            steps.append(
-                (n, PRIMITIVES[data["op"]].impl, inputs, data["attrs"], [t.dtype for t in data["types"]], gone)
-            )
+            attrs = data["attrs"]
+            sized = tuple(k for k, v in attrs.items() if _sized(v))
+            steps.append((n, PRIMITIVES[data["op"]].impl, inputs, attrs, sized, [t.dtype for t in data["types"]], gone))
         cached = graph.__dict__["_plan"] = (key, steps)
     return cached[1]
+
+
+def _sized(v) -> bool:
+    """Whether an attribute holds a symbolic dim, which `Eval._resolve` turns into a size."""
+    return isinstance(v, Dim) or isinstance(v, tuple) and any(map(_sized, v))
