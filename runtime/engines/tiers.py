@@ -84,11 +84,12 @@ class TieredDriver:
             self._take()
 
     def _built(self):
-        # the module goes once printed (ModuleText), before the collector runs again: never
-        # promoted, its objects are freed by the first pass, which walks nothing else of theirs
+        # the module goes once printed (ModuleText), its cycles broken: its objects are
+        # freed here, not by the collector's next pass
         with collector_paused():
             module, extra = self.build()
             self.unit = parallel_compile.module_text(module)
+            parallel_compile.dismantle(module)
             del module
         return self.unit, extra
 

@@ -75,6 +75,22 @@ def module_text(module: ir.Module) -> ModuleText:
     return ModuleText(text, tuple(parts), tuple(jit.exported_functions(module)), tuple(jit.declared_functions(module)))
 
 
+def dismantle(module: ir.Module):
+    """Break the reference cycles of a module whose text was taken (module_text), so that
+    its objects are freed as it is dropped, each by its count, not by a pass of the cyclic
+    collector over hundreds of thousands of them (a transformer's step module: 0.06 s
+    against 0.4). The module is empty after."""
+    for fn in module.functions:
+        for block in fn.blocks:
+            for instruction in block.instructions:
+                if isinstance(instruction, ir.PhiInstr):  # a loop's phi and the value it carries hold each other
+                    instruction.incomings = []
+            block.instructions, block.terminator = [], None
+        fn.blocks, fn.args = [], ()
+    module.globals.clear()
+    module.metadata, module.namedmetadata = [], {}
+
+
 def _assemble(module: ir.Module, body: list) -> str:
     header = [
         f'; ModuleID = "{module.name}"',
