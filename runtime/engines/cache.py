@@ -223,11 +223,7 @@ def compile_built(parts: tuple, build, level: int = jit.OPT_LEVEL) -> tuple[Load
         def made():
             with collector_paused():  # as the tiers' build (runtime/engines/tiers.py)
                 module, extra = build()
-                if isinstance(module, parallel_compile.ModuleText):
-                    unit = module
-                else:
-                    unit = parallel_compile.module_text(module)
-                    parallel_compile.dismantle(module)
+                unit = module if isinstance(module, parallel_compile.ModuleText) else parallel_compile.taken(module)
                 del module
             loaded = compile_text(unit, level)
             _store_step(dirfd, key, loaded.key, unit, extra)

@@ -88,8 +88,7 @@ class TieredDriver:
         # freed here, not by the collector's next pass
         with collector_paused():
             module, extra = self.build()
-            self.unit = parallel_compile.module_text(module)
-            parallel_compile.dismantle(module)
+            self.unit = parallel_compile.taken(module)
             del module
         return self.unit, extra
 
