@@ -6,7 +6,6 @@ import functools
 import gc
 import os
 import shutil
-import sys
 import tempfile
 
 import pytest
@@ -58,16 +57,11 @@ def pytest_configure(config):
     if "DLC_CACHE_DIR" not in os.environ:
         os.environ["DLC_CACHE_DIR"] = tempfile.mkdtemp(prefix="dlc-test-cache-")
         config.add_cleanup(functools.partial(shutil.rmtree, os.environ["DLC_CACHE_DIR"], ignore_errors=True))
-    # the session starts hundreds of Python processes (dlc commands, ranks, pytest-xdist's
-    # workers): where bytecode is not written (PYTHONDONTWRITEBYTECODE, as on some CI hosts)
-    # each would compile dlc and the test modules from source again (about a tenth of a
-    # subprocess-heavy test's CPU). They share one bytecode cache of this session instead,
-    # outside the source tree, removed at its end
-    if sys.dont_write_bytecode and "PYTHONPYCACHEPREFIX" not in os.environ:
-        prefix = os.environ["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="dlc-test-pycache-")
-        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-        sys.dont_write_bytecode, sys.pycache_prefix = False, prefix
-        config.add_cleanup(functools.partial(shutil.rmtree, prefix, ignore_errors=True))
+    # Where bytecode is not written (PYTHONDONTWRITEBYTECODE, as on some CI hosts), the session
+    # leaves it so: every process reads the .pyc files pip compiled at install (dlc's editable
+    # tree's among them) and compiles only the test modules. A bytecode cache of the session's
+    # own (PYTHONPYCACHEPREFIX) would hide the installed ones: each worker compiled torch,
+    # transformers and onnx from source, which tripled the collection's time
     # the locks by which a test marked `alone` waits for the other workers' tests (below), and
     # the results that the session makes once for all workers (tests/helpers/session_once.py)
     for variable, prefix in (("DLC_TEST_LOCKS", "dlc-test-locks-"), ("DLC_TEST_SHARED", "dlc-test-shared-")):

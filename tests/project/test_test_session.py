@@ -7,6 +7,7 @@ folders a session makes are gone at its end."""
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,15 +23,12 @@ def test_a_grouped_test_is_named_by_its_group_under_xdist(request):
 
 
 def test_a_session_leaves_none_of_its_folders_behind(tmp_path):
-    """The compile cache, the locks, the shared results and (where bytecode is not written)
-    the bytecode cache of a session with pytest-xdist's workers are removed at its end."""
+    """The compile cache, the locks and the shared results of a session with pytest-xdist's
+    workers are removed at its end, and where bytecode is not written, none is."""
     tests = Path(__file__).resolve().parents[1]
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DLC_CACHE_DIR", "DLC_TEST_LOCKS", "DLC_TEST_SHARED", "PYTHONPYCACHEPREFIX")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ("DLC_CACHE_DIR", "DLC_TEST_LOCKS", "DLC_TEST_SHARED")}
     env.update(TMPDIR=str(tmp_path), PYTHONDONTWRITEBYTECODE="1")
+    started = time.time()
     r = subprocess.run(
         [
             sys.executable,
@@ -50,3 +48,5 @@ def test_a_session_leaves_none_of_its_folders_behind(tmp_path):
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("dlc-test-")] == []
+    written = [p for p in tests.rglob("*.pyc") if p.stat().st_mtime >= started]
+    assert written == [], written
