@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -165,3 +166,14 @@ def did_you_mean(name: str, candidates) -> str:
     if not close:
         close = sorted((c for c in candidates if len(c) >= 3 and name.startswith(c)), key=len, reverse=True)[:1]
     return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def json_document(text: str | bytes, **hooks):
+    """json.loads of a document dlc did not write itself (a config, a tokenizer, a data file, a
+    cache entry): one nested deeper than Python's recursion reads is a ValueError, as any
+    other JSON that does not read (json raises RecursionError), so that each reader's message
+    for unreadable JSON covers it."""
+    try:
+        return json.loads(text, **hooks)
+    except RecursionError:
+        raise ValueError("it is nested too deeply to read") from None

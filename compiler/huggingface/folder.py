@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.compiler.errors import DlcError, optional_package
+from dlc.compiler.errors import DlcError, json_document, optional_package
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -67,11 +67,11 @@ def read_folder(path) -> Folder:
 def check_tokenizer(path: Path, vocab_size: int):
     """Refuse a tokenizer.json that gives ids the model's embedding has no row for."""
     try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
+        spec = json_document(path.read_text(encoding="utf-8"))
         vocab = spec["model"]["vocab"]
         ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # Unigram: a list
         ids += [token["id"] for token in spec.get("added_tokens") or []]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise DlcError(f"{path} is not a tokenizer of the tokenizers library ({type(e).__name__}: {e})") from None
     if not all(isinstance(i, int) for i in ids):
         raise DlcError(f"{path} is not a tokenizer of the tokenizers library: its ids are not all whole numbers")
@@ -94,8 +94,8 @@ def read_config(path: Path) -> Config:
 def read_settings(path: Path) -> dict:
     """The object of settings of a JSON file (config.json, preprocessor_config.json)."""
     try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        settings = json_document(path.read_text(encoding="utf-8"))
+    except ValueError as e:
         raise DlcError(f"{path} is not readable JSON ({e})") from None
     if not isinstance(settings, dict):
         raise DlcError(f"{path} holds a JSON {type(settings).__name__}, not an object of settings")
@@ -178,8 +178,8 @@ def _read_safetensors(path: Path) -> dict:
 
 def _read_shards(folder: Path, index: Path) -> dict:
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        weight_map = json_document(index.read_text(encoding="utf-8")).get("weight_map")
+    except (ValueError, AttributeError) as e:
         raise DlcError(f"{index} is not readable JSON of a weight_map ({e})") from None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise DlcError(f"{index} has no weight_map of tensor names to shard files")

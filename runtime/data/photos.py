@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import math
 import os
 import pathlib
 
 import numpy as np
 
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, json_document
 from dlc.compiler.frontend.settings import REQUIRED, Args, flag, integer, number, show
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.files import class_folders
@@ -142,8 +141,8 @@ def listing_examples(listing: pathlib.Path) -> tuple[list, np.ndarray, list]:
         pairs = [(f.strip(), lab.strip()) for f, lab in rows]
     elif suffix == ".json":
         try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
+            items = json_document(text)
+        except ValueError as e:
             raise DlcError(f"images: {listing} is not JSON: {e}") from None
         if not isinstance(items, list) or not all(isinstance(i, dict) and {"file", "label"} <= set(i) for i in items):
             raise DlcError(f'images: {listing} must be a list of {{"file": ..., "label": ...}} objects')

@@ -28,13 +28,12 @@ a nested record or a value of another type is an error naming the column (and th
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 
 import numpy as np
 
-from dlc.compiler.errors import DlcError, did_you_mean
+from dlc.compiler.errors import DlcError, did_you_mean, json_document
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.formats import numbers, reason
 from dlc.runtime.data.row_groups import STREAM_ABOVE, ArrowGroups, ParquetGroups, StreamedTable, TableColumn
@@ -355,7 +354,7 @@ def _open_hf(pa, src: str, p: pathlib.Path, split: str | None, args: Args) -> _O
 
 def _json(src: str, p: pathlib.Path) -> dict:
     try:
-        doc = json.loads(p.read_text())
+        doc = json_document(p.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise DlcError(f"{src}: cannot read {p} ({reason(e)})") from None
     if not isinstance(doc, dict):

@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 import pathlib
 
 import numpy as np
 
-from dlc.compiler.errors import DlcError, Span, did_you_mean
+from dlc.compiler.errors import DlcError, Span, did_you_mean, json_document
 from dlc.compiler.frontend.settings import REQUIRED, Args, Call, flag, integer, show
 from dlc.runtime.data import tables, tokenizer
 from dlc.runtime.data.dataset import Dataset
@@ -200,7 +199,7 @@ def _json_lines(args: Args, p: pathlib.Path) -> tuple[list, list]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json_document(line)
         except ValueError as e:
             raise DlcError(f"{args.src}: the line is not JSON ({e})", Span(str(p), lineno, 1)) from None
         if not isinstance(row, dict):

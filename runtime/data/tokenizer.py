@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dlc.compiler.errors import DlcError, Span
+from dlc.compiler.errors import DlcError, Span, json_document
 
 INSTALL = 'pip install "dlc[text]"'
 FILE = "tokenizer.json"
@@ -224,7 +224,7 @@ def _parse(text, source: str):
     if not isinstance(text, str):
         raise DlcError(f"{source} is not a tokenizer: it holds no tokenizer.json")
     try:
-        doc = json.loads(text)
+        doc = json_document(text)
     except ValueError as e:
         raise DlcError(f"{source} is not JSON ({e})") from None
     if not isinstance(doc, dict) or "model" not in doc:
@@ -265,7 +265,7 @@ def load(path, base_dir=".", span: Span | None = None, length: int | None = None
         f = folder / name
         if f.is_file():
             try:
-                doc = json.loads(f.read_text(encoding="utf-8"))
+                doc = json_document(f.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, ValueError) as e:
                 raise DlcError(f"cannot read {f} ({e})", span) from None
             special = (doc if isinstance(doc, dict) else {}) | special

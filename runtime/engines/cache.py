@@ -51,7 +51,7 @@ import dlc
 from dlc.compiler.native.codegen.gemm.blocking import default_config
 from dlc.compiler.native.codegen.gemm.buffers import buffer_function, buffers_module
 from dlc.compiler.native.codegen.gemm.library import gemm_module, program_configs, routine_configs, routine_names
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, json_document
 from dlc.compiler.ir.graph import collector_paused
 from dlc.compiler.native.codegen import jit, parallel_compile, threadpool
 from dlc.compiler.native.codegen.amx import tiles_usable
@@ -317,7 +317,7 @@ def _compiling(dirfd: int | None, key: str):
 def _step_entry(entry: bytes) -> dict | None:
     """A `.step` entry's document, or None when it is not one (counted)."""
     try:
-        doc = json.loads(entry)
+        doc = json_document(entry)
         if (
             re.fullmatch("[0-9a-f]{32}", doc["object"])
             and isinstance(doc["functions"], list)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import dlc
-from dlc.compiler.errors import DlcError, Span, did_you_mean
+from dlc.compiler.errors import DlcError, Span, did_you_mean, json_document
 from dlc.compiler.ir.graph import DTYPES
 from dlc.runtime.data.formats import BadNpz, npz_arrays
 
@@ -163,8 +163,8 @@ def read(path) -> tuple[dict, dict]:
     meta = {}
     if "meta" in arrays:
         try:
-            meta = json.loads(arrays.pop("meta").tobytes().decode())
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            meta = json_document(arrays.pop("meta").tobytes().decode())
+        except ValueError:
             raise DlcError(
                 f"{path} is not a readable checkpoint: its metadata is damaged (not JSON)", Span.whole(path)
             ) from None

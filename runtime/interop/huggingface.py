@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.compiler.errors import DlcError, plural
+from dlc.compiler.errors import DlcError, json_document, plural
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.huggingface import family, head_of, import_folder, model_name
 from dlc.compiler.huggingface.folder import CONFIG, PREPROCESSOR, TOKENIZER, WEIGHTS, Config, safetensors_package
@@ -47,8 +47,8 @@ def end_token(program: Path) -> int | None:
     if not path.is_file():
         return None
     try:
-        eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        eos = json_document(path.read_text(encoding="utf-8")).get("eos_token_id")
+    except (ValueError, AttributeError) as e:
         raise DlcError(f"{path} is not readable JSON of settings ({e})") from None
     if isinstance(eos, list) and len(eos) == 1:
         eos = eos[0]
@@ -109,8 +109,8 @@ def save_folder(program: Path, params: dict, folder) -> list:
             "(dlc import FOLDER writes it), which says what the folder's config.json is"
         )
     try:
-        config = Config(json.loads(source.read_text(encoding="utf-8")), str(source))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        config = Config(json_document(source.read_text(encoding="utf-8")), str(source))
+    except ValueError as e:
         raise DlcError(f"{source} is not readable JSON ({e})") from None
     if not isinstance(config, dict):
         raise DlcError(f"{source} holds no object of settings")

@@ -206,6 +206,7 @@ def test_language_model_windows_of_tokens(tmp_path, tok_path):
         ("r.jsonl", '{"text": "fine", "label": "pos"}\n{"text": 5, "label": "neg"}\n', {}, "holds 5, not text"),
         ("r.jsonl", '{"text": "fine", "label": "pos"}\n{"label": "neg"}\n', {}, "line 2 has no column 'text'"),
         ("r.jsonl", '{"text": "fine"\n', {}, "the line is not JSON"),
+        pytest.param("r.jsonl", "[" * 10**5 + "]" * 10**5 + "\n", {}, "the line is not JSON", id="nested-deeply"),
         ("r.jsonl", '["fine", "pos"]\n', {}, "a line of JSON Lines is an object"),
         ("r.csv", "text,label\na film,pos\n", {"tokenizer": "missing.json"}, "tokenizer file not found"),
         ("r.csv", "text,label\na film,pos\n", {"tokenizer": "damaged.json"}, "is not JSON"),

@@ -183,6 +183,7 @@ def test_corpus_ids_are_each_lines_encoding_in_order(corpus):
     [
         (None, "tokenizer file not found"),
         ("{not json", "is not JSON"),
+        pytest.param("[" * 10**5 + "]" * 10**5, "is not JSON", id="nested-deeply"),
         ('{"version": "1.0"}', 'has no "model"'),
         ('{"model": {"type": "Nonsense"}}', "is not a tokenizer the tokenizers library reads"),
         ('["a", "list"]', 'has no "model"'),

@@ -49,6 +49,12 @@ def test_a_config_that_is_not_json(saved, tmp_path, capsys):
     assert "config.json is not readable JSON" in refused(folder, tmp_path, capsys)
 
 
+def test_a_config_nested_deeper_than_json_reads_is_not_json(saved, tmp_path, capsys):
+    folder = copy(saved, tmp_path)
+    (folder / "config.json").write_text("[" * 10**5 + "]" * 10**5)
+    assert "config.json is not readable JSON (it is nested too deeply to read)" in refused(folder, tmp_path, capsys)
+
+
 def test_an_unknown_model_type_lists_what_dlc_imports(saved, tmp_path, capsys):
     folder = copy(saved, tmp_path)
     edit_config(folder, model_type="albert", architectures=["AlbertForMaskedLM"])

@@ -237,6 +237,23 @@ def test_a_step_entry_with_argument_slots_outside_the_table_is_refused(tmp_path,
         NativeEngine(model, model).predict(params, {"x": np.ones((2, 3), np.float32)})
 
 
+def test_a_step_entry_nested_deeper_than_json_reads_is_compiled_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    built = []
+
+    def build():
+        built.append(1)
+        return constant_function("dlc_test_deep", 5), []
+
+    cache.compile_built(("deep", 1), build)
+    [step] = tmp_path.glob("*.step")
+    step.write_bytes(cache._pack(step.stem, b"[" * 10**5 + b"]" * 10**5))
+    before = dict(cache.stats)
+    loaded, _ = cache.compile_built(("deep", 1), build)
+    assert cache.stats["rejected"] > before["rejected"] and len(built) == 2
+    assert call(loaded, "dlc_test_deep") == 5
+
+
 def test_a_second_compile_hits_the_cache(tmp_path, monkeypatch):
     from dlc.runtime.engines import cache
     from dlc.runtime.engines.native import Executable

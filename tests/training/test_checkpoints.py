@@ -50,6 +50,7 @@ def _with_meta(source: Path, target: Path, edit):
 
 DAMAGE = {
     "not json": lambda m: b"{epoch: 1",
+    "nested deeper than json reads": lambda m: b"[" * 10**5 + b"]" * 10**5,
     "not an object": lambda m: [1, 2, 3],
     "epoch a string": lambda m: m | {"epoch": "1"},
     "negative step": lambda m: m | {"step": -4},
