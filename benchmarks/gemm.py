@@ -140,6 +140,8 @@ def run(args):
                 (f"  Aᵀ·G {k}x{m}x{n}", k, m, n, True, False),
                 (f"  G·Bᵀ {m}x{n}x{k}", m, n, k, False, True),
             ]
+        # few rows: a dense layer at batch 32, MobileNetV2's projection of one 56 x 56 image
+        cases += [(f"{m}x{k}x{n}", m, k, n, False, False) for m, k, n in ((32, 784, 512), (24, 96, 3136))]
     peers = ["torch bf16"] if bf16 else ["numpy"] + ["torch"] * (torch is not None)
     if bf16 and torch is None:
         raise SystemExit("--precision bf16 compares with torch, which is not installed")

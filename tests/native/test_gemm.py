@@ -36,7 +36,8 @@ ALL = [(ta, tb, acc) for ta in (False, True) for tb in (False, True) for acc in 
 CONFIGS = {
     # tiny blocks: several K slices, M blocks and N blocks even for small matrices; forks
     # threads for any size. Its micro-kernel is AVX2's (6 x 16, 8 lanes)
-    "tiny": blocking.GemmConfig(mr=6, nr=16, vw=8, kc=16, mc=12, nc=32, serial_below=0),
+    # (and reads B where it lies for up to 32 rows, as AVX-512's blocking does)
+    "tiny": blocking.GemmConfig(mr=6, nr=16, vw=8, kc=16, mc=12, nc=32, serial_below=0, stored_b_rows=32),
 }
 # the host's blocking. On an AVX-512 host AVX2's micro-kernel runs in "tiny" and its blocking
 # in .ci/run's re-run of this file for a generic AVX2 machine (DLC_TARGET=avx2)
@@ -200,6 +201,48 @@ def test_a_packed_a_of_few_columns_takes_the_few_columns_path():
         m = ir.Module()
         routine.add_gemm(m, "packed_a", packed_a=True, windows=windows, config=blocking.AVX512)
         assert ("few_columns_packed_a" in str(m)) != windows
+
+
+@pytest.mark.parametrize("ta,acc", [(False, False), (True, True)])
+def test_few_tiles_read_b_where_it_lies_with_the_tiled_bits(lib, ta, acc):
+    """A block of at most `stored_b_rows` rows reads op(B)'s whole panels where they lie and
+    packs only a partial last one: its rows are, bit for bit, the first rows of a product
+    too tall for that path — over K slices, N blocks with a partial panel, and on one
+    thread or two, with op(A) packed here or given packed."""
+    rng = np.random.default_rng(11)
+    few = lib.config.stored_b_rows or 32  # (AVX2's blocking reads B's packs: the tiled bits, as here)
+    tall = few + 9
+    for N, K in [(33, 7), (100, 300), (1100, 20)]:
+        a, b = _operands(rng, tall, N, K, ta, False)
+        c0 = rng.standard_normal((tall, N), dtype=np.float32)
+        whole = lib(a, b, c0.copy() if acc else None, trans_a=ta, accumulate=acc)
+        for m in (3, 8, few):
+            rows = a[:, :m] if ta else a[:m]
+            for nthreads, packed_a in [(1, False), (2, False), (2, True)]:
+                c = c0[:m].copy() if acc else np.full((m, N), np.nan, np.float32)
+                lib(rows, b, c, trans_a=ta, accumulate=acc, nthreads=nthreads, packed_a=packed_a)
+                assert c.tobytes() == whole[:m].tobytes(), (m, N, K, nthreads, packed_a)
+
+
+def test_only_untransposed_float32_b_is_read_where_it_lies():
+    """The panels read where they lie are op(B)'s rows, on a blocking that says so
+    (AVX-512's): a transposed B, an image's windows, bfloat16 operands, B given packed and
+    AVX2's blocking keep their packs."""
+    for variant, reads in [
+        (dict(), True),
+        (dict(trans_a=True, epilogue=True), True),
+        (dict(packed_a=True), True),
+        (dict(trans_b=True), False),
+        (dict(windows=True), False),
+        (dict(packed=True), False),
+    ]:
+        m = ir.Module()
+        routine.add_gemm(m, "g", config=blocking.AVX512, **variant)
+        assert ("ukernel_stored_b" in str(m)) == reads, variant
+    for config in (blocking.bf16_config(), blocking.AVX2):
+        m = ir.Module()
+        routine.add_gemm(m, "g", config=config)
+        assert "ukernel_stored_b" not in str(m), config
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,9 @@ class GemmConfig:
     nc: int = 1024  # columns of op(B) packed at once (multiple of nr)
     serial_below: int = 1 << 18  # M·N·K·batch under which no threads are forked
     operands: str = "f32"  # what the micro-kernel multiplies: one of OPERANDS
+    # rows of a block up to which its tiles read op(B)'s whole panels where they lie (0:
+    # never; macro_loop.py), where that was measured faster than packing B
+    stored_b_rows: int = 0
 
     def __post_init__(self):
         # runs of FEW_VECTORS vectors start at whole panels too (few_rows.py `packed_b`)
@@ -93,8 +96,17 @@ TILE_DEPTH = 32
 # the vectors of a C row that a block of at most FEW_ROWS rows (few_rows.py) keeps in registers
 FEW_VECTORS = 8
 
+# A block of few rows (GemmConfig.stored_b_rows) reads op(B) where it lies only where the
+# block's op(B) is at most STORED_B_FLOATS, as a product's activations are, in cache: from
+# memory, rows a page and more apart and each read in runs of NR floats, it was slower than
+# packing's reading whole rows (on a Zen 4, [32 x 768] @ [768 x 30522] took 1.3 times as long;
+# [24 x 96] @ [96 x 3136] three quarters)
+STORED_B_FLOATS = 1 << 20
+
 AVX2 = GemmConfig()
-AVX512 = GemmConfig(mr=8, nr=32, vw=16, kc=256, mc=144, nc=1024)
+# (the AVX2 tile's rows of 16 floats are one cache line: its tiles reading B where it lies
+# were slower than packing it at 32 rows and 512 to 2048 columns)
+AVX512 = GemmConfig(mr=8, nr=32, vw=16, kc=256, mc=144, nc=1024, stored_b_rows=32)
 # AArch64's 32 128-bit registers: 24 accumulators (12 rows of two vectors), the two B
 # vectors and three of A, whose lanes each FMA takes (fmla by element)
 NEON = GemmConfig(mr=12, nr=8, vw=4, kc=256, mc=144, nc=1024)

@@ -1,7 +1,8 @@
 """The macro-kernel (BLIS's): the loops of one matrix's block of C over its blocks — NC
 columns of op(B), K slices, MC rows of op(A), then NR x MR tiles for the micro-kernel — with
-the packs each level makes (or the packs given), and the paths that pack nothing (few_rows.py,
-few_columns.py); the epilogue called on each part of C once final."""
+the packs each level makes (or the packs given; a block of few tiles reads B's whole panels
+where they lie), and the paths that pack nothing (few_rows.py, few_columns.py); the epilogue
+called on each part of C once final."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from llvmlite import ir
 
 from dlc.compiler.native import FEW_COLUMNS, FEW_ROWS
 from dlc.compiler.native.codegen.types import f32, i1, i64
+from dlc.compiler.native.codegen.gemm.blocking import STORED_B_FLOATS
 from dlc.compiler.native.codegen.gemm.few_columns import few_columns
 from dlc.compiler.native.codegen.gemm.few_rows import few_rows, packed_b, stored_b
 from dlc.compiler.native.codegen.gemm.interface import EPILOGUE_TYPE, SIZES, SLOTS
 from dlc.compiler.native.codegen.gemm.ir_helpers import c64, ceil_div, fptr, gep, internal, loop, smin
-from dlc.compiler.native.codegen.gemm.microkernel import narrow_ukernel, ukernel
+from dlc.compiler.native.codegen.gemm.microkernel import narrow_ukernel, stored_b_ukernel, ukernel
 from dlc.compiler.native.codegen.gemm.packs import pack, panel_length
 from dlc.compiler.native.codegen.gemm.window_packs import pack_windows
 
@@ -143,8 +145,23 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
         b.ret_void()
         b.position_at_end(packing)
     kstep = whole_steps(kstep)
+    # A block of at most `stored_b_rows` rows whose op(B) is at most STORED_B_FLOATS reads B's
+    # whole panels where they lie, each row of a panel one run of B's row, and packs only its
+    # last panel, where that is partial: a pack would copy all of B for the few tiles that
+    # read each panel (MobileNetV2's projections: 24 to 32 filters over thousands of
+    # pixels). The tiles' sums are the same.
+    few_tiles = None
+    if cfg.stored_b_rows and not (packed or trans_b or windows or cfg.bf16 or cfg.amx):
+        few_tiles = b.and_(
+            b.icmp_signed("<=", b.sub(m1, m0), c64(cfg.stored_b_rows)),
+            b.icmp_signed("<=", b.mul(b.sub(n1, n0), K), c64(STORED_B_FLOATS)),
+        )
     with loop(b, n0, n1, cfg.nc, name="jc") as jc:
         nc = smin(b, c64(cfg.nc), b.sub(n1, jc))
+        # the columns read where they lie (whole panels), before the first one packed
+        where_b = None
+        if few_tiles is not None:
+            where_b = b.select(few_tiles, b.mul(b.sdiv(nc, c64(cfg.nr)), c64(cfg.nr)), c64(0))
         with loop(b, 0, K, kstep, name="pc") as pc:
             kc = smin(b, kstep, b.sub(K, pc))
 
@@ -153,8 +170,9 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
                 if windows:
                     pack_windows(gen, b, trans_b, kc, nc, pc, jc, B, fn.args[-1], Bp)
                     return Bp, panel_length(gen, b, kc)
-                bsrc = gep(b, B, b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc))
-                b.call(pack_b, [kc, nc, bsrc, ldb, Bp])
+                j, n = (jc, nc) if where_b is None else (b.add(jc, where_b), b.sub(nc, where_b))
+                bsrc = gep(b, B, b.add(b.mul(j, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), j))
+                b.call(pack_b, [kc, n, bsrc, ldb, Bp])
                 return Bp, panel_length(gen, b, kc)
 
             if packed:  # the K-long panels from column jc on, from row pc on; a null Bk: packed here
@@ -168,14 +186,28 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
                 ablock, astride = _a_block(gen, b, fn, A, lda, Ap, Ak, trans_a, ic, mc, pc, kc, K)
                 with loop(b, 0, nc, cfg.nr, name="jr") as jr:
                     nr = smin(b, c64(cfg.nr), b.sub(nc, jr))
-                    bpanel = gep(b, bblock, b.mul(jr, bstride))
                     crow = gep(b, C, b.add(jc, jr))
-                    kernel = uk if narrow is None else b.select(b.icmp_signed("<=", nr, c64(cfg.vw)), narrow, uk)
-                    with loop(b, 0, mc, cfg.mr, name="ir") as ir_:
-                        mr = smin(b, c64(cfg.mr), b.sub(mc, ir_))
-                        apanel = gep(b, ablock, b.mul(ir_, astride))
-                        ctile = gep(b, crow, b.mul(b.add(ic, ir_), ldc))
-                        b.call(kernel, [kc, apanel, bpanel, ctile, ldc, mr, nr, load_c])
+
+                    def tiles(call):  # call(A's panel, C's tile, its rows) for each tile of the panel
+                        with loop(b, 0, mc, cfg.mr, name="ir") as ir_:
+                            mr = smin(b, c64(cfg.mr), b.sub(mc, ir_))
+                            call(gep(b, ablock, b.mul(ir_, astride)), gep(b, crow, b.mul(b.add(ic, ir_), ldc)), mr)
+
+                    def from_pack():
+                        bpanel = gep(b, bblock, b.mul(jr if where_b is None else b.sub(jr, where_b), bstride))
+                        kernel = uk if narrow is None else b.select(b.icmp_signed("<=", nr, c64(cfg.vw)), narrow, uk)
+                        tiles(lambda ap, ct, mr: b.call(kernel, [kc, ap, bpanel, ct, ldc, mr, nr, load_c]))
+
+                    if where_b is None:
+                        from_pack()
+                    else:
+                        with b.if_else(b.icmp_signed("<", jr, where_b)) as (where_it_lies, packed_here):
+                            with where_it_lies:
+                                bpanel = gep(b, B, b.add(b.mul(pc, ldb), b.add(jc, jr)))
+                                kernel = stored_b_ukernel(gen)
+                                tiles(lambda ap, ct, mr: b.call(kernel, [kc, ap, bpanel, ct, ldc, mr, nr, load_c, ldb]))
+                            with packed_here:
+                                from_pack()
                 if epilogue:  # after the last K slice, the block is final
                     last = fn.append_basic_block("last_slice")
                     after = fn.append_basic_block("not_last")

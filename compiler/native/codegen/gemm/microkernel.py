@@ -32,8 +32,15 @@ def narrow_ukernel(gen):
     return gen.shared("ukernel_narrow", lambda name: build_ukernel(gen, name, vectors=1))
 
 
-def build_ukernel(gen, name, vectors=None):
-    """The micro-kernel `name` on vectors (`vectors` of each B panel row, else all NR // VW)."""
+def stored_b_ukernel(gen):
+    """The micro-kernel of a whole tile whose B rows are read where they lie, `ldb` floats
+    apart (a block of few rows, macro_loop.py), not from a packed panel: the same sums."""
+    return gen.shared("ukernel_stored_b", lambda name: build_ukernel(gen, name, stored_b=True))
+
+
+def build_ukernel(gen, name, vectors=None, stored_b=False):
+    """The micro-kernel `name` on vectors (`vectors` of each B panel row, else all NR // VW);
+    `stored_b`: B's rows are its last argument's floats apart, else a panel's NR."""
     cfg, vty = gen.cfg, gen.vty
     MR, NR, VW = cfg.mr, cfg.nr, cfg.vw
     NV = vectors or NR // VW
@@ -41,13 +48,14 @@ def build_ukernel(gen, name, vectors=None):
         gen.m,
         name,
         ir.VoidType(),
-        [i64, fptr, fptr, fptr, i64, i64, i64, i1],
-        ["kc", "a", "b", "c", "ldc", "mr", "nr", "load_c"],
+        [i64, fptr, fptr, fptr, i64, i64, i64, i1] + [i64] * stored_b,
+        ["kc", "a", "b", "c", "ldc", "mr", "nr", "load_c"] + ["ldb"] * stored_b,
     )
     fn.attributes.add("noinline")  # one copy shared by every routine of the module
     for k in (1, 2, 3):
         fn.args[k].add_attribute("noalias")
-    kc, a, bp, c, ldc, mr, nr, load_c = fn.args
+    kc, a, bp, c, ldc, mr, nr, load_c = fn.args[:8]
+    b_row, b_align = (fn.args[8], 4) if stored_b else (c64(NR), 4 * VW)  # a panel's rows are aligned
     entry = fn.append_basic_block("entry")
     unrolled = fn.append_basic_block("k.unrolled")
     tail = fn.append_basic_block("k.done")
@@ -68,8 +76,8 @@ def build_ukernel(gen, name, vectors=None):
     lty = ir.VectorType(ety, VW)
 
     def step(k, accs):  # the tile's sums after step k
-        bk = gep(b, bp, b.mul(k, c64(NR)))
-        bvec = [b.load(b.bitcast(gep(b, bk, c64(v * VW)), lty.as_pointer()), align=4 * VW) for v in range(NV)]
+        bk = gep(b, bp, b.mul(k, b_row))
+        bvec = [b.load(b.bitcast(gep(b, bk, c64(v * VW)), lty.as_pointer()), align=b_align) for v in range(NV)]
         ak = gep(b, a, b.mul(k, c64(MR)))
         ak = b.bitcast(ak, ety.as_pointer()) if pairs else ak
         new = []
