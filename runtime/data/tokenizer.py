@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dlc.compiler.errors import DlcError, Span, json_document
+from dlc.compiler.frontend.summary import size_text
 
 INSTALL = 'pip install "dlc[text]"'
 FILE = "tokenizer.json"
@@ -44,6 +45,10 @@ PAD_NAMES = ("[PAD]", "<pad>", "<|pad|>", "<|padding|>")
 EOS_NAMES = ("</s>", "<|endoftext|>", "<eos>", "[SEP]", "[EOS]")
 BOS_NAMES = ("<s>", "<|startoftext|>", "<bos>", "[CLS]", "[BOS]")
 KINDS = ("bpe", "wordpiece", "unigram")
+# the most tokens `dlc tokenizer train` makes: the library reserves room for the vocabulary it
+# is asked for up front, and a size beyond memory aborted the process; the largest published
+# vocabularies are about a quarter of this
+MOST_TOKENS = 1 << 20
 
 
 def library(what: str):
@@ -126,13 +131,15 @@ class Tokenizer:
         # `length` ids each (and a mask's), where each text's own tokens are all there is to read
         lengths = np.fromiter(map(len, found), np.int32, len(found))
         width = length if length is not None else int(lengths.max(initial=0))
+        _require_memory(self.source, len(found), width)
         mask = np.arange(width, dtype=np.int32) < lengths[:, None]  # padding on the right, as the library's
-        tokens = int(lengths.sum())
         ids = np.full(mask.shape, self.pad, np.int32)
-        ids[mask] = np.fromiter(itertools.chain.from_iterable(e.ids for e in found), np.int32, tokens)
         types = np.zeros(mask.shape, np.int32)
+        mask32 = mask.astype(np.int32)
+        tokens = int(lengths.sum())
+        ids[mask] = np.fromiter(itertools.chain.from_iterable(e.ids for e in found), np.int32, tokens)
         types[mask] = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in found), np.int32, tokens)
-        return Encoded(ids, mask.astype(np.int32), lengths, types)
+        return Encoded(ids, mask32, lengths, types)
 
     def corpus(self, text: str) -> np.ndarray:
         """The int32 ids of a corpus, without special tokens: its lines (each with its line break)
@@ -274,6 +281,20 @@ def load(path, base_dir=".", span: Span | None = None, length: int | None = None
     except DlcError as e:
         e.span = e.span or span
         raise
+
+
+def _require_memory(source: str, texts: int, width: int):
+    """Refuse texts padded to a width whose arrays (ids, types and the mask, and the mask's
+    bools) the memory available cannot hold: a `length` far beyond the texts' had numpy ask for
+    them, and the system end the process."""
+    from dlc.runtime.engines.budget import free  # (the engines' planning, imported when texts are encoded)
+
+    need, available = texts * width * 13, free()
+    if available is not None and need > available:
+        raise DlcError(
+            f"{source}: {texts} texts padded to {width} tokens each need {size_text(need)}, more than "
+            f"the {size_text(available)} of memory available: give a smaller length"
+        )
 
 
 def train(files: list, kind: str, vocab: int, lower: bool = False, min_frequency: int = 2) -> Tokenizer:

@@ -212,6 +212,7 @@ def test_language_model_windows_of_tokens(tmp_path, tok_path):
         ("r.csv", "text,label\na film,pos\n", {"tokenizer": "damaged.json"}, "is not JSON"),
         ("r.txt", "a film\n", {}, "cannot tell the format"),
         ("r.csv", "text,label\na film,pos\n", {"length": 0}, "'length' must be at least 1"),
+        ("r.csv", "text,label\na film,pos\n", {"length": 10**12}, "give a smaller length"),
     ],
 )
 def test_hostile_text_data_is_located(tmp_path, tok_path, name, content, kwargs, message):

@@ -17,7 +17,7 @@ from dlc.compiler.errors import DlcError, Span
 from dlc.runtime.cli import main
 from dlc.runtime.data import tokenizer as T
 
-from helpers.cli import failure
+from helpers.cli import failure, usage_error
 
 SENTENCES = [
     "the film was wonderful and the music was moving",
@@ -229,6 +229,14 @@ def test_dlc_tokenizer_train_writes_a_tokenizer_json(tmp_path, corpus, capsys, k
     most = 256 + 1 if kind == "bpe" else 150  # byte-level BPE keeps its 256 bytes whatever the vocabulary
     assert 0 < lib.get_vocab_size() <= most
     assert T.load(out).encode(SENTENCES[0]).ids[0].tolist() == lib.encode(SENTENCES[0]).ids
+
+
+def test_dlc_tokenizer_train_refuses_a_vocabulary_beyond_memory(tmp_path, corpus, capsys):
+    """The library reserves the vocabulary it is asked for: a size beyond memory aborted the
+    process; it is a usage error at the flag."""
+    argv = ["tokenizer", "train", str(corpus), "--vocab", "100000000000", "-o", str(tmp_path / "t.json")]
+    assert "--vocab: error: needs a whole number of tokens, from 1 to 1048576" in usage_error(argv, capsys)
+    assert not (tmp_path / "t.json").exists()
 
 
 def test_dlc_tokenizer_train_refuses_a_missing_or_binary_corpus(tmp_path, capsys):

@@ -6,8 +6,8 @@ import codecs
 from pathlib import Path
 
 from dlc.compiler.errors import DlcError, Span
-from dlc.runtime.cli.arguments import positive
-from dlc.runtime.data.tokenizer import KINDS, train
+from dlc.runtime.cli.arguments import positive, whole
+from dlc.runtime.data.tokenizer import KINDS, MOST_TOKENS, train
 
 HELP = "train a subword tokenizer (BPE, WordPiece, Unigram) on text files: a tokenizer.json"
 
@@ -23,7 +23,13 @@ def arguments(p):
         help="bpe: byte-level BPE as GPT-2's (default); wordpiece: BERT's, with [CLS] ... [SEP]; "
         "unigram: SentencePiece's, with <s> ... </s>",
     )
-    t.add_argument("--vocab", type=positive, default=8000, metavar="N", help="at most N tokens (default 8000)")
+    t.add_argument(
+        "--vocab",
+        type=whole(1, MOST_TOKENS, what=" of tokens"),
+        default=8000,
+        metavar="N",
+        help=f"at most N tokens, N up to {MOST_TOKENS:,} (default 8000)",
+    )
     t.add_argument(
         "--min-frequency",
         dest="min_frequency",
