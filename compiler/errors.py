@@ -168,12 +168,12 @@ def did_you_mean(name: str, candidates) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def json_document(text: str | bytes, **hooks):
+def json_document(text: str | bytes):
     """json.loads of a document dlc did not write itself (a config, a tokenizer, a data file, a
     cache entry): one nested deeper than Python's recursion reads is a ValueError, as any
     other JSON that does not read (json raises RecursionError), so that each reader's message
     for unreadable JSON covers it."""
     try:
-        return json.loads(text, **hooks)
+        return json.loads(text)
     except RecursionError:
         raise ValueError("it is nested too deeply to read") from None
