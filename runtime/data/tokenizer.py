@@ -133,13 +133,12 @@ class Tokenizer:
         width = length if length is not None else int(lengths.max(initial=0))
         _require_memory(self.source, len(found), width)
         mask = np.arange(width, dtype=np.int32) < lengths[:, None]  # padding on the right, as the library's
-        ids = np.full(mask.shape, self.pad, np.int32)
-        types = np.zeros(mask.shape, np.int32)
-        mask32 = mask.astype(np.int32)
         tokens = int(lengths.sum())
+        ids = np.full(mask.shape, self.pad, np.int32)
         ids[mask] = np.fromiter(itertools.chain.from_iterable(e.ids for e in found), np.int32, tokens)
+        types = np.zeros(mask.shape, np.int32)
         types[mask] = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in found), np.int32, tokens)
-        return Encoded(ids, mask32, lengths, types)
+        return Encoded(ids, mask.astype(np.int32), lengths, types)
 
     def corpus(self, text: str) -> np.ndarray:
         """The int32 ids of a corpus, without special tokens: its lines (each with its line break)
