@@ -231,11 +231,15 @@ def test_dlc_tokenizer_train_writes_a_tokenizer_json(tmp_path, corpus, capsys, k
     assert T.load(out).encode(SENTENCES[0]).ids[0].tolist() == lib.encode(SENTENCES[0]).ids
 
 
-def test_dlc_tokenizer_train_refuses_a_vocabulary_beyond_memory(tmp_path, corpus, capsys):
-    """The library reserves the vocabulary it is asked for: a size beyond memory aborted the
-    process; it is a usage error at the flag."""
+def test_dlc_tokenizer_train_refuses_sizes_beyond_the_librarys(tmp_path, corpus, capsys):
+    """The library reserves the vocabulary it is asked for (a size beyond memory aborted the
+    process) and counts pairs in 64 bits (a larger --min-frequency was an OverflowError):
+    each is a usage error at its flag."""
     argv = ["tokenizer", "train", str(corpus), "--vocab", "100000000000", "-o", str(tmp_path / "t.json")]
     assert "--vocab: error: needs a whole number of tokens, from 1 to 1048576" in usage_error(argv, capsys)
+    assert not (tmp_path / "t.json").exists()
+    argv = ["tokenizer", "train", str(corpus), "--min-frequency", "1" + "0" * 23, "-o", str(tmp_path / "t.json")]
+    assert "--min-frequency: error: needs a whole number of times, from 1 to 4294967295" in usage_error(argv, capsys)
     assert not (tmp_path / "t.json").exists()
 
 

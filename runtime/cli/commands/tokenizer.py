@@ -6,8 +6,12 @@ import codecs
 from pathlib import Path
 
 from dlc.compiler.errors import DlcError, Span
-from dlc.runtime.cli.arguments import positive, whole
+from dlc.runtime.cli.arguments import whole
 from dlc.runtime.data.tokenizer import KINDS, MOST_TOKENS, train
+
+# the most times --min-frequency may ask a pair to be seen: the library counts in 64 bits (a
+# larger number was an OverflowError), and no corpus holds a pair four billion times
+MOST_SEEN = (1 << 32) - 1
 
 HELP = "train a subword tokenizer (BPE, WordPiece, Unigram) on text files: a tokenizer.json"
 
@@ -33,7 +37,7 @@ def arguments(p):
     t.add_argument(
         "--min-frequency",
         dest="min_frequency",
-        type=positive,
+        type=whole(1, MOST_SEEN, what=" of times"),
         default=2,
         metavar="N",
         help="a merge (BPE, WordPiece) is learnt from pairs seen at least N times (default 2)",
