@@ -487,27 +487,37 @@ def epilogues(program: KernelProgram):
     while it is in cache: a convolution's bias, batchnorm's affine, residual add and
     activation, a dense layer's bias and activation. The kernel moves to the map's place,
     so nothing between may write what it reads; C must be a temporary that no other kernel
-    touches (a scan's body keeps its kernels). Where C then lives in the map's output
-    (in_place), C's own buffer is left empty."""
-    kernels = program.kernels
-    reads, writes = [set() for _ in kernels], [set() for _ in kernels]  # of each top-level kernel, nested ones included
+    touches. A scan's body keeps its kernels, but that of a scan whose steps are
+    independent (ScanKernel.independent: no carry), whose kernels fuse as a program's do.
+    Where C then lives in the map's output (in_place), C's own buffer is left empty."""
+    _fuse_epilogues(program.kernels, program.buffers, set())
+
+
+def _fuse_epilogues(kernels: list, buffers: list, outside: set):
+    """epilogues on one list of kernels (a program's, an independent scan's body), where
+    the buffers `outside` are touched by kernels of other lists too."""
+    reads, writes = [set() for _ in kernels], [set() for _ in kernels]  # of each kernel, nested ones included
     top = -1
     for pos, k, span in linearize(kernels):
         top += pos == span[0]
         r, w = k.accesses()
         reads[top] |= r
         writes[top] |= w
-    touched: dict = {}  # buffer -> the top-level kernels that read or write it
+    touched: dict = {}  # buffer -> the kernels of the list that read or write it
     for i in range(len(kernels)):
         for bid in reads[i] | writes[i]:
             touched.setdefault(bid, set()).add(i)
+    for i, k in enumerate(kernels):
+        if getattr(k, "independent", False):
+            others = set().union(*(reads[p] | writes[p] for p in range(len(kernels)) if p != i))
+            _fuse_epilogues(k.body, buffers, outside | others)
     fused: dict = {}  # position -> its kernel now (None: moved into a later one)
     for i, k in enumerate(kernels):
         if len(writes[i]) != 1:
             continue
         (c,) = writes[i]
         readers = touched[c] - {i}
-        if program.buffers[c].role != "temp" or len(readers) != 1:
+        if buffers[c].role != "temp" or c in outside or len(readers) != 1:
             continue
         (j,) = readers
         if j < i or j in fused or writes[j] & reads[i] or any(writes[p] & reads[i] for p in range(i + 1, j)):
@@ -516,5 +526,5 @@ def epilogues(program: KernelProgram):
         if both is not None:
             fused[i], fused[j] = None, both
             if c not in set().union(*both.accesses()):  # C now lives in the map's output
-                program.buffers[c].size = 0
-    program.kernels[:] = [fused.get(i, k) for i, k in enumerate(kernels) if fused.get(i, k) is not None]
+                buffers[c].size = 0
+    kernels[:] = [fused.get(i, k) for i, k in enumerate(kernels) if fused.get(i, k) is not None]

@@ -42,6 +42,7 @@ from dlc.compiler.native.program import (
 from dlc.compiler.native.program.registry import LOWERED_FLOATS, NotLowerable
 from dlc.compiler.native.rules import load, lowering_rule
 from dlc.compiler.passes.int8 import products
+from dlc.compiler.passes.examples import examples_in_turn
 
 POOLINGS = ("maxpool2d", "avgpool2d")  # their rules read an image's windows in place, laid out as it is
 
@@ -383,6 +384,8 @@ def lower(
     if pack_weights not in (None, *PACK_WEIGHTS):
         raise ValueError(f"no way of packing weights '{pack_weights}' ({', '.join(PACK_WEIGHTS)})")
     load()
+    if pack_weights and not int8:
+        graph = examples_in_turn(graph)
     return Lowering(
         graph, bf16=precision == "bf16", pack_weights=pack_weights, int8=integer_weights(graph, int8) if int8 else None
     ).run()

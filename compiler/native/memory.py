@@ -70,15 +70,24 @@ def linearize(kernels: list) -> list:
 # ---- liveness --------------------------------------------------------------------------------------
 def intervals(program: KernelProgram) -> dict:
     """buffer id -> (first, last) position, inclusive, for every temporary a kernel
-    touches (a temporary no kernel touches is absent)."""
+    touches (a temporary no kernel touches is absent). A kernel inside a scan touches its
+    buffers over the whole loop, but in the flat body of an independent scan (no step reads
+    what another wrote: ScanKernel.independent) a temporary that only its kernels touch
+    lives from its first to its last access, as in a program."""
     temps = {b.id for b in program.buffers if b.role == "temp"}
+    top = {span[0]: k for pos, k, span in linearize(program.kernels) if pos == span[0]}
+    flat = {s for s, k in top.items() if getattr(k, "independent", False) and not any(j.nested() for j in k.body)}
     live: dict = {}
-    for _, k, (lo, hi) in linearize(program.kernels):
+    within: dict = {}  # buffer -> (the independent scan's position, first, last) while only its body touches it
+    for pos, k, (lo, hi) in linearize(program.kernels):
         reads, writes = k.accesses()
         for bid in (reads | writes) & temps:
             a, b = live.get(bid, (lo, hi))
             live[bid] = (min(a, lo), max(b, hi))
-    return live
+            scan, first, last = within.get(bid, (lo if pos != lo else None, pos, pos))
+            inside = pos != lo and lo in flat and scan == lo
+            within[bid] = (scan if inside else None, min(first, pos), max(last, pos))
+    return {bid: (first, last) if scan is not None else live[bid] for bid, (scan, first, last) in within.items()}
 
 
 # ---- packing ----------------------------------------------------------------------------------------

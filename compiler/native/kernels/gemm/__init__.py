@@ -99,7 +99,9 @@ class GemmKernel(Kernel):
             fits = self.batch == 1 and m.shape == (self.m, self.n) and at == Affine(offset, (ld, 1))
         elif self.batch == 1:
             pixels = m.shape[2]
-            fits = m.shape[1] == self.m and m.shape[0] * pixels == self.n and at == Affine(offset, (pixels, ld, 1))
+            # along an axis of one example (an example's step of a scan), any stride will do
+            n_step = at.coeffs[0] if m.shape[0] == 1 else pixels
+            fits = m.shape[1] == self.m and m.shape[0] * pixels == self.n and at == Affine(offset, (n_step, ld, 1))
         else:
             fits = m.shape == (self.batch, self.m, self.n) and at == Affine(offset, (stride, ld, 1))
         if not fits:

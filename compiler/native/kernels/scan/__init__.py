@@ -13,12 +13,15 @@ from dlc.compiler.native.program.registry import register_lowering
 
 @dataclass
 class ScanKernel(Kernel):
-    """for t in 0..length (or back): sizes[var] = t, then run the body's kernels."""
+    """for t in 0..length (or back): sizes[var] = t, then run the body's kernels.
+    `independent`: no step reads what another wrote (a scan without carries), so the
+    body's kernels fuse as a program's (fusion.epilogues)."""
 
     length: object
     reverse: bool
     var: str  # the symbol of the step index, "$t0", "$t1", ... by nesting depth
     body: list
+    independent: bool = False
 
     def nested(self) -> list:
         return self.body
@@ -103,6 +106,6 @@ def _scan(lw, n, ins, attrs, typ):
             lw.emit(MapKernel(y.shape, place.buffer, place.at, sub.expr(y), node=n), into=sub.kernels)
     for cur, new, y in zip(current, fresh, results[:nc]):
         lw.emit(MapKernel(y.shape, cur.buffer, cur.at, new, node=n), into=sub.kernels)
-    lw.emit(ScanKernel(length, attrs["reverse"], var, lw.fuse_maps(sub.kernels), node=n))
+    lw.emit(ScanKernel(length, attrs["reverse"], var, lw.fuse_maps(sub.kernels), independent=nc == 0, node=n))
     for j, value in enumerate(current + stacked):
         lw.set(n, value, j)
