@@ -77,11 +77,30 @@ def _per_example(graph: Graph, order: list, batch) -> tuple:
             invariant.add(n)
         elif not batched:
             continue
-        elif kind == Pattern.ELEMENTWISE and all(_batched(graph, t.node, batch) for t in ins):
-            per_example.add(n)
-        elif op in _WINDOWS and _batched(graph, ins[0].node, batch) and all(t.node in invariant for t in ins[1:]):
+        elif _of_each_example(graph, n, ins, batch, invariant):
             per_example.add(n)
     return per_example, invariant
+
+
+def _of_each_example(graph: Graph, n: int, ins: list, batch, invariant: set) -> bool:
+    """Whether node n (its result batched) computes example t from example t of its batched
+    operands and from weights alone: an elementwise map, a convolution or pool of a batch
+    of images by weights, a sum or maximum within each example, a broadcast or reshape that
+    keeps the batch axis apart (squeeze-and-excitation's channel weights, spread over each
+    example's pixels)."""
+    op, kind = graph.op(n), PRIMITIVES[graph.op(n)].pattern
+    batched = [_batched(graph, t.node, batch) for t in ins]
+    if kind == Pattern.ELEMENTWISE:
+        return all(batched)
+    if op in _WINDOWS:
+        return batched[0] and all(t.node in invariant for t in ins[1:])
+    if op in ("reduce_sum", "reduce_max"):
+        return batched[0] and 0 not in graph.attrs(n)["axes"]
+    if op == "broadcast":
+        return batched[0] and ins[0].rank == graph.types(n)[0].rank
+    if op == "reshape":
+        return batched[0] and numel(ins[0].shape[1:]) == numel(graph.types(n)[0].shape[1:])
+    return False
 
 
 # the window ops whose attributes say nothing of the batch
@@ -155,7 +174,7 @@ def _loop(graph: Graph, order: list, batch, region: set, invariant: set):
             mapped[t.key()] = body.add1("reshape", [a], shape=(1, *t.shape[1:])) if sliced else a
     for n in inner:
         attrs = dict(graph.attrs(n))
-        if PRIMITIVES[graph.op(n)].pattern == Pattern.BROADCAST:
+        if graph.op(n) in ("broadcast", "reshape"):  # shaped as one example
             attrs["shape"] = (1, *attrs["shape"][1:])
         with body.at(graph.nx.nodes[n]["span"]):
             mapped[(n, 0)] = body.add1(graph.op(n), [mapped[t.key()] for t in graph.inputs(n)], **attrs)

@@ -37,8 +37,17 @@ model blocks {
 """
 
 
-def _model(training=False):
-    return load_text(SOURCE, "blocks.dl").build(None, training=training)
+# the expansion's output weighted by squeeze-and-excitation (EfficientNet's): each example's
+# mean over its pixels, two 1 x 1 convolutions, a sigmoid spread over the pixels
+EXCITED = SOURCE.replace(
+    "s = conv2d(e,",
+    "g = sigmoid(conv2d(conv2d(reshape(global_avg_pool(e), B, 64, 1, 1), 8, 1, act = relu), 64, 1))\n"
+    "    s = conv2d(e * g,",
+)
+
+
+def _model(training=False, source=SOURCE):
+    return load_text(source, "blocks.dl").build(None, training=training)
 
 
 def _scans(program) -> list:
@@ -78,9 +87,10 @@ def test_the_bodys_temporaries_share_the_arena_as_a_programs_do():
     assert any(b[0] > a[1] for a in ends for b in ends), "some are dead before others are made"
 
 
+@pytest.mark.parametrize("source", [SOURCE, EXCITED], ids=["blocks", "excited"])
 @pytest.mark.parametrize("precision", ["f32", "bf16"])
-def test_predictions_are_the_batched_programs_bits(monkeypatch, precision):
-    model = _model()
+def test_predictions_are_the_batched_programs_bits(monkeypatch, precision, source):
+    model = _model(source=source)
     params = initial_parameters(model, 2)
     x = np.random.default_rng(1).standard_normal((3, 3, 96, 96), dtype=np.float32)
     in_turn = Executable(predict_graph(model), precision=precision, pack_weights="once")
@@ -138,3 +148,13 @@ def test_layers_after_one_that_reads_the_loop_outside_it_stay_out_of_it(monkeypa
     assert _predictions(in_turn, x, params) == _predictions(
         Executable(predict_graph(model), pack_weights="once"), x, params
     )
+
+
+def test_squeeze_and_excitation_is_computed_within_each_example():
+    """An example's mean over its pixels, the products of its channel weights and their
+    spread over its pixels read that example alone: the loop takes them."""
+    graph = examples.examples_in_turn(optimize(predict_graph(_model(source=EXCITED))))
+    (scan,) = graph.nodes_with("scan")
+    body = graph.attrs(scan)["body"]
+    ops = [body.op(n) for n in body.nx.nodes]
+    assert "reduce_sum" in ops and ops.count("conv2d") == 7, ops
