@@ -66,6 +66,30 @@ def test_gradient_graph_of_a_recurrence_has_a_reverse_scan(capsys):
     assert "reverse=True" in text and "grad:hs.Wh" in text
 
 
+def test_emit_kernels_of_the_prediction_shows_what_predict_runs(capsys, tmp_path):
+    """`--predict`: the prediction lowered as dlc predict and a built library lower it, its
+    weights packed once (a program's first kernel) and, where an example holds a megabyte,
+    its first layers in a loop over the batch; without outputs, or with grad, an error."""
+    assert main(["compile", LENET, "--emit", "kernels", "--predict"]) == 0
+    kernels = capsys.readouterr().out
+    assert "weight packs" in kernels and "sparse_cross_entropy" not in kernels
+    big = write(
+        tmp_path,
+        "model big {\n    input x: f32[B, 3, 128, 128]\n    output y = global_avg_pool(conv2d(x, 32, 3, act = relu))\n}\n",
+        train="",
+        name="big.dl",
+    )
+    assert main(["compile", big, "--emit", "kernels", "--predict"]) == 0
+    assert "scan $t0 in B:" in capsys.readouterr().out
+    assert main(["compile", big, "--emit", "graph", "--predict"]) == 0
+    assert "output output:y" in capsys.readouterr().out
+    assert "--predict shows" in failure(["compile", big, "--emit", "grad", "--predict"], capsys)
+    no_outputs = write(tmp_path, XOR.replace("    output", "    # output"), name="none.dl")
+    assert f"{no_outputs}:2:1: error: model" in failure(
+        ["compile", no_outputs, "--emit", "kernels", "--predict"], capsys
+    )
+
+
 def test_emit_ast(capsys):
     assert main(["compile", LENET, "--emit", "ast"]) == 0
     out = capsys.readouterr().out

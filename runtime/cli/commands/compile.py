@@ -16,6 +16,7 @@ from dlc.compiler.native.lower import NotLowerable, lower
 from dlc.compiler.passes import optimize as graph_passes
 from dlc.runtime.cli.arguments import model_arguments, pass_list
 from dlc.runtime.cli.shared import build, write, graph_for, native_graph, render_graph
+from dlc.runtime.engines.reference import predict_graph
 
 HELP = 'show a stage of compilation'
 
@@ -65,6 +66,12 @@ def arguments(p):
         help="print the graph to stderr after PASS (" + ", ".join(graph_passes.PASSES) + " or all), in the "
         "first round and whenever it changes the graph (implies -O)",
     )
+    p.add_argument(
+        "--predict",
+        action="store_true",
+        help="fused, kernels, llvm and asm: of the prediction (the model's outputs), as dlc predict, the Python "
+        "API and a built library run it: its weights packed once, its first layers an example at a time",
+    )
     p.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
 
 
@@ -78,19 +85,23 @@ def optimized(args, graph, native: bool):
 
 
 def run(args):
+    if args.predict and args.emit in ("ast", "grad"):
+        raise DlcError(f"--predict shows the prediction's graph or native stages, not --emit {args.emit}")
     if args.emit == "ast":
         write(syntax.dump(load(args.file).module), args.output)
+    elif args.emit == "graph" and args.predict:
+        write(render_graph(optimized(args, prediction(args), False), args.format), args.output)
     elif args.emit in ("graph", "grad"):
         write(render_graph(optimized(args, graph_for(args, args.emit == "grad"), False), args.format), args.output)
-    else:  # the native stages, of the train step (or the forward graph without a loss)
-        model = build(args)
-        graph = optimized(args, native_graph(model), True)
+    else:  # the native stages, of the train step (the forward graph without a loss) or the prediction
+        model = build(args, training=not args.predict)
+        graph = optimized(args, prediction(args) if args.predict else native_graph(model), True)
         if args.emit == "fused" or args.explain_fusion:
             fusion = Fusion(graph)
             write(fusion.explanation() if args.explain_fusion else fusion.text(), args.output)
             return
         try:
-            program = lower(graph, args.precision)
+            program = lower(graph, args.precision, pack_weights="once" if args.predict else None)
         except NotLowerable as e:
             raise DlcError(f"the native backend cannot compile {model.name} yet: {e}") from None
         if args.emit == "kernels":
@@ -98,3 +109,11 @@ def run(args):
         else:
             module = build_module(program).module
             write(jit.optimized_ir(module) if args.emit == "llvm" else jit.assembly(module), args.output)
+
+
+def prediction(args):
+    """The graph of the model's prediction: its outputs, in evaluation mode."""
+    model = build(args, training=False)
+    if not any(name.startswith("output:") for name in model.graph.outputs):
+        raise DlcError(f"model {model.name} declares no outputs to predict: add `output name = ...`", model.span)
+    return predict_graph(model)
