@@ -87,7 +87,8 @@ def _of_each_example(graph: Graph, n: int, ins: list, batch, invariant: set) -> 
     operands and from weights alone: an elementwise map, a convolution or pool of a batch
     of images by weights, a sum or maximum within each example, a broadcast or reshape that
     keeps the batch axis apart (squeeze-and-excitation's channel weights, spread over each
-    example's pixels)."""
+    example's pixels), a padding of the other axes, a concat along another axis (an
+    Inception block's branches)."""
     op, kind = graph.op(n), PRIMITIVES[graph.op(n)].pattern
     batched = [_batched(graph, t.node, batch) for t in ins]
     if kind == Pattern.ELEMENTWISE:
@@ -100,6 +101,11 @@ def _of_each_example(graph: Graph, n: int, ins: list, batch, invariant: set) -> 
         return batched[0] and ins[0].rank == graph.types(n)[0].rank
     if op == "reshape":
         return batched[0] and numel(ins[0].shape[1:]) == numel(graph.types(n)[0].shape[1:])
+    if op == "pad":
+        attrs = graph.attrs(n)
+        return batched[0] and attrs["lo"][0] == attrs["hi"][0] == attrs["interior"][0] == 0
+    if op == "concat":
+        return all(batched) and graph.attrs(n)["axis"] % ins[0].rank != 0
     return False
 
 

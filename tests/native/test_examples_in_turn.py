@@ -132,10 +132,10 @@ def test_a_layer_that_mixes_examples_is_computed_before_the_loop():
 
 
 def test_layers_after_one_that_reads_the_loop_outside_it_stay_out_of_it(monkeypatch):
-    """A layer the loop does not take (a concat) reads its results, and a convolution
+    """A layer the loop does not take (a transpose) reads its results, and a convolution
     after it an example's megabyte again: one loop cannot compute both sides, so the layers
-    from the concat on stay batched, and the prediction keeps its bits."""
-    source = SOURCE.replace("d = conv2d(a,", "d = conv2d(concat(a, a, axis = 1),")
+    from the transpose on stay batched, and the prediction keeps its bits."""
+    source = SOURCE.replace("d = conv2d(a,", "d = conv2d(transpose(a, 0, 1, 3, 2),")
     model = load_text(source, "joined.dl").build(None, training=False)
     graph = examples.examples_in_turn(optimize(predict_graph(model)))
     (scan,) = graph.nodes_with("scan")
@@ -148,6 +148,14 @@ def test_layers_after_one_that_reads_the_loop_outside_it_stay_out_of_it(monkeypa
     assert _predictions(in_turn, x, params) == _predictions(
         Executable(predict_graph(model), pack_weights="once"), x, params
     )
+
+
+def test_an_inception_blocks_concat_along_the_channels_goes_with_the_loop():
+    source = SOURCE.replace("d = conv2d(a,", "d = conv2d(concat(a, relu(a), axis = 1),")
+    graph = examples.examples_in_turn(optimize(predict_graph(_model(source=source))))
+    (scan,) = graph.nodes_with("scan")
+    body = graph.attrs(scan)["body"]
+    assert "concat" in {body.op(n) for n in body.nx.nodes} and "concat" not in {graph.op(n) for n in graph.nx.nodes}
 
 
 def test_squeeze_and_excitation_is_computed_within_each_example():
