@@ -14,6 +14,14 @@ from dlc.compiler.native.codegen.types import f32, i1, i32, i64
 from dlc.compiler.native.kernels.map.loops import lane_count, map_body
 
 
+# the output rows of a group (a depthwise convolution's channel) computed together at a stride of 1
+# (2 at a stride of 2): a 3 x 3 tap's rows of x are loaded once for three output rows. Only for
+# chunks of rows of at most BLOCKED_VECTORS vectors: MobileNetV2's rows of 28, 14 and 7 outputs
+# ran 25-35 % faster so, its rows of 112 and 56 (4 vectors of AVX-512) 5-15 % slower
+GROUP_ROWS = 3
+BLOCKED_VECTORS = 2
+
+
 def conv(kb: KernelBuilder, k, first):
     """The outputs of the (example, group) pairs, or without groups the (example, output
     row) pairs, `first` = (lo, hi) (`team_rows`: a batch of one splits over its rows): for
@@ -34,60 +42,94 @@ def conv(kb: KernelBuilder, k, first):
     )
     Ho, Wo = k.out_hw
 
-    def chunk(n, g, ho, q):
+    def chunk(n, g, ho0, count, q):
+        """Output rows ho0 .. ho0 + count - 1 of the row chunk q: with several, each row of x
+        their taps read is loaded once for all of them (a depthwise convolution's 3 x 3 taps
+        read 3 rows of x an output row: as many loads as multiply-adds), and each output
+        still sums its taps (c, i, j) in order."""
         wo0 = b.mul(q, ir.Constant(i64, rows.chunk))
 
         def block(o_first, width):
             o0 = b.add(b.mul(g, ir.Constant(i64, co)), o_first)
-            sums = rows.sums(width * rows.nv)
+            sums = rows.sums(count * width * rows.nv)  # [row][channel][vector]
 
-            def tap_row(ii, c):
-                i = ii[0]
-                tap = rows.x_taps(n, c, rows.tap_row(ho, i), wo0)
+            def add_taps(tap, c, row_taps):
+                """The taps (i, j) of output rows ho0 + r, (r, i) each of `row_taps`, that read
+                the row of x loaded as `tap`: each tap column shifted once for all of them."""
                 for j in range(kw):
                     xs = tap(j)
-                    for o in range(width):
-                        at = kb.affine(weight(j), [b.add(o0, ir.Constant(i64, o)), c, i, g])
-                        wv = splat(b, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [at])), k.w), rows.vty)
-                        for v in range(rows.nv):
-                            rows.add(sums[o * rows.nv + v], wv, xs[v])
+                    for r, i in row_taps:
+                        for o in range(width):
+                            at = kb.affine(weight(j), [b.add(o0, ir.Constant(i64, o)), c, i, g])
+                            wv = splat(b, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [at])), k.w), rows.vty)
+                            for v in range(rows.nv):
+                                rows.add(sums[(r * width + o) * rows.nv + v], wv, xs[v])
 
-            # the tap rows that read a row of x
+            def one_row(ii, c):  # the tap rows that read a row of x
+                add_taps(rows.x_taps(n, c, rows.tap_row(ho0, ii[0]), wo0), c, [(0, ii[0])])
+
+            def rows_of_x(c):  # each row of x the block's taps read, those outside x skipped
+                sh = k.stride_h
+                for t in range((count - 1) * sh + kh):
+                    h = rows.tap_row(ho0, ir.Constant(i64, t))
+                    inside = b.and_(b.icmp_signed(">=", h, ir.Constant(i64, 0)), b.icmp_signed("<", h, kb.dim(H)))
+                    with b.if_then(inside):
+                        row_taps = [(r, ir.Constant(i64, t - r * sh)) for r in range(count) if 0 <= t - r * sh < kh]
+                        add_taps(rows.x_taps(n, c, h, wo0), c, row_taps)
+
             c_first = b.mul(g, ir.Constant(i64, ci))
-            kb.loops(
-                (ci,), lambda c: kb.loops((kh,), lambda ii: tap_row(ii, b.add(c_first, c[0])), first=rows.tap_rows(ho))
-            )
-            masks: dict = {}  # vector v's mask, the same for every channel: made once
-            for o in range(width):
-                channel = b.add(o0, ir.Constant(i64, o))
-                # with groups, lanes past a row's end fall on its plane's next rows, which this
-                # thread stores later: such a vector is stored whole (MobileNetV2's rows of 7
-                # and 14 outputs end mid-vector, and AVX2's masked store is microcoded); without,
-                # another thread may store the next row
-                plane_end = (
-                    kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo)), [n, b.add(channel, ir.Constant(i64, 1))])
-                    if G > 1
-                    else None
+            if count == 1:
+                kb.loops(
+                    (ci,),
+                    lambda c: kb.loops((kh,), lambda ii: one_row(ii, b.add(c_first, c[0])), first=rows.tap_rows(ho0)),
                 )
-                for v in range(rows.nv):
-                    at, start = rows.out_at(n, channel, ho, wo0, v)
-                    if v not in masks:
-                        masks[v] = rows.mask(start, Wo)
-                    value, mask = b.load(sums[o * rows.nv + v]), masks[v]
-                    if plane_end is None:
-                        rows.store(k.out, at, value, mask)
-                    else:
-                        ahead = b.icmp_signed("<=", b.add(at, ir.Constant(i64, rows.vw)), plane_end)
-                        rows.stores_ahead(ahead, [(k.out, at, value)], mask)
+            else:
+                kb.loops((ci,), lambda c: rows_of_x(b.add(c_first, c[0])))
+            masks: dict = {}  # vector v's mask, the same for every channel and row: made once
+            for r in range(count):
+                ho = b.add(ho0, ir.Constant(i64, r))
+                for o in range(width):
+                    channel = b.add(o0, ir.Constant(i64, o))
+                    # with groups, lanes past a row's end fall on its plane's next rows, which this
+                    # thread stores later: such a vector is stored whole (MobileNetV2's rows of 7
+                    # and 14 outputs end mid-vector, and AVX2's masked store is microcoded); without,
+                    # another thread may store the next row
+                    plane_end = (
+                        kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo)), [n, b.add(channel, ir.Constant(i64, 1))])
+                        if G > 1
+                        else None
+                    )
+                    for v in range(rows.nv):
+                        at, start = rows.out_at(n, channel, ho, wo0, v)
+                        if v not in masks:
+                            masks[v] = rows.mask(start, Wo)
+                        value, mask = b.load(sums[(r * width + o) * rows.nv + v]), masks[v]
+                        if plane_end is None:
+                            rows.store(k.out, at, value, mask)
+                        else:
+                            ahead = b.icmp_signed("<=", b.add(at, ir.Constant(i64, rows.vw)), plane_end)
+                            rows.stores_ahead(ahead, [(k.out, at, value)], mask)
 
-        rows.blocks(co, max(1, min(co, rows.registers // rows.nv)), block)
+        rows.blocks(co, max(1, min(co, rows.registers // (rows.nv * count))), block)
 
     def outer(idx):
         """An (example, group) pair's outputs, or without groups an (example, output row)
-        pair's, then the epilogue's map (over [N, O, Ho·Wo]) on them, still in cache."""
+        pair's, then the epilogue's map (over [N, O, Ho·Wo]) on them, still in cache. A
+        group's output rows go by blocks of GROUP_ROWS (2 at a stride of 2), each row of x
+        loaded once for the block."""
         if G > 1:
             n, g = b.sdiv(idx[0], kb.dim(G)), b.srem(idx[0], kb.dim(G))
-            kb.loops((Ho, rows.chunks()), lambda hq: chunk(n, g, *hq))
+            if isinstance(Ho, int) and rows.nv <= BLOCKED_VECTORS:
+                # a block's chunks last first: a row's last vector, stored whole, runs onto the
+                # next row's first chunk, which is stored after it
+                last = b.sub(rows.chunks(), ir.Constant(i64, 1))
+                rows.blocks(
+                    Ho,
+                    GROUP_ROWS if k.stride_h == 1 else 2,
+                    lambda h0, count: kb.loops((rows.chunks(),), lambda q: chunk(n, g, h0, count, b.sub(last, q[0]))),
+                )
+            else:
+                kb.loops((Ho, rows.chunks()), lambda hq: chunk(n, g, hq[0], 1, hq[1]))
             if k.epilogue is not None:
                 o0 = b.mul(g, ir.Constant(i64, co))
                 kb.loops(
@@ -97,7 +139,7 @@ def conv(kb: KernelBuilder, k, first):
                 )
             return
         n, ho = b.sdiv(idx[0], kb.dim(Ho)), b.srem(idx[0], kb.dim(Ho))
-        kb.loops((rows.chunks(),), lambda q: chunk(n, ir.Constant(i64, 0), ho, q[0]))
+        kb.loops((rows.chunks(),), lambda q: chunk(n, ir.Constant(i64, 0), ho, 1, q[0]))
         row_epilogue(kb, k, n, ho)
 
     kb.loops((N * G if G > 1 else N * Ho,), outer, first=first)
