@@ -84,9 +84,9 @@ def intervals(program: KernelProgram) -> dict:
         for bid in (reads | writes) & temps:
             a, b = live.get(bid, (lo, hi))
             live[bid] = (min(a, lo), max(b, hi))
-            scan, first, last = within.get(bid, (lo if pos != lo else None, pos, pos))
-            inside = pos != lo and lo in flat and scan == lo
-            within[bid] = (scan if inside else None, min(first, pos), max(last, pos))
+            body = lo if pos != lo and lo in flat else None  # the flat body this access is in
+            scan, first, last = within.get(bid, (body, pos, pos))
+            within[bid] = (scan if scan == body else None, min(first, pos), max(last, pos))
     return {bid: (first, last) if scan is not None else live[bid] for bid, (scan, first, last) in within.items()}
 
 

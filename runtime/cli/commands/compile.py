@@ -69,8 +69,9 @@ def arguments(p):
     p.add_argument(
         "--predict",
         action="store_true",
-        help="fused, kernels, llvm and asm: of the prediction (the model's outputs), as dlc predict, the Python "
-        "API and a built library run it: its weights packed once, its first layers an example at a time",
+        help="graph, fused, kernels, llvm, asm and --explain-fusion: of the prediction (the model's outputs), as "
+        "dlc predict, the Python API and a built library run it: its weights packed once, its first layers an "
+        "example at a time",
     )
     p.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
 
@@ -90,12 +91,12 @@ def run(args):
     if args.emit == "ast":
         write(syntax.dump(load(args.file).module), args.output)
     elif args.emit == "graph" and args.predict:
-        write(render_graph(optimized(args, prediction(args), False), args.format), args.output)
+        write(render_graph(optimized(args, prediction(build(args, training=False)), False), args.format), args.output)
     elif args.emit in ("graph", "grad"):
         write(render_graph(optimized(args, graph_for(args, args.emit == "grad"), False), args.format), args.output)
     else:  # the native stages, of the train step (the forward graph without a loss) or the prediction
         model = build(args, training=not args.predict)
-        graph = optimized(args, prediction(args) if args.predict else native_graph(model), True)
+        graph = optimized(args, prediction(model) if args.predict else native_graph(model), True)
         if args.emit == "fused" or args.explain_fusion:
             fusion = Fusion(graph)
             write(fusion.explanation() if args.explain_fusion else fusion.text(), args.output)
@@ -111,9 +112,8 @@ def run(args):
             write(jit.optimized_ir(module) if args.emit == "llvm" else jit.assembly(module), args.output)
 
 
-def prediction(args):
-    """The graph of the model's prediction: its outputs, in evaluation mode."""
-    model = build(args, training=False)
+def prediction(model):
+    """The graph of the prediction of `model` (built for evaluation): its outputs."""
     if not any(name.startswith("output:") for name in model.graph.outputs):
         raise DlcError(f"model {model.name} declares no outputs to predict: add `output name = ...`", model.span)
     return predict_graph(model)
