@@ -140,7 +140,7 @@ def _region(graph: Graph, order: list, per_example: set, batch) -> set:
             if any(v in region for v in operands) and all(v in region or spread(v) for v in operands):
                 region.update([n, *operands])
     # one loop computes the region: none of it may read what is made from the region outside
-    # it (a concat of its results read by a convolution after), so that goes with it
+    # it (a transpose of its results read by a convolution after), so those layers leave it
     region -= _after(graph, {v for n in region for v in graph.nx.successors(n) if v not in region})
     # a broadcast of weights that no node of the region reads stays outside
     return {n for n in region if PRIMITIVES[graph.op(n)].pattern != Pattern.BROADCAST or _read_by(graph, n, region)}
