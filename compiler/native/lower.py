@@ -371,20 +371,26 @@ def integer_weights(graph: Graph, quantization: dict) -> dict:
 
 @collector_paused()
 def lower(
-    graph: Graph, precision: str = "f32", pack_weights: str | None = None, int8: dict | None = None
+    graph: Graph,
+    precision: str = "f32",
+    pack_weights: str | None = None,
+    int8: dict | None = None,
+    forward: bool = False,
 ) -> KernelProgram:
     """The kernel program of `graph`, its matmuls and convolutions taking operands of
     `precision` (PRECISIONS). `pack_weights` (a prediction, whose weights change only
     between calls; PACK_WEIGHTS): its GEMMs' weights are packed by its first kernel, which
     packs only when they changed (kernels/gemm: WeightPacksKernel). `int8`: the
     quantization (QuantizedProduct by product name, docs/quantization.md) whose integer
-    products become int8 kernels (kernels/int8), the rest of the graph float32."""
+    products become int8 kernels (kernels/int8), the rest of the graph float32. A
+    prediction, or a `forward` pass alone (an evaluation), runs its first layers an example
+    at a time (compiler/passes/examples.py), but in int8."""
     if precision not in PRECISIONS:
         raise ValueError(f"no precision '{precision}' ({', '.join(PRECISIONS)})")
     if pack_weights not in (None, *PACK_WEIGHTS):
         raise ValueError(f"no way of packing weights '{pack_weights}' ({', '.join(PACK_WEIGHTS)})")
     load()
-    if pack_weights and not int8:
+    if (pack_weights or forward) and not int8:
         graph = examples_in_turn(graph)
     return Lowering(
         graph, bf16=precision == "bf16", pack_weights=pack_weights, int8=integer_weights(graph, int8) if int8 else None

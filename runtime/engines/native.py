@@ -141,7 +141,9 @@ class Executable:
     bytes of a bucket, the parameters whose gradients the buckets hold): each bucket is handed
     to the host as soon as the step has finished it (compiler/native/buckets.py;
     `self.buckets` lists them). `int8`: the quantization (QuantizedProduct by product name)
-    whose integer products it computes in int8 (compiler/native/kernels/int8)."""
+    whose integer products it computes in int8 (compiler/native/kernels/int8). `forward`: the
+    graph is a forward pass alone (an evaluation's), whose first layers, as a prediction's,
+    run an example at a time (compiler/passes/examples.py)."""
 
     def __init__(
         self,
@@ -156,12 +158,13 @@ class Executable:
         pack_weights: str | None = None,
         int8: dict | None = None,
         model=None,
+        forward: bool = False,
     ):
         self.graph = graph
         self.model = model  # the graph's model: where a refusal of memory points
         self.what = "the train step" if update is not None else "a forward pass"
         self.resident = resident
-        self.program: KernelProgram = lower(optimize(graph), precision, pack_weights, int8)
+        self.program: KernelProgram = lower(optimize(graph), precision, pack_weights, int8, forward)
         self.buckets = gradient_buckets(self.program, *buckets) if buckets else []
         self.profile = [] if profile else None  # (kernel, depth) per slot of dlc_profile
         if profile:
@@ -590,7 +593,7 @@ class NativeEngine:
     def eval_exe(self) -> Executable:
         if self._eval is None:
             self._eval = Executable(
-                self.eval_model.graph, precision=self.precision, int8=self.int8, model=self.eval_model
+                self.eval_model.graph, precision=self.precision, int8=self.int8, model=self.eval_model, forward=True
             )
         return self._eval
 

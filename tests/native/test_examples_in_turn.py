@@ -166,3 +166,21 @@ def test_squeeze_and_excitation_is_computed_within_each_example():
     body = graph.attrs(scan)["body"]
     ops = [body.op(n) for n in body.nx.nodes]
     assert "reduce_sum" in ops and ops.count("conv2d") == 7, ops
+
+
+def test_an_evaluation_runs_an_example_at_a_time_with_the_batched_programs_loss_and_metrics(monkeypatch):
+    """An evaluation (dlc eval, a run's validation: a forward pass alone, its loss and
+    metrics over the batch) takes the loop too, and scores the same bits."""
+    model = _model()
+    params = initial_parameters(model, 4)
+    rng = np.random.default_rng(5)
+    feeds = {"x": rng.standard_normal((3, 3, 96, 96), dtype=np.float32), "y": np.array([1, 7, 3], np.int32)}
+
+    def scores(exe):
+        arrays, sizes = exe.run({**feeds, "rng": NO_KEY}, exe.given(params))
+        return [exe.output(name, arrays, sizes).tobytes() for name in sorted(exe.program.outputs)]
+
+    in_turn = Executable(model.graph, forward=True)
+    assert _scans(in_turn.program) and "loss" in in_turn.program.outputs
+    monkeypatch.setattr(examples, "EXAMPLE_BYTES", 1 << 62)
+    assert scores(in_turn) == scores(Executable(model.graph, forward=True))
