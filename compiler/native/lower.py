@@ -384,7 +384,7 @@ def lower(
     quantization (QuantizedProduct by product name, docs/quantization.md) whose integer
     products become int8 kernels (kernels/int8), the rest of the graph float32. A
     prediction, or a `forward` pass alone (an evaluation), runs its first layers an example
-    at a time (compiler/passes/examples.py), but in int8."""
+    at a time (compiler/passes/examples.py), unless it has int8 products."""
     if precision not in PRECISIONS:
         raise ValueError(f"no precision '{precision}' ({', '.join(PRECISIONS)})")
     if pack_weights not in (None, *PACK_WEIGHTS):

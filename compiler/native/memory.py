@@ -75,11 +75,15 @@ def intervals(program: KernelProgram) -> dict:
     what another wrote: ScanKernel.independent) a temporary that only its kernels touch
     lives from its first to its last access, as in a program."""
     temps = {b.id for b in program.buffers if b.role == "temp"}
-    top = {span[0]: k for pos, k, span in linearize(program.kernels) if pos == span[0]}
-    flat = {s for s, k in top.items() if getattr(k, "independent", False) and not any(j.nested() for j in k.body)}
+    kernels = linearize(program.kernels)
+    flat = {  # the positions of the independent scans whose bodies nest nothing
+        pos
+        for pos, k, span in kernels
+        if pos == span[0] and getattr(k, "independent", False) and not any(j.nested() for j in k.body)
+    }
     live: dict = {}
     within: dict = {}  # buffer -> (the independent scan's position, first, last) while only its body touches it
-    for pos, k, (lo, hi) in linearize(program.kernels):
+    for pos, k, (lo, hi) in kernels:
         reads, writes = k.accesses()
         for bid in (reads | writes) & temps:
             a, b = live.get(bid, (lo, hi))

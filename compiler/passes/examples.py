@@ -1,4 +1,4 @@
-"""A prediction's first layers run one example at a time, graph -> graph.
+"""A prediction's or an evaluation's first layers run one example at a time, graph -> graph.
 
 A batch of images goes through a CNN's first layers as one value a layer: MobileNetV2's
 expansion at 112 x 112 pixels writes 4.8 MB an example, 38 MB at a batch of 8, which leaves
@@ -10,11 +10,10 @@ weights for the whole batch).
 `examples_in_turn` moves the layers whose values an example holds at least
 `EXAMPLE_BYTES` of (and the layers that read those values, and every layer before them)
 into a `scan` over the batch: the body computes one example ([1, ...]) and the scan stacks
-each result the rest of the graph reads. The layers moved are those an example's results
-depend on alone: elementwise maps, broadcasts of weights, convolutions and pools, each
-example's values reading only that example's and the weights. Each example's values are
-the bits the batched layers compute (a product's sums, a map's lanes do not depend on the
-batch)."""
+each result the rest of the graph reads. The layers moved are those whose example t is
+made from example t of their operands and from weights alone (`_of_each_example`). Each
+example's values are the bits the batched layers compute (a product's sums, a map's lanes
+do not depend on the batch)."""
 
 from __future__ import annotations
 
@@ -59,6 +58,10 @@ def _batched(graph: Graph, n: int, batch) -> bool:
     """Whether node n's one result has the batch along axis 0: a scan may slice it by examples."""
     types = graph.types(n)
     return len(types) == 1 and types[0].rank >= 1 and types[0].shape[0] == batch
+
+
+# the window ops whose attributes say nothing of the batch
+_WINDOWS = ("conv2d", "maxpool2d", "avgpool2d")
 
 
 def _per_example(graph: Graph, order: list, batch) -> tuple:
@@ -109,10 +112,6 @@ def _of_each_example(graph: Graph, n: int, ins: list, batch, invariant: set) -> 
     return False
 
 
-# the window ops whose attributes say nothing of the batch
-_WINDOWS = ("conv2d", "maxpool2d", "avgpool2d")
-
-
 def _bytes(t: TensorType) -> int:
     """An example's bytes of a batched value (0 where its size is not known)."""
     rest = numel(t.shape[1:])
@@ -133,10 +132,10 @@ def _region(graph: Graph, order: list, per_example: set, batch) -> set:
         if n not in region:
             region.add(n)
             stack += [t.node for t in graph.inputs(n) if t.node in per_example]
+    spread = lambda v: v in per_example and PRIMITIVES[graph.op(v)].pattern == Pattern.BROADCAST
     for n in order:
         if n in per_example and n not in region and PRIMITIVES[graph.op(n)].pattern == Pattern.ELEMENTWISE:
             operands = [t.node for t in graph.inputs(n)]
-            spread = lambda v: v in per_example and PRIMITIVES[graph.op(v)].pattern == Pattern.BROADCAST
             if any(v in region for v in operands) and all(v in region or spread(v) for v in operands):
                 region.update([n, *operands])
     # one loop computes the region: none of it may read what is made from the region outside
