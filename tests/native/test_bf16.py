@@ -204,6 +204,18 @@ def test_on_the_tiles_a_windows_routine_packs_floats_then_the_tiles_layout():
     assert any(c.endswith(".pack_windows_t") for c in calls) and any(c.endswith(".pack_b_n") for c in calls), calls
 
 
+def test_code_on_the_tiles_is_never_generated_at_o0():
+    """LLVM's O0 code generator aborts the process on the tiles a loop carries (the
+    micro-kernel's sums), so a module holding tiles is generated at the quick level when O0
+    is asked (DLC_QUICK_CODE=unoptimized, as in these tests), and any other module at O0."""
+    tiles, floats = ir.Module(), ir.Module()
+    routine.add_gemm(tiles, config=blocking.AMX)
+    routine.add_gemm(floats, config=blocking.AVX2)
+    assert jit.codegen_level(jit.parse(str(tiles)), jit.UNOPTIMIZED_LEVEL) == jit.QUICK_LEVEL
+    assert jit.codegen_level(jit.parse(str(floats)), jit.UNOPTIMIZED_LEVEL) == jit.UNOPTIMIZED_LEVEL
+    assert jit.codegen_level(jit.parse(str(tiles)), jit.OPT_LEVEL) == jit.OPT_LEVEL
+
+
 def test_amx_workers_need_no_request_of_their_own(tmp_path):
     """The tile state is the process's: pool workers that already ran a float32 product
     before the request run the AMX product after it (no SIGILL)."""

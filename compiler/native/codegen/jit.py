@@ -331,12 +331,22 @@ def assembly(module, level: int = OPT_LEVEL) -> str:
         return _shared_tm().emit_assembly(ref)
 
 
+def codegen_level(ref: llvm.ModuleRef, level: int) -> int:
+    """The level of `ref`'s code generator for code asked at O`level`: QUICK_LEVEL at least
+    for a module that holds AMX tiles, whose sums loops carry from one step to the next in
+    tile registers (x86_amx phis), on which LLVM's O0 code generator aborts the process
+    (LLVM 22: "Uses remain when a value is destroyed")."""
+    if level < QUICK_LEVEL and any(f.name.startswith("llvm.x86.tile") for f in ref.functions):
+        return QUICK_LEVEL
+    return level
+
+
 def object_code(ref: llvm.ModuleRef, level: int = OPT_LEVEL) -> bytes:
     """A relocatable, position-independent object of `ref` (parse() it first) after
     optimization: the machine code the JIT would run, for a library to link."""
     optimize(ref, level)
     with _lock:
-        return target_machine(level, jit=False, reloc="pic").emit_object(ref)
+        return target_machine(codegen_level(ref, level), jit=False, reloc="pic").emit_object(ref)
 
 
 class CompiledModule:
@@ -376,9 +386,9 @@ def compile_module(module, level: int = OPT_LEVEL) -> CompiledModule:
     ref = optimize(parse(module), level)
     with _lock:
         if LOADER == "orc":
-            engine = OrcEngine([target_machine(level, jit=False, reloc="pic").emit_object(ref)])
+            engine = OrcEngine([target_machine(codegen_level(ref, level), jit=False, reloc="pic").emit_object(ref)])
         else:
-            engine = llvm.create_mcjit_compiler(ref, target_machine(level))
+            engine = llvm.create_mcjit_compiler(ref, target_machine(codegen_level(ref, level)))
             engine.finalize_object()
             engine.run_static_constructors()
     return CompiledModule(ref, engine, time.perf_counter() - t0)

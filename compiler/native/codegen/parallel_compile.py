@@ -216,7 +216,8 @@ def compile_objects(unit: ModuleText, level: int = jit.OPT_LEVEL) -> list[bytes]
 
 
 def _compile(text: str, level: int) -> bytes:
-    return jit.target_machine(level).emit_object(jit.optimize(jit.parse(text), level))
+    ref = jit.optimize(jit.parse(text), level)
+    return jit.target_machine(jit.codegen_level(ref, level)).emit_object(ref)
 
 
 class Child:
