@@ -60,7 +60,8 @@ def build_tile_ukernel(gen, name):
         [i64, fptr, fptr, fptr, i64, i64, i64, i1],
         ["kc", "a", "b", "c", "ldc", "mr", "nr", "load_c"],
     )
-    fn.attributes.add("noinline")
+    # inlined: a function of its own would configure and release the tiles at every block
+    fn.attributes.add("alwaysinline")
     kc, a, bp, c, ldc, mr, nr, load_c = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     block = b.alloca(ir.ArrayType(f32, 4 * T * T), name="block")
