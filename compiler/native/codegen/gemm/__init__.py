@@ -63,8 +63,8 @@ nothing is packed: groups of op(A)'s rows are multiplied as they lie, or its giv
 several a pass (few_columns.py; the weight of a convolution's im2col product is A). Every path sums each element in the same order; the
 order in which a block takes them is compiler/native/choose/matmul.py's docstring's.
 
-Threads: the work is handed to dlc's thread pool (codegen/threadpool.py) in CHUNKS_PER_THREAD
-chunks per thread — over the batch when there are enough matrices, else over N when
+Threads: the work is handed to dlc's thread pool (codegen/threadpool.py) in the blocking's
+`chunks_per_thread` chunks per thread — over the batch when there are enough matrices, else over N when
 M ≤ N, else over M, in whole tiles — and each thread packs into its own buffers, so no
 barriers are needed. Below `serial_below` (M·N·K·batch), for nthreads ≤ 1, or when
 called from a pool's task (a fused kernel's chunk), it runs serially on the calling

@@ -23,6 +23,10 @@ class GemmConfig:
     mc: int = 144  # rows of op(A) packed at once (multiple of mr)
     nc: int = 1024  # columns of op(B) packed at once (multiple of nr)
     serial_below: int = 1 << 18  # M·N·K·batch under which no threads are forked
+    # chunks of a product per thread of the pool: an idle thread takes a stalled one's, but
+    # each chunk packs the whole of the operand it shares with the others (A when the chunks
+    # split N, B when they split M)
+    chunks_per_thread: int = 2
     operands: str = "f32"  # what the micro-kernel multiplies: one of OPERANDS
     # rows of a block up to which its tiles read op(B)'s whole panels where they lie (0:
     # never; macro_loop.py), where that was measured faster than packing B
@@ -36,6 +40,7 @@ class GemmConfig:
             or self.mc % self.mr
             or self.nc % self.nr
             or FEW_VECTORS * self.vw % self.nr
+            or self.chunks_per_thread < 1
         ):
             raise ValueError(f"inconsistent GEMM blocking {self}")
         if self.operands not in OPERANDS or self.operands == "bf16-pairs" and self.vw not in (4, 16):
@@ -110,8 +115,11 @@ AVX512 = GemmConfig(mr=8, nr=32, vw=16, kc=256, mc=144, nc=1024, stored_b_rows=3
 # AArch64's 32 128-bit registers: 24 accumulators (12 rows of two vectors), the two B
 # vectors and three of A, whose lanes each FMA takes (fmla by element)
 NEON = GemmConfig(mr=12, nr=8, vw=4, kc=256, mc=144, nc=1024)
-# 32 x 32 of C in four tiles; a K slice of A's panel and of B's is 32 KB each (bfloat16)
-AMX = GemmConfig(mr=32, nr=32, vw=16, kc=512, mc=256, nc=1024, operands="bf16-amx")
+# 32 x 32 of C in four tiles; a K slice of A's panel and of B's is 32 KB each (bfloat16).
+# One chunk a thread: the tiles multiply about four times as fast as the FMAs, so the shared
+# operand packed again by a second chunk cost more than the balance it bought (on an Emerald
+# Rapids, 2 threads, BERT's and an MLP's products: 4-20 % of the product's time)
+AMX = GemmConfig(mr=32, nr=32, vw=16, kc=512, mc=256, nc=1024, chunks_per_thread=1, operands="bf16-amx")
 
 # The cores (LLVM's names) whose vdpbf16ps multiplies fewer pairs than their FMAs floats: Intel's with AMX
 # issue a 512-bit vdpbf16ps once in two cycles and it takes both FMA ports (an Emerald Rapids without its

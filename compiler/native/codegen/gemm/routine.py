@@ -27,11 +27,6 @@ from dlc.compiler.native.codegen.gemm.macro_loop import block
 from dlc.compiler.native.codegen.gemm.packs import pack
 
 
-# chunks of a product per thread of the pool: an idle thread takes a stalled one's, each
-# chunk packing the part of A (or of B) it reads
-CHUNKS_PER_THREAD = 2
-
-
 def _nth_pack(b, packs, i, stride):
     """Pack i of `packs`, each `stride` floats; null where `packs` is (not packed)."""
     null = ir.Constant(fptr, None)
@@ -183,7 +178,7 @@ def routine(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, win
     # below serial_below on the calling thread; called from a pool's task (a fused
     # kernel's chunk), the pool runs it on that thread, in its own pack buffers' slot
     nt = b.select(b.icmp_signed(">=", work, c64(cfg.serial_below)), nt, c64(1))
-    b.call(declare_run(gen.m), [worker, b.bitcast(args, vptr), nt, c64(CHUNKS_PER_THREAD)])
+    b.call(declare_run(gen.m), [worker, b.bitcast(args, vptr), nt, c64(cfg.chunks_per_thread)])
     b.ret(b.load(b.gep(args, [i32(0), i32(13)], inbounds=True)))
     return fn
 
