@@ -189,3 +189,8 @@ class Model:
         """An error at the model unless it has a loss; `because` is what needs one."""
         if "loss" not in self.graph.outputs:
             raise DlcError(f"model {self.name} has no loss, so {because}: add a `loss ...` statement", self.span)
+
+    def require_outputs(self, purpose: str):
+        """An error at the model unless it declares outputs; `purpose` is what needs them ("to export")."""
+        if not any(k.startswith("output:") for k in self.graph.outputs):
+            raise DlcError(f"model {self.name} declares no outputs {purpose}: add `output name = ...`", self.span)

@@ -78,9 +78,8 @@ def to_onnx(model: Model, params: dict, source_name: str | None = None, quantiza
     onnx = optional_package("onnx", "onnx", "ONNX export")
     if model.training:
         raise DlcError(f"export the evaluation-mode model: build {model.name} with training=False", model.span)
+    model.require_outputs("to export")
     outputs = {k[len("output:") :]: t for k, t in model.graph.outputs.items() if k.startswith("output:")}
-    if not outputs:
-        raise DlcError(f"model {model.name} declares no outputs to export; add `output name = ...`", model.span)
     export = _Export(onnx, model, params, quantization or {})
     main = export.main
     for name, t in outputs.items():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.settings import Call, to_text
 from dlc.runtime.deploy.library import ModelIO
 
@@ -33,13 +32,12 @@ def interface(program, model_name: str | None) -> Interface:
     from dlc.runtime.engines.reference import predict_graph
 
     model = program.build(model_name, training=False)
+    model.require_outputs("to build a library")
     data, scales = training_data(program, model)
     graph = predict_graph(model)
     outputs = [
         ModelIO(k[7:], o.type.dtype, tuple(o.type.shape)) for k, o in graph.outputs.items() if k.startswith("output:")
     ]
-    if not outputs:
-        raise DlcError(f"model {model.name} declares no outputs: add `output name = ...` to build a library")
     inputs = []
     for n in graph.nodes_with("input"):
         name, typ = graph.attrs(n)["name"], graph.types(n)[0]

@@ -609,8 +609,7 @@ class NativeEngine:
         whose arrays may have changed in place before any call, packing only what a GEMM
         would pack anyway (compiler/native/__init__.py)."""
         if pack_weights not in self._predict:
-            if not any(k.startswith("output:") for k in self.eval_model.graph.outputs):
-                raise DlcError("the model declares no outputs; add `output name = ...`")
+            self.eval_model.require_outputs("to predict")
             self._predict[pack_weights] = Executable(
                 predict_graph(self.eval_model),
                 profile=self.profiling,

@@ -114,6 +114,5 @@ def run(args):
 
 def prediction(model):
     """The graph of the prediction of `model` (built for evaluation): its outputs."""
-    if not any(name.startswith("output:") for name in model.graph.outputs):
-        raise DlcError(f"model {model.name} declares no outputs to predict: add `output name = ...`", model.span)
+    model.require_outputs("to predict")
     return predict_graph(model)
