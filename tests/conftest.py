@@ -1,6 +1,7 @@
 """The test session's set-up (pytest hooks; helpers that several test files share are modules of
 tests/helpers/, docs/architecture.md "Where the tests live")."""
 
+import compileall
 import fcntl
 import functools
 import gc
@@ -10,6 +11,7 @@ import tempfile
 
 import pytest
 
+import dlc
 from dlc.tools.real_models import without_torchvision_ops
 
 
@@ -57,11 +59,15 @@ def pytest_configure(config):
     if "DLC_CACHE_DIR" not in os.environ:
         os.environ["DLC_CACHE_DIR"] = tempfile.mkdtemp(prefix="dlc-test-cache-")
         config.add_cleanup(functools.partial(shutil.rmtree, os.environ["DLC_CACHE_DIR"], ignore_errors=True))
-    # Where bytecode is not written (PYTHONDONTWRITEBYTECODE, as on some CI hosts), the session
-    # leaves it so: every process reads the .pyc files pip compiled at install (dlc's editable
-    # tree's among them) and compiles only the test modules. A bytecode cache of the session's
-    # own (PYTHONPYCACHEPREFIX) would hide the installed ones: each worker compiled torch,
-    # transformers and onnx from source, which tripled the collection's time
+    # Where bytecode is not written (PYTHONDONTWRITEBYTECODE, as on some CI hosts), every process
+    # reads the .pyc files pip compiled at install, but a strict editable install has none of
+    # dlc's own: each `dlc` the tests start (hundreds) compiled dlc's modules from source, 8 % of
+    # the session's time. So the session compiles them once, where the import system looks for
+    # them (a no-op for a regular install, whose files pip compiled). A bytecode cache of the
+    # session's own (PYTHONPYCACHEPREFIX) would hide the installed ones: each worker compiled
+    # torch, transformers and onnx from source, which tripled the collection's time
+    if not hasattr(config, "workerinput"):
+        compileall.compile_dir(os.path.dirname(dlc.__file__), quiet=1, workers=0)
     # the locks by which a test marked `alone` waits for the other workers' tests (below), and
     # the results that the session makes once for all workers (tests/helpers/session_once.py)
     for variable, prefix in (("DLC_TEST_LOCKS", "dlc-test-locks-"), ("DLC_TEST_SHARED", "dlc-test-shared-")):

@@ -37,6 +37,11 @@ TOL = 1e-5
 
 
 # ---- the harness ---------------------------------------------------------------------------------------------
+def stdlib_files() -> list:
+    """The standard library's .dl files."""
+    return [f for f in resources.files("dlc.compiler").joinpath("stdlib").iterdir() if f.name.endswith(".dl")]
+
+
 def moved_parameters(model, seed=0) -> dict:
     """The initial parameters moved off their initial values (zero biases, unit running
     variances), in float32."""
@@ -449,16 +454,12 @@ def test_every_layer_with_parameters_has_a_torch_layout():
     """A new layer of the standard library that declares parameters needs its torch.nn
     names (LAYERS) or a place among the layers without a torch.nn counterpart."""
     declaring = set()
-    for f in resources.files("dlc.compiler").joinpath("stdlib").iterdir():
+    for f in stdlib_files():
         for name, body in re.findall(r"^def (\w+)(.*?)(?=^def |\Z)", f.read_text(), re.M | re.S):
             if re.search(r"^\s+(param|state) ", body, re.M):
                 declaring.add(name)
     assert declaring == set(LAYERS) | NO_TORCH_MODULE
-    defs = {
-        name
-        for f in resources.files("dlc.compiler").joinpath("stdlib").iterdir()
-        for name in re.findall(r"^def (\w+)", f.read_text(), re.M)
-    }
+    defs = {name for f in stdlib_files() for name in re.findall(r"^def (\w+)", f.read_text(), re.M)}
     assert set(CONTAINERS) <= defs
 
 
