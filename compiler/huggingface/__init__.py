@@ -115,7 +115,7 @@ def import_folder(
     program file's (default `name`), which names the input files kept beside it (STEM.tokenizer.json)."""
     from dlc.compiler.huggingface.folder import PREPROCESSOR, TOKENIZER, read_folder, read_settings
 
-    folder = read_folder(path)
+    folder = read_folder(path, accept=lambda config: head_of(config, family(config)))
     module = family(folder.config)
     architecture, head = head_of(folder.config, module)
     asked = inspect.signature(module.program).parameters

@@ -53,11 +53,14 @@ class Folder:
     files: dict
 
 
-def read_folder(path) -> Folder:
+def read_folder(path, accept=lambda config: None) -> Folder:
+    """The folder's config, tokenizer and weights. `accept(config)` runs before the rest is read:
+    a model dlc does not import is refused before its checkpoint, gigabytes perhaps, is read."""
     path = Path(path)
     if not path.is_dir():
         raise DlcError(f"no such folder: {path}" if not path.exists() else f"{path} is not a folder")
     config = read_config(path / CONFIG)
+    accept(config)
     files = {name: path / name for name in (TOKENIZER, PREPROCESSOR) if (path / name).is_file()}
     if TOKENIZER in files and isinstance(config.get("vocab_size"), int):
         check_tokenizer(files[TOKENIZER], config["vocab_size"])

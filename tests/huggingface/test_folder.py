@@ -67,6 +67,17 @@ def test_an_unknown_model_type_lists_what_dlc_imports(saved, tmp_path, capsys):
     )
 
 
+def test_an_unknown_model_is_refused_before_its_weights_are_read(saved, tmp_path, capsys):
+    """A user who points dlc at a model it does not import hears so first, not after a
+    checkpoint of gigabytes is read, nor that the weights are missing or damaged."""
+    folder = copy(saved, tmp_path)
+    edit_config(folder, model_type="llama", architectures=["LlamaForCausalLM"])
+    (folder / "model.safetensors").write_bytes(b"not read")
+    assert "the model_type 'llama' (LlamaForCausalLM)" in refused(folder, tmp_path, capsys)
+    (folder / "model.safetensors").unlink()
+    assert "the model_type 'llama' (LlamaForCausalLM)" in refused(folder, tmp_path, capsys)
+
+
 def test_an_architecture_of_the_family_without_a_head_is_named(saved, tmp_path, capsys):
     folder = copy(saved, tmp_path)
     edit_config(folder, architectures=["BertForQuestionAnswering"])
