@@ -1035,14 +1035,11 @@ def test_a_c_training_loop_is_dlc_train_bit_for_bit(tmp_path):
     assert "accuracy" in scored
 
 
-def test_the_train_api_refuses_bad_input_and_shares_its_parameters_with_predict(built, tmp_path):
+def test_the_train_api_refuses_bad_input_and_shares_its_parameters_with_predict(digits_train, tmp_path):
     """set/get parameters by name with shape checks, train_step's shapes and buffers,
     set_schedule, save: each bad call is a status and a message and changes nothing; what
     set_parameter writes, predict uses (one copy of the parameters)."""
-    lib = tmp_path / "lib"
-    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", lib)
-    _, ckpt = built("digits_cnn")
-    api = Api(lib, "digits_cnn")
+    api, ckpt = digits_train
     c = ctypes
     f = api.f
     status, model = api.create(ckpt)
@@ -1128,16 +1125,13 @@ def test_a_class_out_of_range_fails_the_step(digits_train):
     api.f("destroy")(model)
 
 
-def test_a_changed_weight_is_packed_again(built, tmp_path):
+def test_a_changed_weight_is_packed_again(digits_train):
     """predict's GEMMs multiply with the weights packed once (docs/deploy.md, "Weights
     packed once"): after set_parameter and after train_step, the library predicts what the
     engine predicts on the new weights, bit for bit, not from the packed copy of the old
     ones. A GEMM of one or two rows reads its weight unpacked: batch 1 packs nothing, batch
     8 packs the dense layers' weights."""
-    lib = tmp_path / "lib"
-    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", lib)
-    _, ckpt = built("digits_cnn")
-    api = Api(lib, "digits_cnn")
+    api, ckpt = digits_train
     p = lambda a: ctypes.c_void_p(a.ctypes.data)
     status, model = api.create(ckpt)
     assert status == 0, api.error(model)
@@ -1172,15 +1166,12 @@ def test_a_changed_weight_is_packed_again(built, tmp_path):
     api.f("destroy")(model)
 
 
-def test_two_threads_train_two_instances_at_once(built, tmp_path):
+def test_two_threads_train_two_instances_at_once(digits_train):
     """Two instances trained at once on two threads (ctypes lets go of the GIL in a call),
     each on batches of its own: each ends with the parameters of the same steps taken alone."""
     import threading
 
-    lib = tmp_path / "lib"
-    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", lib)
-    _, ckpt = built("digits_cnn")
-    api = Api(lib, "digits_cnn")
+    api, ckpt = digits_train
     c = ctypes
     p = lambda a: c.c_void_p(a.ctypes.data)
     batches = [
@@ -1321,18 +1312,17 @@ print(calls)
 """
 
 
-def test_fuzz_the_train_api(built, tmp_path):
+def test_fuzz_the_train_api(digits_train):
     """10^4 calls of train_step, set/get_parameter and set_schedule with random shapes,
     ranks, names, capacities and null pointers, in a process of their own: each returns a
     known status with a message, nothing crashes, and the instance still trains."""
-    _, ckpt = built("digits_cnn")
-    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", tmp_path / "lib")
+    api, ckpt = digits_train
     r = subprocess.run(
         [
             sys.executable,
             "-c",
             FUZZ_TRAIN,
-            str(tmp_path / "lib"),
+            str(api.folder),
             str(ckpt),
             str(Path(__file__).parents[1]),
             "2",

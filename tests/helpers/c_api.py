@@ -37,8 +37,8 @@ class Api:
     """A built library's C functions, typed, in this process."""
 
     def __init__(self, lib: Path, name: str):
+        self.folder, self.name = lib, name
         self.lib = ctypes.CDLL(str(lib / f"lib{name}.so"))
-        self.name = name
         f = lambda fn: getattr(self.lib, f"{name}_{fn}")
         f("error").restype = ctypes.c_char_p
         f("create").argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p]
