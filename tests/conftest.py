@@ -65,9 +65,10 @@ def pytest_configure(config):
     # the session's time. So the session compiles them once, where the import system looks for
     # them (a no-op for a regular install, whose files pip compiled). A bytecode cache of the
     # session's own (PYTHONPYCACHEPREFIX) would hide the installed ones: each worker compiled
-    # torch, transformers and onnx from source, which tripled the collection's time
+    # torch, transformers and onnx from source, which tripled the collection's time. A folder the
+    # session may not write to (a system-wide install) is left as it is, silently: it only costs time
     if not hasattr(config, "workerinput"):
-        compileall.compile_dir(os.path.dirname(dlc.__file__), quiet=1, workers=0)
+        compileall.compile_dir(os.path.dirname(dlc.__file__), quiet=2, workers=0)
     # the locks by which a test marked `alone` waits for the other workers' tests (below), and
     # the results that the session makes once for all workers (tests/helpers/session_once.py)
     for variable, prefix in (("DLC_TEST_LOCKS", "dlc-test-locks-"), ("DLC_TEST_SHARED", "dlc-test-shared-")):
