@@ -156,15 +156,17 @@ def stdlib_env() -> Env:
     env.vars.update(BUILTINS)
     libenv = env.child()
     defined: dict = {}
-    files = [
-        (STDLIB_PREFIX + f.name, f.read_text())
-        for f in sorted(resources.files("dlc.compiler").joinpath("stdlib").iterdir(), key=lambda p: p.name)
-        if f.name.endswith(".dl")
-    ]
+    files = [(STDLIB_PREFIX + f.name, f.read_text()) for f in stdlib_files()]
     for (name, text), module in zip(files, parsed_modules(files, syntax)):
         register_source(name, text)
         _load_into(libenv, module, None, [], defined, {}, [])  # none: tests/frontend/test_shadowing.py
     return libenv
+
+
+def stdlib_files() -> list:
+    """The standard library's .dl files, by name."""
+    folder = resources.files("dlc.compiler").joinpath("stdlib")
+    return sorted((f for f in folder.iterdir() if f.name.endswith(".dl")), key=lambda f: f.name)
 
 
 def load(path: str) -> Program:

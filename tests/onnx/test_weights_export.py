@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import re
 import sys
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import pytest
 
 import dlc
 from dlc.compiler.errors import DlcError
-from dlc.compiler.frontend.loader import load, load_text
+from dlc.compiler.frontend.loader import load, load_text, stdlib_files
 from dlc.runtime.interop import checkpoint
 from dlc.runtime.interop import weights
 from dlc.runtime.api import DlcModel
@@ -37,11 +36,6 @@ TOL = 1e-5
 
 
 # ---- the harness ---------------------------------------------------------------------------------------------
-def stdlib_files() -> list:
-    """The standard library's .dl files."""
-    return [f for f in resources.files("dlc.compiler").joinpath("stdlib").iterdir() if f.name.endswith(".dl")]
-
-
 def moved_parameters(model, seed=0) -> dict:
     """The initial parameters moved off their initial values (zero biases, unit running
     variances), in float32."""
