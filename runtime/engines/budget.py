@@ -36,7 +36,7 @@ from dlc.compiler.native.program import BUFFER_ITEMSIZE
 from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.passes.optimize import optimize
 
-PARTS = ("parameters", "gradients", "optimizer state", "activations")
+PARTS = ("parameters", "gradients", "optimizer state", "activations", "inputs")
 
 
 def release_freed():

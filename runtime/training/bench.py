@@ -8,10 +8,11 @@ import time
 import numpy as np
 
 from dlc.compiler.native.program import render
-from dlc.compiler.ir.dims import symbols
+from dlc.compiler.ir.dims import concrete, numel, symbols
 from dlc.compiler.frontend.loader import Program
 from dlc.compiler.frontend.settings import Call
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
+from dlc.runtime.engines import budget
 from dlc.runtime.engines.cores import threads
 from dlc.runtime.engines.int8 import calibrate_arrays
 from dlc.runtime.engines.native import NativeEngine
@@ -94,6 +95,15 @@ def _sizes(model, batch: int, dims: dict) -> dict:
 
 
 def _feeds(model, sizes: dict) -> dict:
+    """Random inputs at these sizes, refused first when they cannot fit: they are made before
+    the engine's check of the step's memory, sampled in 8 bytes a value, then narrowed."""
+    budget.require(
+        "dlc bench's random batch",
+        lambda s: {"inputs": sum(12 * int(numel([concrete(d, s) for d in i.type.shape])) for i in model.inputs)},
+        sizes,
+        batch=budget.batch_symbol(model.graph),
+        span=model.span,
+    )
     return {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in sample_inputs(model, sizes).items()}
 
 

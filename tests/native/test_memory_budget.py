@@ -17,6 +17,7 @@ from dlc.compiler.frontend.loader import load_text
 from dlc.runtime.api import DlcModel
 from dlc.runtime.engines import budget
 from dlc.runtime.engines.native import NativeEngine
+from helpers.cli import failure
 from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.compiler.frontend.settings import Call
 
@@ -107,6 +108,20 @@ def test_evaluation_and_prediction_are_refused_too(tmp_path, monkeypatch, backen
             r"try batch <= \d+$",
         ):
             use()
+
+
+def test_dlc_bench_refuses_a_random_batch_that_cannot_fit_before_making_it(tmp_path, monkeypatch, capsys):
+    # its inputs are made before the engine checks the step: sampled in 8 bytes a value, then narrowed
+    monkeypatch.setenv("DLC_MEMORY_LIMIT", "4.5M")
+    (tmp_path / "wide.dl").write_text(WIDE)
+    err = failure(["bench", str(tmp_path / "wide.dl"), "--batch", "100000"], capsys)
+    m = re.search(
+        r"wide\.dl:2:1: error: dlc bench's random batch needs ([\d.]+) MiB for batch 100000 \(inputs \1 MiB\); "
+        r"4\.5 MiB is available: try batch <= (\d+)$",
+        err.splitlines()[0],
+    )
+    assert m, err
+    assert int(m[2]) == int(4.5 * 2**20) // (12 * 101)  # x's 100 floats and y's index a row, 12 bytes each
 
 
 def test_the_memory_limit_must_be_a_size(tmp_path, monkeypatch):
