@@ -17,11 +17,11 @@ activations). docs/native.md, "Memory".
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-import numpy as np
 
 from dlc.compiler.ir.dims import Dim, concrete, derive, numel, symbols
 from dlc.compiler.errors import DlcError
@@ -405,10 +405,13 @@ def _peak(program, live: dict, sizes: dict) -> list:
     temps = [b.id for b in program.buffers if b.role == "temp" and b.id in live]
     if not temps:
         return []
-    first, last = (np.array([live[bid][i] for bid in temps]) for i in (0, 1))
-    nbytes = np.array([buffer_bytes(program.buffers[bid], sizes) for bid in temps], np.int64)
-    change = np.zeros(last.max() + 2, np.int64)
-    np.add.at(change, first, nbytes)
-    np.add.at(change, last + 1, -nbytes)
-    at = int(np.argmax(np.cumsum(change)))
+    first, last = ([live[bid][i] for bid in temps] for i in (0, 1))
+    # Python's integers: at a batch a summary is asked about, the bytes may pass 2**63
+    change = [0] * (max(last) + 2)
+    for bid, lo, hi in zip(temps, first, last):
+        nbytes = buffer_bytes(program.buffers[bid], sizes)
+        change[lo] += nbytes
+        change[hi + 1] -= nbytes
+    held = list(itertools.accumulate(change))
+    at = held.index(max(held))
     return [bid for bid, lo, hi in zip(temps, first, last) if lo <= at <= hi]

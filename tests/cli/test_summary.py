@@ -201,6 +201,17 @@ def test_summary_memory_gives_the_peak_by_layer_and_in_total(capsys):
     ) < 0.002 * subs(whole, {"B": 32, "T": 128})
 
 
+def test_summary_memory_at_a_batch_past_64_bit_bytes_gives_its_peak(capsys):
+    # the peak's position is found in Python's integers: a batch of 10**20 rows needs more bytes than an int64 holds
+    from dlc.runtime.engines import budget
+
+    text = summary_of(capsys, EXAMPLES / "mnist_mlp.dl", "--memory", "--batch", str(10**20))
+    model = load(EXAMPLES / "mnist_mlp.dl").build(None, training=True)
+    parts = budget.training_memory(model, [p.name for p in model.params], 2, {"B": 10**20})
+    whole = subs(sum(sum((p[name] for p in parts.values()), 0) for name in budget.PARTS), {"B": 10**20})
+    assert whole > 2**63 and f"{size_text(whole)} at B = {10**20}" in text
+
+
 def test_summary_memory_needs_a_model_that_trains(tmp_path, capsys):
     path = tmp_path / "m.dl"
     path.write_text("model m {\n input x: f32[B, 4]\n output y = dense(x, 3)\n}\n")
