@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from dlc.compiler.errors import DlcError, did_you_mean
-from dlc.compiler.frontend.settings import to_text
+from dlc.compiler.frontend.settings import integer, to_text
 from dlc.compiler.frontend.loader import load as load_program
 from dlc.runtime import decoding
 from dlc.runtime.kv_cache import CachedSteps, by_length, check_step_model, log_softmax, step_model_name
@@ -257,6 +257,7 @@ class DlcModel:
         self._require_weights()
         if not isinstance(calibrate, int) or calibrate < 1:
             raise DlcError(f"calibrate is a number of batches, at least 1, not {calibrate!r}")
+        batch = None if batch is None else integer("quantize", "batch", batch, low=1)
         arrays, size, said = self._calibration_data(data)
         arrays = first_rows(arrays, calibrate * (batch or size))  # photos decoded: only what calibration reads
         targets = all(i.name in arrays for i in self.eval_model.inputs)
@@ -315,6 +316,7 @@ class DlcModel:
         inputs.evaluation_data). `log` (default: stderr) is told which. `int8`: with the
         integer products of the quantization (`quantize`, or a quantized checkpoint)."""
         self._require_weights()
+        batch = integer("evaluate", "batch", batch, low=1)
         engine = self.engine_for(int8)
         arrays = evaluation_data(
             self.program,
@@ -325,6 +327,8 @@ class DlcModel:
             self.meta.get("meta", {}),
             self.tokenizer,
         )
+        if len(next(iter(arrays.values()))) == 0:
+            raise DlcError("evaluate: the data has no examples")
         return mean_metrics(engine, self.params, arrays, batch)
 
     def predict(
@@ -342,6 +346,7 @@ class DlcModel:
         self._require_weights()
         if (data is None) == (text is None):
             raise DlcError("predict takes data or text=, one of them")
+        batch = integer("predict", "batch", batch, low=1)
         engine = self.engine_for(int8)
         paths = photo_paths(data) if text is None else None
         if text is not None:
@@ -357,7 +362,9 @@ class DlcModel:
             ds = array_data({self.eval_model.inputs[0].name: data}, "data")
         arrays = input_arrays(self.eval_model, ds, need_targets=False, trained=self.meta.get("meta", {}))
         n = len(next(iter(arrays.values())))
-        if 0 < n <= batch and not is_streamed(arrays):  # one batch, neither sliced nor joined (Python's µs
+        if n == 0:
+            raise DlcError("predict: the data has no examples")
+        if n <= batch and not is_streamed(arrays):  # one batch, neither sliced nor joined (Python's µs
             out = engine.predict(self.params, arrays)  # count at batch 1)
         else:
             parts: dict = {}
@@ -428,6 +435,7 @@ class DlcModel:
         then each step's most likely token, until EOS or max_len tokens. Returns [N, max_len]
         ids (0 after EOS). `generate` decodes one source, by any of its decodings."""
         self._require_weights()
+        batch, max_len = integer("decode", "batch", batch, low=1), integer("decode", "max_len", max_len, low=1)
         src_in, dec_in = self._encoder_decoder_inputs()
         src = fit_input(src_in, np.asarray(src), self.eval_model)  # ids the model can look up
         out = np.zeros((len(src), max_len), np.int32)

@@ -155,6 +155,28 @@ def test_one_example_without_its_batch_axis_is_told_to_add_one(tmp_path):
     assert "x[None]" not in str(e.value)
 
 
+@pytest.mark.parametrize("batch", [0, -3, True, "8"])
+def test_a_batch_that_is_not_a_whole_number_of_at_least_1_is_refused_by_name(tmp_path, batch):
+    model = trained(tmp_path)
+    x = arrays(4)["x"]
+    for use, what in (
+        (lambda: model.predict(x, batch=batch), "predict"),
+        (lambda: model.evaluate(data=arrays(4), batch=batch), "evaluate"),
+        (lambda: model.quantize(data={"x": x}, batch=batch), "quantize"),
+    ):
+        with pytest.raises(DlcError, match=rf"^{what}: 'batch' must be (at least 1|an integer), got "):
+            use()
+
+
+def test_data_without_examples_is_refused_by_predict_and_evaluate(tmp_path):
+    model = trained(tmp_path)
+    empty = {k: v[:0] for k, v in arrays(4).items()}
+    with pytest.raises(DlcError, match="^predict: the data has no examples$"):
+        model.predict(empty["x"])
+    with pytest.raises(DlcError, match="^evaluate: the data has no examples$"):
+        model.evaluate(data=empty)
+
+
 def public_methods() -> list:
     return [
         (name, member)
