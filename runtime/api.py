@@ -17,6 +17,7 @@ model.export("m.onnx")                         # dlc export (.onnx, .safetensors
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -81,6 +82,7 @@ class DlcModel:
         self.eval_model = self.program.build(model, training=False)
         self.name = self.eval_model.name
         self._params: Parameters | None = None
+        self._checked = None  # the version of the params _require_weights found to be the model's
         self.meta: dict = {}
         self.quantization: dict | None = None  # QuantizedProduct by product name (quantize, or an int8 checkpoint)
         self.quantized: dict = {}  # how it was calibrated
@@ -122,6 +124,10 @@ class DlcModel:
 
     @params.setter
     def params(self, arrays: dict | None):
+        if arrays is not None and not isinstance(arrays, Mapping):
+            raise DlcError(
+                f"model.params takes a dict of arrays by parameter name, or None; not {type(arrays).__name__}"
+            )
         self._params = arrays if arrays is None or isinstance(arrays, Parameters) else Parameters(arrays)
 
     # -- training --
@@ -230,8 +236,18 @@ class DlcModel:
         return path
 
     def _require_weights(self):
+        """Weights to run on, exactly the model's parameters: checked once per change of them
+        (Parameters.version), as the engines bind them by their sizes."""
         if self.params is None:
             raise DlcError(f"model {self.name} has no weights: train it or load a checkpoint first")
+        if self.params.version != self._checked:
+            checkpoint.check_params(
+                None, self.params, {p.name: p.type.shape for p in self.eval_model.params}, "model.params"
+            )
+            for name, a in self.params.items():
+                if a.dtype.kind not in "biuf":
+                    raise DlcError(f"model.params: {name} is an array of {a.dtype}, not of numbers")
+            self._checked = self.params.version
 
     @property
     def engine(self) -> Engine:

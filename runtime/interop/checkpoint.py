@@ -413,14 +413,17 @@ def optimizer_state(path, saved: dict, fresh: dict) -> dict:
     return state
 
 
-def check_params(path, saved: dict, expected: dict):
-    """Refuse a checkpoint whose parameters are not exactly the model's."""
+def check_params(path, saved: dict, expected: dict, what: str | None = None):
+    """Refuse a checkpoint whose parameters are not exactly the model's; `what` names them
+    when they are not the checkpoint at `path` (None) but the model's weights given in Python."""
     problems = []
     for name, shape in expected.items():
         if name not in saved:
             problems.append(f"missing {name} {list(shape)}")
         elif tuple(saved[name].shape) != tuple(shape):
-            problems.append(f"{name} is {list(saved[name].shape)} in the checkpoint but {list(shape)} in the model")
+            problems.append(
+                f"{name} is {list(saved[name].shape)} in {what or 'the checkpoint'} but {list(shape)} in the model"
+            )
     unexpected = [name for name in saved if name not in expected]
     problems += [f"unexpected {name}" for name in unexpected]
     if problems:
@@ -429,10 +432,13 @@ def check_params(path, saved: dict, expected: dict):
         hint = (
             f": if a binding was renamed, rename its parameters: dlc checkpoint rename {path} "
             f"{' '.join(f'{old}={new}' for old, new in renames)} -o RENAMED.npz"
-            if renames
+            if renames and path is not None
             else ""
         )
-        raise DlcError(f"the checkpoint {path} does not match the model: {shown}{hint}", Span.whole(path))
+        raise DlcError(
+            f"{what or f'the checkpoint {path}'} does not match the model: {shown}{hint}",
+            None if path is None else Span.whole(path),
+        )
 
 
 def renamed_bindings(missing: list, unexpected: list) -> list:

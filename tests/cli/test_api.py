@@ -177,6 +177,33 @@ def test_data_without_examples_is_refused_by_predict_and_evaluate(tmp_path):
         model.evaluate(data=empty)
 
 
+def test_weights_given_in_python_that_are_not_the_models_are_refused_by_name(tmp_path):
+    model = trained(tmp_path)
+    data = arrays(4)
+    name = next(n for n, a in model.params.items() if a.ndim == 2)
+    good = dict(model.params)
+    cases = (
+        ({**good, name: good[name][:-1]}, rf"^model.params does not match the model: {re.escape(name)} is \["),
+        (
+            {k: v for k, v in good.items() if k != name},
+            rf"^model.params does not match the model: missing {re.escape(name)} ",
+        ),
+        ({**good, "extra.W": np.zeros(3)}, r"^model.params does not match the model: unexpected extra.W$"),
+        (
+            {**good, name: np.full(good[name].shape, "a")},
+            rf"^model.params: {re.escape(name)} is an array of <U1, not of numbers$",
+        ),
+    )
+    for params, message in cases:
+        model.params = params
+        with pytest.raises(DlcError, match=message):
+            model.evaluate(data=data, log=print)
+    with pytest.raises(DlcError, match="^model.params takes a dict of arrays by parameter name, or None; not str$"):
+        model.params = "weights"
+    model.params = good
+    assert set(model.evaluate(data=data, log=print)) == {"loss", "accuracy"}
+
+
 def public_methods() -> list:
     return [
         (name, member)

@@ -228,7 +228,7 @@ def test_numeric_flags_out_of_range_are_usage_errors(tmp_path, capsys, argv, fla
 
 def test_generate_refuses_a_nan_temperature_in_the_api(tmp_path):
     model = DlcModel(write(tmp_path, CHARS, ""), backend="reference")
-    model.params = {}
+    model.params = {p.name: np.zeros(p.type.shape, np.float32) for p in model.eval_model.params}
     with pytest.raises(DlcError, match="temperature"):
         model.generate("a", 3, temperature=float("nan"))
 

@@ -9,6 +9,7 @@ test, not a lost test run."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -311,8 +312,10 @@ def test_the_same_parameters_are_bound_once_and_another_array_at_the_next_call(t
     assert not np.allclose(model.predict({"x": x})["probs"], first)
     assert exe.program.params[name] in bound
     model.params[name] = model.params[name][:-1]
-    with pytest.raises(TypeError, match="needs"):
+    with pytest.raises(DlcError, match=rf"^model.params does not match the model: {re.escape(name)} is \[5, 16\]"):
         model.predict({"x": x})
+    with pytest.raises(TypeError, match="needs"):  # the engine, called without the model, still refuses it
+        model.engine.predict(model.params, {"x": x})
 
 
 # ---- item 8: sizes too small for a window -----------------------------------------------------------------
