@@ -39,7 +39,7 @@ from dlc.runtime.data.text import decode, encode
 from dlc.runtime.data.text_tables import encoded_dataset
 from dlc.runtime.data.tokenizer import Tokenizer, load as load_tokenizer
 from dlc.runtime.interop import weights
-from dlc.runtime.engines.backends import make_engine
+from dlc.runtime.engines.backends import check_backend, make_engine
 from dlc.runtime.engines.int8 import Int8Engine, calibrate_arrays
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.parameters import Parameters
@@ -76,7 +76,7 @@ class DlcModel:
     raising StopTraining does."""
 
     def __init__(self, path: str | Path, model: str | None = None, backend: str = "auto"):
-        self.path, self.backend = str(path), backend
+        self.path, self.backend = str(path), check_backend(backend)
         self.program = load_program(str(path))
         self.train_model = self.program.build(model, training=True)
         self.eval_model = self.program.build(model, training=False)
@@ -421,7 +421,12 @@ class DlcModel:
         score) pairs, named as the data the weights were trained on named them (the class
         folders of images(...), a table's categorical label)."""
         named = self.meta.get("meta", {}).get("class_names") or (self.classes() or (None, None))[1]
-        return top_classes(np.asarray(scores), named, k)
+        scores = np.asarray(scores)
+        if scores.ndim < 2:
+            raise DlcError(
+                f"top_classes takes a classifier's scores [N, classes], not an array of shape {list(scores.shape)}"
+            )
+        return top_classes(scores, named, integer("top_classes", "k", k, low=1))
 
     def tokenizer(self) -> Tokenizer:
         """The tokenizer of the model's text (runtime/data/tokenizer.py): the one the checkpoint keeps

@@ -18,6 +18,13 @@ from dlc.runtime.terminal import span
 BACKENDS = ("auto", "native", "reference")
 
 
+def check_backend(backend) -> str:
+    """`backend`, one of BACKENDS, else dlc's error naming them."""
+    if backend not in BACKENDS:
+        raise DlcError(f"unknown backend '{backend}' ({', '.join(BACKENDS)})")
+    return backend
+
+
 def make_engine(
     backend: str, train_model: Model, eval_model: Model, *args, log=None, split=False, buckets=0, shard=None, **kw
 ) -> Engine:
@@ -29,8 +36,7 @@ def make_engine(
     host in buckets of that size (a data-parallel run, compiler/native/buckets.py); with
     `shard` (rank, ranks), a native engine that updates its rank's share of the parameters
     (`shard_optimizer`), or none: the reference engine cannot."""
-    if backend not in BACKENDS:
-        raise DlcError(f"unknown backend '{backend}' ({', '.join(BACKENDS)})")
+    check_backend(backend)
     if backend == "reference":
         return ReferenceEngine(train_model, eval_model, *args, **kw)
     try:

@@ -204,6 +204,19 @@ def test_weights_given_in_python_that_are_not_the_models_are_refused_by_name(tmp
     assert set(model.evaluate(data=data, log=print)) == {"loss", "accuracy"}
 
 
+def test_an_unknown_backend_is_refused_at_load_and_top_classes_takes_rows_and_a_k_of_at_least_1(tmp_path):
+    with pytest.raises(DlcError, match=r"^unknown backend 'gpu' \(auto, native, reference\)$"):
+        dlc.load(write(tmp_path, CLASSIFIER, TRAIN), backend="gpu")
+    model = trained(tmp_path)
+    assert model.top_classes(np.array([[0.1, 0.7, 0.2]]), k=2) == [[("class 1", 0.7), ("class 2", 0.2)]]
+    with pytest.raises(DlcError, match=r"^top_classes: 'k' must be at least 1, got 0$"):
+        model.top_classes(np.array([[0.1, 0.7, 0.2]]), k=0)
+    with pytest.raises(
+        DlcError, match=r"^top_classes takes a classifier's scores \[N, classes\], not an array of shape \[3\]$"
+    ):
+        model.top_classes(np.array([0.1, 0.7, 0.2]))
+
+
 def public_methods() -> list:
     return [
         (name, member)
