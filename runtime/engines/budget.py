@@ -22,7 +22,6 @@ import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-
 from dlc.compiler.ir.dims import Dim, concrete, derive, numel, symbols
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.summary import size_text
