@@ -203,12 +203,20 @@ class ConvRows:
         kh = kb.dim(k.w_shape[2])
         return lo, b.select(b.icmp_signed("<", hi, kh), hi, kh)
 
-    def blocks(self, count: int, size: int, body):
+    def blocks(self, count: int, size: int, body, overlap: bool = False):
         """body(first, width) over [0, count) in blocks: a loop over the whole blocks of
-        `size`, then the rest (one copy of the code per block width)."""
-        whole = count // size
+        `size`, then the rest (one copy of the code per block width); with `overlap`, the
+        rest as one more pass of the loop, a whole block ending at `count`, which computes
+        and stores again some of the block before it (the same values): one copy of the
+        code (a copy of a depthwise convolution's rows is about 700 lines of IR)."""
+        b, whole = self.kb.b, count // size
+        if overlap and whole and count % size:
+            last = ir.Constant(i64, count - size)
+            first = lambda q: b.select(b.icmp_signed("<", q, last), q, last)
+            self.kb.loops((whole + 1,), lambda q: body(first(b.mul(q[0], ir.Constant(i64, size))), size))
+            return
         if whole:
-            self.kb.loops((whole,), lambda q: body(self.kb.b.mul(q[0], ir.Constant(i64, size)), size))
+            self.kb.loops((whole,), lambda q: body(b.mul(q[0], ir.Constant(i64, size)), size))
         if count % size:
             body(ir.Constant(i64, whole * size), count % size)
 

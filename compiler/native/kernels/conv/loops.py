@@ -127,6 +127,7 @@ def conv(kb: KernelBuilder, k, first):
                     Ho,
                     GROUP_ROWS if k.stride_h == 1 else 2,
                     lambda h0, count: kb.loops((rows.chunks(),), lambda q: chunk(n, g, h0, count, b.sub(last, q[0]))),
+                    overlap=True,
                 )
             else:
                 kb.loops((Ho, rows.chunks()), lambda hq: chunk(n, g, hq[0], 1, hq[1]))
