@@ -17,9 +17,9 @@ from dlc.compiler.frontend.loader import load_text
 from dlc.runtime.api import DlcModel
 from dlc.runtime.engines import budget
 from dlc.runtime.engines.native import NativeEngine
-from helpers.cli import failure
 from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.compiler.frontend.settings import Call
+from helpers.cli import failure
 
 
 ENGINES = ["reference", "native"]
