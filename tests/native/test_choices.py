@@ -125,7 +125,7 @@ CASES = {
         "    h = conv2d(c, 8, 1)",
         {
             "conv2d": ["direct", "direct", "pointwise over the batch", "pointwise over the batch"],
-            "conv2d_input_grad": ["grouped accumulation", "grouped direct", "pointwise"],
+            "conv2d_input_grad": ["depthwise upsampling", "grouped direct", "pointwise"],
             "conv2d_weight_grad": ["direct", "few pixels", "pointwise", "pointwise"],
         },
         None,

@@ -35,6 +35,9 @@ CASES = {
     "3x3-multiplier2-2x2": (5, 2, 3, 1, 1, 1, 2, 2),
     "3x3-tiles-of-channels-4x4": (16, 1, 3, 1, 1, 1, 4, 4),
     "3x3-stride2-tiles-of-channels": (32, 1, 3, 2, 1, 1, 8, 8),
+    "3x3-stride2-no-padding-wide": (4, 1, 3, 2, 0, 1, 10, 67),
+    "4x4-stride2": (3, 1, 4, 2, 1, 1, 9, 35),
+    "3x3-stride2-padding2": (2, 1, 3, 2, 2, 1, 5, 6),
 }
 
 
@@ -56,7 +59,16 @@ def test_native_depthwise_matches_torch_forward_and_backward(case):
 
 
 @pytest.mark.parametrize(
-    "case", ["5x5-wide", "7x7-wide", "5x5-stride2-wide", "3x3-stride-w2", "3x3-stride2-tiles-of-channels"]
+    "case",
+    [
+        "5x5-wide",
+        "7x7-wide",
+        "5x5-stride2-wide",
+        "3x3-stride-w2",
+        "3x3-stride2-tiles-of-channels",
+        "3x3-stride2-no-padding-wide",
+        "4x4-stride2",
+    ],
 )
 def test_the_direct_kernels_at_aarch64s_vector_width_match_torch(case, monkeypatch, tmp_path):
     """NEON's 4 lanes, compiled here: a tap column shifted a vector or more along its
@@ -102,6 +114,17 @@ def test_stride_one_depthwise_is_a_direct_convolution_forward_and_backward():
     texts = [line for k in Executable(step_graph(model)).program.kernels for line in k.text()]
     assert sum("direct conv" in t and "in 8 groups" in t for t in texts) == 3, texts
     assert not any(t.startswith("gemm") and "groups" in t for t in texts)
+
+
+@pytest.mark.parametrize("case", ["3x3-stride2", "4x4-stride2"])
+def test_a_stride_two_depthwise_input_gradient_is_upsampled_by_a_direct_kernel(case):
+    """A stride-2 depthwise convolution's input gradient is one direct kernel that writes
+    each output once from its taps (`depthwise upsampling`), not an accumulation into a
+    zeroed buffer."""
+    model = load_text(_source(*CASES[case]), "dw.dl").build(training=True)
+    texts = [line for k in Executable(step_graph(model)).program.kernels for line in k.text()]
+    assert sum("direct conv" in t and "upsampled by 2" in t for t in texts) == 1, texts
+    assert not any(t.startswith("accumulate") for t in texts), texts
 
 
 def test_a_depthwise_weight_gradient_of_rows_of_few_pixels_is_a_reduction():

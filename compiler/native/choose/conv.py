@@ -394,12 +394,28 @@ def _windows_of_g(c: Conv) -> bool:
     return _stride_1(c) and min(attrs["padding"]) >= 0 and _windows_apply(c, flipped)
 
 
+def _depthwise_stride_2(c: Conv) -> bool:
+    """A depthwise convolution (a filter a channel) of stride 2, undilated, on images of a
+    static size."""
+    s = c.s
+    depthwise = s.groups == s.C == s.O and s.groups > 1
+    static = all(isinstance(d, int) for d in (s.C, *c.x_shape[2:], s.Ho, s.Wo))
+    return depthwise and static and c.attrs["stride"] == (2, 2) and c.attrs["dilation"] == (1, 1)
+
+
 CONV2D_INPUT_GRAD = (
     Implementation(
         "grouped direct",
         "direct conv",
         lambda c: c.s.groups > 1 and _stride_1(c) and _direct(c.s.group_filters * c.s.kh * c.s.kw, c.s.kw, c.attrs),
         "a stride-1 grouped convolution's input gradient is one too, of few taps: g convolved with the filters flipped",
+    ),
+    Implementation(
+        "depthwise upsampling",
+        "direct conv",
+        _depthwise_stride_2,
+        "a stride-2 depthwise convolution's input gradient: each output once, from the taps of its row's and "
+        "column's parity, the even and odd columns in vectors of their own, interleaved as stored",
     ),
     Implementation(
         "grouped accumulation",

@@ -40,7 +40,9 @@ class ConvKernel(Kernel):
     kh·kw, 16] (a copy the lowering makes) and the lanes of the kernel's vectors are output
     channels, not pixels (loops.py `conv_by_channels`, and with groups, a depthwise
     convolution's, `depthwise_by_channels`; compiler/native/choose/conv.py `_by_channels`
-    says which convolutions)."""
+    says which convolutions). `upsampling`: x is the output gradient of a stride-2 depthwise
+    convolution (w [C, 1, kh, kw], `padding` the convolution's) and out its input gradient,
+    of `out_hw` pixels (loops.py `depthwise_upsampling`)."""
 
     x: int
     w: int | None
@@ -58,6 +60,7 @@ class ConvKernel(Kernel):
     stride_w: int = 1
     epilogue: object = None
     by_channels: bool = False
+    upsampling: bool = False
 
     @property
     def channels(self):
@@ -67,12 +70,18 @@ class ConvKernel(Kernel):
     def flops(self, sizes: dict) -> int:
         """Every output, input gradient or weight gradient element sums over the taps of
         the others: one multiply-add per weight and output position."""
-        return 2 * numel(self.w_shape) * numel([concrete(self.x_shape[0], sizes), *self.out_hw])
+        return 2 * numel(self.w_shape) * numel([concrete(self.x_shape[0], sizes), *self._positions()])
+
+    def _positions(self) -> tuple:
+        """The positions (rows, columns) each weight multiplies at: the output's, or g's
+        when upsampling (each of g's values meets each tap once)."""
+        return self.x_shape[2:] if self.upsampling else self.out_hw
 
     def text(self) -> list:
         what = f"b{self.x} * b{self.w}" if self.g is None else f"weight gradient of b{self.x} * w from b{self.g}"
         what += f" in {self.groups} groups" if self.groups > 1 else ""
         what += ", by channels" if self.by_channels else ""
+        what += ", upsampled by 2" if self.upsampling else ""
         what += ", then in its store:" if self.epilogue else ""
         return [
             f"direct conv {render.shape(self.x_shape)} by {render.shape(self.w_shape)}: b{self.out} = {what}"
@@ -103,7 +112,7 @@ class ConvKernel(Kernel):
         is the output's, its rows and columns merged into one run of pixels (an (example,
         group) pair's outputs, or an output row's, are one loop), and m reads the output at
         the index it is stored at."""
-        if self.g is not None or self.epilogue is not None:
+        if self.g is not None or self.epilogue is not None or self.upsampling:
             return None
         taken = image_epilogue(m, self.out, (self.x_shape[0], self.channels, *self.out_hw))
         return None if taken is None else self.taking(taken[1], out=taken[0], epilogue=taken[1], node=taken[1].node)
@@ -117,13 +126,16 @@ class ConvKernel(Kernel):
             conv_by_channels,
             conv_weight_grad,
             depthwise_by_channels,
+            depthwise_upsampling,
             team_rows,
         )
         from dlc.compiler.native.codegen.shared_loops import sum_parts
 
-        work = numel(self.w_shape) * numel(self.x_shape[:1] + self.out_hw)
+        work = numel(self.w_shape) * numel(self.x_shape[:1] + self._positions())
         if self.g is None:
-            if not self.by_channels:
+            if self.upsampling:
+                loops = depthwise_upsampling
+            elif not self.by_channels:
                 loops = conv
             else:  # the stem's filters in the lanes, or a depthwise convolution's channels
                 loops = conv_by_channels if self.groups == 1 else depthwise_by_channels
@@ -592,29 +604,29 @@ register_implementation("conv2d_weight_grad", "im2col")(
 )
 
 
-@register_implementation("conv2d_input_grad", "grouped direct")
-def _grouped_direct_input_grad(lw, n, ins, attrs, typ, s: ConvShape):
-    # g convolved with the filters flipped, each input channel summing over its group's outputs
+def _input_grad_of_one_kernel(lw, n, ins, typ, stride_h: int, padding: tuple, **fields):
+    """dx of one ConvKernel over g (the kernel's x) and the filters, `fields` saying how."""
     g, w = ins
-    (ph, pw), (H, W) = attrs["padding"], typ.shape[2:]
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     gm, wm = lw.materialize(g), lw.materialize(w)
     lw.emit(
         ConvKernel(
-            gm.buffer,
-            wm.buffer,
-            out.id,
-            g.shape,
-            w.shape,
-            (H, W),
-            1,
-            (s.kh - 1 - ph, s.kw - 1 - pw),
-            transposed=True,
-            groups=s.groups,
-            node=n,
+            gm.buffer, wm.buffer, out.id, g.shape, w.shape, tuple(typ.shape[2:]), stride_h, padding, node=n, **fields
         )
     )
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+
+
+@register_implementation("conv2d_input_grad", "grouped direct")
+def _grouped_direct_input_grad(lw, n, ins, attrs, typ, s: ConvShape):
+    # g convolved with the filters flipped, each input channel summing over its group's outputs
+    (ph, pw) = attrs["padding"]
+    _input_grad_of_one_kernel(lw, n, ins, typ, 1, (s.kh - 1 - ph, s.kw - 1 - pw), transposed=True, groups=s.groups)
+
+
+@register_implementation("conv2d_input_grad", "depthwise upsampling")
+def _depthwise_upsampling(lw, n, ins, attrs, typ, s: ConvShape):
+    _input_grad_of_one_kernel(lw, n, ins, typ, 2, tuple(attrs["padding"]), groups=s.groups, stride_w=2, upsampling=True)
 
 
 @register_implementation("conv2d_input_grad", "grouped accumulation")
@@ -682,26 +694,8 @@ def _pointwise_input_grad(lw, n, ins, attrs, typ, s: ConvShape):
 @register_implementation("conv2d_input_grad", "direct")
 def _direct_input_grad(lw, n, ins, attrs, typ, s: ConvShape):
     # g convolved with the filters flipped, their channels swapped: one pass, no columns
-    g, w = ins
-    (ph, pw), (H, W) = attrs["padding"], typ.shape[2:]
-    out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    wm = lw.materialize(w)
-    gm = lw.materialize(g)
-    lw.emit(
-        ConvKernel(
-            gm.buffer,
-            wm.buffer,
-            out.id,
-            g.shape,
-            w.shape,
-            (H, W),
-            1,
-            (s.kh - 1 - ph, s.kw - 1 - pw),
-            transposed=True,
-            node=n,
-        )
-    )
-    lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+    (ph, pw) = attrs["padding"]
+    _input_grad_of_one_kernel(lw, n, ins, typ, 1, (s.kh - 1 - ph, s.kw - 1 - pw), transposed=True)
 
 
 @register_implementation("conv2d_input_grad", "windows")

@@ -381,6 +381,77 @@ def depthwise_by_channels(kb: KernelBuilder, k, first):
     kb.loops((N * tiles,), tile, first=first)
 
 
+def depthwise_upsampling(kb: KernelBuilder, k, first):
+    """The (example, channel) pairs `first` = (lo, hi) of the input gradient of a stride-2
+    depthwise convolution (`k.upsampling`): out[n, c, y, x] = the sum over the taps (i, j)
+    with y + ph - i and x + pw - j even of g[n, c, (y + ph - i) / 2, (x + pw - j) / 2] ·
+    w[c, 0, i, j], in the order (i, j). Every output is written once: no zeroed buffer, no
+    scattered additions. The rows go by parity (a row y's tap rows i are those of
+    y + ph's parity, known as the code is built), a row in chunks of 2·vw columns: the
+    chunk's even and odd columns are a vector of sums each (their tap columns of one
+    parity), each tap a vector of g's row (vw columns from where the tap starts) times
+    the tap's weight, broadcast once for the pair; the two vectors are interleaved into
+    the row as they are stored. Lanes past g's row or rows outside g read nothing (0)."""
+    b, rows = kb.b, ConvRows(kb, k, vectors=1)
+    N, C, Ho, Wo = k.x_shape
+    kh, kw = k.w_shape[2:]
+    H, W = k.out_hw
+    ph, pw = k.padding
+    vw = rows.vw
+    c64 = lambda v: ir.Constant(i64, v)
+    # lane l of the row's vector h is column h·vw + l: the sums of column parity (h·vw + l) % 2
+    interleave = [ir.Constant(rows.ity, [(o // 2) + (o % 2) * vw for o in range(h * vw, (h + 1) * vw)]) for h in (0, 1)]
+    chunks = -(-W // (2 * vw))
+
+    def plane(idx):
+        n, c = b.sdiv(idx[0], kb.dim(C)), b.srem(idx[0], kb.dim(C))
+        g_plane = kb.affine(Affine(0, (C * Ho * Wo, Ho * Wo)), [n, c])
+        out_plane = kb.affine(Affine(0, (C * H * W, H * W)), [n, c])
+        w_at = kb.affine(Affine(0, (kh * kw,)), [c])
+        weights = {
+            (i, j): splat(
+                b, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [b.add(w_at, c64(i * kw + j))])), k.w), rows.vty
+            )
+            for i in range(kh)
+            for j in range(kw)
+        }
+        for a in (0, 1):  # the rows y = 2u + a
+            if a >= H:
+                continue
+
+            def row(u, a=a):
+                y = b.add(b.mul(u[0], c64(2)), c64(a))
+                taps = [(i, (a + ph - i) // 2) for i in range(kh) if (a + ph - i) % 2 == 0]
+
+                def chunk(t):
+                    x0 = b.mul(t[0], c64(2 * vw))  # the chunk's first column; g's columns from t·vw on
+                    sums = [rows.zero, rows.zero]
+                    loaded: dict = {}
+                    for i, dr in taps:
+                        r = b.add(u[0], c64(dr))
+                        inside = b.and_(b.icmp_signed(">=", r, c64(0)), b.icmp_signed("<", r, kb.dim(Ho)))
+                        for parity in (0, 1):
+                            for j in range(kw):
+                                if (parity + pw - j) % 2:
+                                    continue
+                                shift = (parity + pw - j) // 2
+                                if (dr, shift) not in loaded:
+                                    start = b.add(b.mul(t[0], c64(vw)), c64(shift))
+                                    at = b.add(g_plane, b.add(b.mul(r, kb.dim(Wo)), start))
+                                    loaded[dr, shift] = rows.row_load(k.x, at, start, Wo, inside)
+                                sums[parity] = b.call(rows.fma, [loaded[dr, shift], weights[i, j], sums[parity]])
+                    for h in (0, 1):
+                        column = b.add(x0, c64(h * vw))
+                        at = b.add(out_plane, b.add(b.mul(y, kb.dim(W)), column))
+                        rows.store(k.out, at, b.shuffle_vector(sums[0], sums[1], interleave[h]), rows.mask(column, W))
+
+                kb.loops((chunks,), chunk)
+
+            kb.loops(((H - a + 1) // 2,), row)
+
+    kb.loops((N * C,), plane, first=first)
+
+
 def team_rows(k):
     """What a convolution's team splits: its examples times its groups (by channels: its
     tiles of channels), or without groups its examples times its output rows (a batch of
