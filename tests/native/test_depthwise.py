@@ -38,6 +38,8 @@ CASES = {
     "3x3-stride2-no-padding-wide": (4, 1, 3, 2, 0, 1, 10, 67),
     "4x4-stride2": (3, 1, 4, 2, 1, 1, 9, 35),
     "3x3-stride2-padding2": (2, 1, 3, 2, 2, 1, 5, 6),
+    # one column, whose windows at stride 2 read only padding: every gradient through it is 0
+    "3x1-stride2-padding-only": (7, 1, (3, 1), 2, (2, 1), 1, 18, 1),
 }
 
 
