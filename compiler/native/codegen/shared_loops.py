@@ -35,8 +35,8 @@ def add_lanes(b: ir.IRBuilder, vectors: list, combine=None) -> ir.Value:
     """The SUM_LANES lanes of `vectors` (lane l of the whole at vector l // vw) added (or
     combined) pairwise, as halves: lane j and lane j + L/2, then again. Whole vectors are
     halves while there are several, then a vector's halves, taken by shuffles: each step one
-    vector operation, the same operations in the same order as lane by lane (16 extracts and
-    15 scalar additions were a fifth of a batch norm's reduction kernel)."""
+    vector operation, the same operations in the same order as lane by lane (whose 16
+    extracts and 15 scalar additions would be a fifth of a batch norm's reduction kernel)."""
     combine = combine or b.fadd
     while len(vectors) > 1:
         half = len(vectors) // 2
