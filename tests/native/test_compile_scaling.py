@@ -164,10 +164,11 @@ def _front_and_middle_seconds(layers: int) -> float:
     """CPU seconds of the Python stages before codegen: autodiff, graph passes, lowering,
     liveness and the arena plan (the front end parses the source before the clock starts).
     Without the cycle collector, whose full collections walk the whole heap however the
-    compiler's own work grows."""
+    compiler's own work grows. The best of three: beside another test worker the small
+    model's 0.08 s can come out at half its speed (the ratio 15.5 once in a CI run)."""
     model = load_text(mlp(layers)).build(None, training=True)
     best = float("inf")
-    for _ in range(2):
+    for _ in range(3):
         gc.collect()
         gc.disable()
         try:
