@@ -84,6 +84,9 @@ def pytest_configure(config):
     # and check, not their speed) run it too, unless they say otherwise (benchmarks/rounds.py
     # time_o3_code)
     os.environ.setdefault("DLC_QUICK_CODE", "unoptimized")
+    # no history.png (matplotlib's half second at the end of each run of two epochs or more:
+    # 5 % of the session); the tests of the plot itself set DLC_PLOT=1
+    os.environ.setdefault("DLC_PLOT", "0")
     # the torchvision that CI installs may be a CUDA build that does not load: the tests (and
     # transformers, which imports it) take its model definitions without its compiled ops
     without_torchvision_ops()

@@ -44,8 +44,9 @@ def column_names(history: list) -> list:
 def save_history(out: Path, history: list, log, plot: bool = True):
     """history.json and history.csv in `out`, each replaced at once; history.png with `plot`,
     of a history of two rows or more (a curve needs two points: a run of one epoch, often a
-    trial, does not wait half a second for matplotlib to draw none). A file that cannot be
-    written is a note to `log`: the checkpoints matter more."""
+    trial, does not wait half a second for matplotlib to draw none), unless DLC_PLOT=0 (runs
+    started by a script or a test suite, which read the numbers, not the picture). A file
+    that cannot be written is a note to `log`: the checkpoints matter more."""
     keys = column_names(history)
     table = io.StringIO()
     w = csv.DictWriter(table, fieldnames=keys, lineterminator="\n")
@@ -58,7 +59,7 @@ def save_history(out: Path, history: list, log, plot: bool = True):
             os.replace(tmp, out / name)
         except OSError as e:
             log(f"note: cannot write {out / name}: {e.strerror}")
-    if plot and len(history) > 1:
+    if plot and len(history) > 1 and os.environ.get("DLC_PLOT") != "0":
         _plot(out / "history.png", history, keys)
 
 

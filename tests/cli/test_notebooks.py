@@ -48,6 +48,7 @@ def test_the_arrays_notebook_trains_stops_evaluates_plots_and_exports(tmp_path, 
     pytest.importorskip("matplotlib")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MPLBACKEND", raising=False)
+    monkeypatch.setenv("DLC_PLOT", "1")
     ns, displayed = run_cells(NOTEBOOKS[0])
     result = ns["result"]
     assert result.stopped == "stopped" and len(result.history) < 30  # its callback stopped it

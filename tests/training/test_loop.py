@@ -379,11 +379,19 @@ def test_history_files_wait_for_a_later_epoch_when_rewriting_them_would_cost_mor
 
 
 @pytest.mark.parametrize("epochs", [1, 2])
-def test_the_history_is_plotted_from_two_rows(tmp_path, epochs):
+def test_the_history_is_plotted_from_two_rows(tmp_path, epochs, monkeypatch):
     pytest.importorskip("matplotlib")
+    monkeypatch.setenv("DLC_PLOT", "1")
     dlc.load(str(EXAMPLES / "xor_mlp.dl")).train(out=str(tmp_path), log=lambda m: None, epochs=epochs)
     assert (tmp_path / "history.json").exists()
     assert (tmp_path / "history.png").exists() == (epochs == 2)
+
+
+def test_dlc_plot_0_draws_no_history(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setenv("DLC_PLOT", "0")
+    dlc.load(str(EXAMPLES / "xor_mlp.dl")).train(out=str(tmp_path), log=lambda m: None, epochs=2)
+    assert (tmp_path / "history.csv").exists() and not (tmp_path / "history.png").exists()
 
 
 def test_history_survives_a_nan_stop(tmp_path, capsys):
