@@ -367,6 +367,7 @@ def test_the_history_plot_shows_the_learning_rate(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
     saved = []
+    monkeypatch.setenv("DLC_PLOT", "1")
     monkeypatch.setattr(Figure, "savefig", lambda fig, path, *a, **kw: saved.append(fig))
     result = dlc.load(DIGITS_MLP).train(out=str(tmp_path), epochs=3, schedule="step(1, 0.5)", log=lambda m: None)
     lr_axes = [ax for ax in saved[-1].axes if ax.get_ylabel() == "lr"]
