@@ -209,7 +209,7 @@ def _objects(payload: bytes | None) -> list | None:
     return [payload[end - n : end] for end, n in zip(ends, lengths)]
 
 
-def compile_built(parts: tuple, build, level: int = jit.OPT_LEVEL) -> tuple[Loaded, list]:
+def compile_built(parts: "tuple | BuiltParts", build, level: int = jit.OPT_LEVEL) -> tuple[Loaded, list]:
     """Machine code at O`level` for the module that `build()` makes, and the list it gives with
     it (`build` returns both: a step module, or its ModuleText, and its argument slots), keyed by what the module
     is built from (`parts`, pickled) and by dlc's compiler source, before building it: a
@@ -242,14 +242,16 @@ def compile_routine(parts: tuple, build) -> Loaded:
     return (found or compile_built(parts, build, level))[0]
 
 
-def find_built(parts: tuple, level: int) -> tuple[Loaded, list] | None:
+def find_built(parts: "tuple | BuiltParts", level: int) -> tuple[Loaded, list] | None:
     """compile_built's machine code and list when the cache has them; None, building nothing,
     when it does not."""
     with _open_dir() as dirfd:
         return _built(dirfd, _built_key(parts, level), time.perf_counter())
 
 
-def store_built(parts: tuple, level: int, unit: parallel_compile.ModuleText, objects: list, extra: list) -> Loaded:
+def store_built(
+    parts: "tuple | BuiltParts", level: int, unit: parallel_compile.ModuleText, objects: list, extra: list
+) -> Loaded:
     """The objects compiled at O`level` elsewhere (runtime/engines/tiers.py) of the module that
     compile_built's `build` makes for `parts` (`unit`: its ModuleText), loaded and stored as
     compile_built stores them."""
@@ -350,10 +352,24 @@ def _compiler_source() -> bytes:
     return h.digest()
 
 
-def _built_key(parts: tuple, level: int = jit.OPT_LEVEL) -> str:
-    h = hashlib.sha256(_compiler_source())
-    h.update(_pickled((level, parts)))
-    return _key(h.hexdigest())
+class BuiltParts:
+    """What a module is built from (compile_built's `parts`), hashed once: a tiered driver
+    (runtime/engines/tiers.py) looks its module up at two levels, and pickling a large step's
+    program took a tenth of a second each time."""
+
+    def __init__(self, parts: tuple):
+        self.parts = parts
+
+    @functools.cached_property
+    def digest(self) -> str:
+        h = hashlib.sha256(_compiler_source())
+        h.update(_pickled(self.parts))
+        return h.hexdigest()
+
+
+def _built_key(parts: "tuple | BuiltParts", level: int = jit.OPT_LEVEL) -> str:
+    built = parts if isinstance(parts, BuiltParts) else BuiltParts(parts)
+    return _key(f"built at O{level}\n{built.digest}")
 
 
 def _pickled(obj) -> bytes:

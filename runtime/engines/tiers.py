@@ -49,18 +49,18 @@ class TieredDriver:
 
     def __init__(self, parts: tuple, build, entry: str, quick: bool = True):
         """`quick`: False compiles at O3 before the first call, as DLC_QUICK_CODE=0 does."""
-        self.parts, self.build, self.entry = parts, build, entry
+        self.parts, self.build, self.entry = cache.BuiltParts(parts), build, entry
         self.unit = self.children = None  # the O3 compile's input (a ModuleText), and it under way
         self.ran = 0.0  # seconds the quick code has run
         mode = jit.quick_code() if quick else "0"
-        found = cache.find_built(parts, jit.OPT_LEVEL) if mode != "0" else None
+        found = cache.find_built(self.parts, jit.OPT_LEVEL) if mode != "0" else None
         if found is None and mode != "0":
-            self.loaded, self.extra = cache.compile_built(parts, self._built, jit.first_level())
+            self.loaded, self.extra = cache.compile_built(self.parts, self._built, jit.first_level())
             self.hot = math.inf if mode in jit.NEVER_O3 else max(HOT, O3_SECONDS_PER_BYTE * self.loaded.size)
             self.fn = DRIVER(self.loaded.address(entry))
             self.run = self._quick
         else:
-            self.loaded, self.extra = found or cache.compile_built(parts, build)
+            self.loaded, self.extra = found or cache.compile_built(self.parts, build)
             self.fn = self.run = DRIVER(self.loaded.address(entry))
 
     @classmethod
