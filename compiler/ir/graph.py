@@ -113,6 +113,9 @@ class Primitive:
     argument: bool = False  # a scan body's argument: the value its scan passes in, in that value's form
     holds_value: bool = False  # its value is an attribute (a constant): free as a scalar, else in memory
     part: Callable | None = None  # (output shape, **attrs) -> (first, last) per axis: the part of its operand it is
+    # (node: NodeView, slicing) -> its result sliced, computed from slices of its operands, or None:
+    # computed whole (compiler/passes/narrow.py; an elementwise op's is the pass's own)
+    narrow: Callable | None = None
     # what gradient checks (runtime/training/gradcheck.py) know of integer inputs:
     index_count: Callable | None = None  # (operand types) -> the values its integer operand may take
     indices: bool = False  # its values are the indices along an axis (`axis`): iota

@@ -179,6 +179,16 @@ def slice_(x: Tensor, starts, stops, steps) -> Tensor:
     return x.graph.add1("slice", [x], starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
 
 
+def slice_axes(x: Tensor, slicing: tuple, axes) -> Tensor:
+    """x sliced as `slicing` (starts, stops, steps of some value's axes) says, each axis of the
+    slicing along x's axis in `axes` (None: x has no such axis); x's other axes whole."""
+    starts, stops, steps = [0] * x.rank, list(x.shape), [1] * x.rank
+    for (lo, hi, step), axis in zip(zip(*slicing), axes):
+        if axis is not None:
+            starts[axis], stops[axis], steps[axis] = lo, hi, step
+    return slice_(x, starts, stops, steps)
+
+
 def pad(x: Tensor, lo, hi, interior) -> Tensor:
     if not any(isinstance(v, Dim) or v for v in (*lo, *hi, *interior)):
         return x

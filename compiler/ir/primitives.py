@@ -459,7 +459,17 @@ def _broadcast_vjp(n, g):
     return [ops.reshape(ops.reduce("reduce_sum", g[0], axes), x.shape)]
 
 
-@primitive("broadcast", Pattern.BROADCAST, _broadcast_type, _broadcast_vjp, view=True, cheap=True)
+def _broadcast_narrow(n, slicing):
+    """The operand sliced along its axes that are not repeated, broadcast to the slice."""
+    x, shape = n.inputs[0], n.attrs["shape"]
+    lead = len(shape) - x.rank
+    axes = [None] * lead + [i if x.shape[i] == shape[lead + i] else None for i in range(x.rank)]
+    return ops.broadcast_to(ops.slice_axes(x, slicing, axes), sliced_shape(slicing))
+
+
+@primitive(
+    "broadcast", Pattern.BROADCAST, _broadcast_type, _broadcast_vjp, view=True, cheap=True, narrow=_broadcast_narrow
+)
 def _broadcast(ctx, xs, shape):
     return [np.broadcast_to(xs[0], shape).copy()]
 
@@ -471,6 +481,41 @@ def _reshape_type(ctx, types, shape):
     return [TensorType(x.dtype, tuple(shape))]
 
 
+def _reshape_narrow(n, slicing):
+    """Where the slicing takes only whole axes past the axes the reshape keeps as they are (a
+    head split [B, T, D] -> [B, T, H, d] keeps B and T), or the reshape unfolds the rows of a
+    product folded from those axes (a dense layer on [B, T, D], ops.matmul: [B·T, D] @ W ->
+    [B, T, E]): the product of the slice of its folded rows."""
+    x, shape = n.inputs[0], n.attrs["shape"]
+    folded = _folded_product(x, shape)
+    if folded is not None:
+        rows, w, tb = folded
+        lead = len(shape) - 1
+        a = ops.slice_axes(rows, slicing, range(lead))
+        b = ops.slice_axes(w, slicing, [None] * lead + [0 if tb else 1])
+        product = ops.matmul_raw(ops.reshape(a, (numel(a.shape[:-1]), a.shape[-1])), b, False, tb)
+        return ops.reshape(product, sliced_shape(slicing))
+    kept = 0
+    while kept < min(x.rank, len(shape)) and x.shape[kept] == shape[kept]:
+        kept += 1
+    if not all(whole_axis(slicing, k, shape[k]) for k in range(kept, len(shape))):
+        return None
+    return ops.reshape(ops.slice_axes(x, slicing, range(kept)), sliced_shape(slicing)[:kept] + tuple(shape[kept:]))
+
+
+def _folded_product(x, shape) -> tuple | None:
+    """(the rows, the weights, whether they are transposed) when x, reshaped to `shape`, is a
+    product that reshape alone reads, of rows folded from the leading axes of `shape`."""
+    g = x.graph
+    if g.op(x.node) != "matmul" or g.uses(x) != 1 or g.attrs(x.node)["ta"] or x.rank != 2:
+        return None
+    flat, w = g.inputs(x.node)
+    rows = g.inputs(flat.node)[0] if g.op(flat.node) == "reshape" else None
+    if rows is None or rows.rank < 2 or rows.shape[:-1] != tuple(shape[:-1]):
+        return None
+    return rows, w, g.attrs(x.node)["tb"]
+
+
 @primitive(
     "reshape",
     Pattern.INJECTIVE,
@@ -479,6 +524,7 @@ def _reshape_type(ctx, types, shape):
     view=True,
     cheap=True,
     memory_operands=(0,),
+    narrow=_reshape_narrow,
 )  # re-indexes contiguous data
 def _reshape(ctx, xs, shape):
     return [xs[0].reshape(shape)]
@@ -496,7 +542,14 @@ def _transpose_vjp(n, g):
     return [ops.transpose(g[0], inverse)]
 
 
-@primitive("transpose", Pattern.INJECTIVE, _transpose_type, _transpose_vjp, view=True, cheap=True)
+def _transpose_narrow(n, slicing):
+    perm = n.attrs["perm"]
+    return ops.transpose(ops.slice_axes(n.inputs[0], slicing, perm), perm)
+
+
+@primitive(
+    "transpose", Pattern.INJECTIVE, _transpose_type, _transpose_vjp, view=True, cheap=True, narrow=_transpose_narrow
+)
 def _transpose(ctx, xs, perm):
     return [np.ascontiguousarray(np.transpose(xs[0], perm))]
 
@@ -504,6 +557,17 @@ def _transpose(ctx, xs, perm):
 def slice_length(start, stop, step):
     """Elements in start:stop:step (None when a symbolic length does not divide)."""
     return (stop - start + step - 1) // step if step > 1 else stop - start
+
+
+def sliced_shape(slicing: tuple) -> tuple:
+    """The shape of what a slicing (its starts, stops and steps) takes."""
+    return tuple(slice_length(lo, hi, step) for lo, hi, step in zip(*slicing))
+
+
+def whole_axis(slicing: tuple, axis: int, size) -> bool:
+    """Whether the slicing takes all `size` elements of the axis."""
+    starts, stops, steps = slicing
+    return starts[axis] == 0 and stops[axis] == size and steps[axis] == 1
 
 
 def _slice_part(shape, starts, steps, **_) -> tuple:
@@ -683,12 +747,20 @@ def _reduce_max_vjp(n, g):
     return [_expand_back(n, g[0]) * hit / count]
 
 
+def _reduce_narrow(n, slicing):
+    """The kept axes sliced, the reduced ones whole."""
+    x, reduced = n.inputs[0], n.attrs["axes"]
+    kept = [i for i in range(x.rank) if i not in reduced]
+    return ops.reduce(n.graph.op(n.node), ops.slice_axes(x, slicing, kept), reduced)
+
+
 primitive(
     "reduce_sum",
     Pattern.REDUCTION,
     _reduce_type,
     lambda n, g: [_expand_back(n, g[0])],
     lambda ins, outs, **_: numel(ins[0].shape),
+    narrow=_reduce_narrow,
 )(lambda ctx, xs, axes: [np.asarray(np.sum(xs[0], axis=axes))])
 primitive(
     "reduce_max",
@@ -697,6 +769,7 @@ primitive(
     _reduce_max_vjp,
     lambda ins, outs, **_: numel(ins[0].shape),
     nonempty_axes=lambda axes: axes,
+    narrow=_reduce_narrow,
 )(lambda ctx, xs, axes: [np.asarray(np.max(xs[0], axis=axes))])
 
 
@@ -745,6 +818,16 @@ def _matmul_flops(ins, outs, ta=False, tb=False):
     return 2 * numel(outs[0].shape) * k
 
 
+def _matmul_narrow(n, slicing):
+    """Rows of C from rows of op(A), columns from columns of op(B), a batch from the operands'
+    batch; the contracted axis whole."""
+    (a, b), ta, tb = n.inputs, n.attrs["ta"], n.attrs["tb"]
+    batch = list(range(a.rank - 2))
+    a = ops.slice_axes(a, slicing, batch + [a.rank - 1 if ta else a.rank - 2, None])
+    b = ops.slice_axes(b, slicing, batch + [None, b.rank - 2 if tb else b.rank - 1])
+    return ops.matmul_raw(a, b, ta, tb)
+
+
 @primitive(
     "matmul",
     Pattern.CONTRACTION,
@@ -754,6 +837,7 @@ def _matmul_flops(ins, outs, ta=False, tb=False):
     dtypes=FLOAT_DTYPES,
     memory_operands=None,
     memory_reason="gemm",
+    narrow=_matmul_narrow,
 )
 def _matmul(ctx, xs, ta=False, tb=False):
     a, b = ctx.operands(xs)
@@ -865,6 +949,21 @@ def _read_keys(k, keys):
     return np.arange(k.shape[-2]) < np.asarray(keys)[..., None, None]
 
 
+def _attention_narrow(n, slicing):
+    """Rows of o from the queries' rows (and the mask's), a batch from the operands' batch;
+    every key and value is read. Only when its log-sum-exp, the other result, is not read."""
+    q, k, v, *rest = n.inputs
+    batch, last = list(range(q.rank - 2)), q.rank - 1
+    if n.graph.uses(n.outputs[1]) or not whole_axis(slicing, last, n.outputs[0].shape[last]):
+        return None
+    mask, keys = mask_and_keys(rest, 0, n.attrs.get("bounded", False))
+    operands = [ops.slice_axes(q, slicing, batch + [q.rank - 2, None])]
+    operands += [ops.slice_axes(t, slicing, batch) for t in (k, v)]
+    operands += [] if mask is None else [ops.slice_axes(mask, slicing, batch + [mask.rank - 2, None])]
+    operands += [] if keys is None else [ops.slice_axes(keys, slicing, batch)]
+    return n.graph.add("attention", operands, **n.attrs)[0]
+
+
 @primitive(
     "attention",
     Pattern.OPAQUE,
@@ -875,6 +974,7 @@ def _read_keys(k, keys):
     memory_operands=(0, 1, 2),
     memory_reason="gemm",
     recomputed_operand=3,
+    narrow=_attention_narrow,
 )
 def _attention(ctx, xs, scale, bounded=False):
     q, k, v = xs[:3]

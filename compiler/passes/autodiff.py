@@ -15,6 +15,7 @@ from __future__ import annotations
 from dlc.compiler.ir import ops
 from dlc.compiler.errors import DlcError
 from dlc.compiler.ir.graph import PRIMITIVES, Graph, Tensor, collector_paused
+from dlc.compiler.passes.narrow import narrow
 
 
 def backward(graph: Graph, seeds: list, wrt: list) -> list:
@@ -137,8 +138,9 @@ def train_step(forward: Graph) -> Graph:
     g.name = "train_step"
     g.outputs = {k: t for k, t in g.outputs.items() if not k.startswith("output:")}
     params = [Tensor(g, n) for n in g.params() if g.attrs(n)["trainable"]]
+    narrow(prune(g, keep=[p.node for p in params]))  # a value the loss reads in part is computed in part
     loss = g.outputs["loss"]
-    with g.at(forward.nx.nodes[loss.node]["span"]):
+    with g.at(g.nx.nodes[loss.node]["span"]):  # (a narrowed loss is a node of its own)
         seed = ops.full(g, (), 1.0, loss.dtype)
     grads = backward(g, [(loss, seed)], params)
     for p, grad in zip(params, grads):

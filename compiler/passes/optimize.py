@@ -8,6 +8,9 @@
   broadcast of broadcast), and a sum of zero-padded pieces with disjoint supports —
   the gradient of slicing a tensor into parts (an LSTM's gates) — which becomes one
   `concat` of the pieces.
+- **narrow**: a value read only through one slice is computed only in that slice
+  (compiler/passes/narrow.py); the train step narrows its forward pass before it is
+  differentiated.
 - **cse**: one node for every (op, attributes, operands).
 - **dce**: remove what no output needs, including the results and arguments of a
   `scan` that nothing reads (the forward scan then stops stacking them).
@@ -27,6 +30,7 @@ from dlc.compiler.passes.autodiff import copy_graph, prune
 from dlc.compiler.ir.dims import numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.passes.hoist import hoist_accumulators
+from dlc.compiler.passes.narrow import narrow
 from dlc.compiler.ir.evaluate import Eval
 from dlc.compiler.ir.graph import Graph, Pattern, Tensor, collector_paused, nested_graphs, to_text
 from dlc.compiler.ir.primitives import PRIMITIVES
@@ -462,8 +466,8 @@ def _shrink_scan(graph: Graph, n: int) -> bool:
 
 
 # ---- the pass manager --------------------------------------------------------------------------------
-PASSES = {"fold": fold, "simplify": simplify, "cse": cse, "dce": dce, "hoist": hoist_accumulators}
-PIPELINE = ("fold", "simplify", "cse", "dce", "hoist")
+PASSES = {"fold": fold, "simplify": simplify, "narrow": narrow, "cse": cse, "dce": dce, "hoist": hoist_accumulators}
+PIPELINE = ("fold", "simplify", "narrow", "cse", "dce", "hoist")
 
 
 def _fingerprint(graph: Graph) -> tuple:
