@@ -55,7 +55,7 @@ def _narrowed(g: Graph, n: int):
     ):
         return None
     prim = PRIMITIVES[g.op(x.node)]
-    rule = prim.narrow or (_elementwise if prim.pattern is Pattern.ELEMENTWISE and len(g.types(x.node)) == 1 else None)
+    rule = prim.narrow or (_elementwise if prim.pattern is Pattern.ELEMENTWISE else None)
     if rule is None:
         return None
     saved, g.span = g.span, g.nx.nodes[x.node]["span"]  # the narrow nodes keep the source place
