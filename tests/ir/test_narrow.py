@@ -107,7 +107,7 @@ def test_a_prediction_of_the_first_token_is_narrow_and_the_same():
     params = init_params(_program().build(training=True))
     feeds = sample_inputs(_program().build(training=True), SIZES, seed=1)
     got, want = run_reference(narrow, feeds, params), run_reference(whole, feeds, params)
-    np.testing.assert_allclose(got["output:logits"], want["output:logits"], rtol=1e-6, atol=1e-7)
+    _close_at_scale(got["output:logits"], want["output:logits"], 1e-6)
 
 
 # slices of every kind a program writes: an index, a range, a stride, over two axes
@@ -138,11 +138,19 @@ def test_every_kind_of_slice_gives_the_whole_computations_values(index, n, pre_n
         run_reference(optimize(forward), feeds, params),
         run_reference(optimize(forward, _passes(False)), feeds, params),
     )
-    np.testing.assert_allclose(got["output:p"], want["output:p"], rtol=1e-5, atol=1e-7)
+    _close_at_scale(got["output:p"], want["output:p"], 1e-5)
     narrow, whole = _train_graph(program, True, monkeypatch), _train_graph(program, False, monkeypatch)
     assert _flops(narrow) < _flops(whole)
     got, want = run_reference(narrow, feeds, params), run_reference(whole, feeds, params)
     for name in (k for k in want if k.startswith("grad:")):
         # compared against 1e-3 at least: the attention's key bias has no gradient but rounding noise
-        scale = max(float(np.abs(want[name]).max()), 1e-3)
-        assert float(np.abs(got[name] - want[name]).max()) <= 1e-4 * scale, name
+        _close_at_scale(got[name], want[name], 1e-4, floor=1e-3, what=name)
+
+
+def _close_at_scale(got, want, rel: float, floor: float = 0.0, what: str = ""):
+    """Every element within rel of the largest of `want` (at least `floor`): the reference
+    engine's products of a slice and of the whole go through numpy's BLAS, whose kernels sum
+    in an order of their own for each shape, so an element near zero by cancellation differs
+    by the rounding of its terms, not of itself."""
+    scale = max(float(np.abs(want).max()), floor)
+    assert float(np.abs(got - want).max()) <= rel * scale, what
