@@ -175,12 +175,13 @@ def test_packing_stays_in_its_buffer(lib, K, N, tb):
 @pytest.mark.parametrize("ta,tb,acc", ALL)
 def test_few_columns_give_the_tiled_bits(lib, ta, tb, acc):
     """A product of at most FEW_COLUMNS columns (multiplied without packing, A's rows
-    transposed in registers; or, with op(A) given packed, read from its panels) sums each
-    element as the packed, tiled product does: its columns are, bit for bit, the first ones
-    of a product too wide for that path — over partial row groups and panels, K slices with
-    a remainder under 8, and on one thread or two."""
+    transposed in registers or, on AVX-512, a row of C a vector; or, with op(A) given
+    packed, read from its panels) sums each element as the packed, tiled product does: its
+    columns are, bit for bit, the first ones of a product too wide for that path — over
+    partial row groups and panels, K slices with a remainder under 8, more of K than one
+    copy of op(B)'s rows holds (AVX-512's 16,384), and on one thread or two."""
     rng = np.random.default_rng(7)
-    for M, K in [(3, 7), (13, 300), (150, 1030)]:
+    for M, K in [(3, 7), (13, 300), (150, 1030), (19, 16500)]:
         a, wide = _operands(rng, M, 40, K, ta, tb)
         c0 = rng.standard_normal((M, 40), dtype=np.float32)
         whole = lib(a, wide, c0.copy() if acc else None, trans_a=ta, trans_b=tb, accumulate=acc)

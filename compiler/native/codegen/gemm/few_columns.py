@@ -54,7 +54,26 @@ def few_columns(
     vdpbf16ps, as the tiled micro-kernel's A pair broadcast times B's vector is. Each
     element is summed as the tiled routine sums it: K slices `kstep` deep, each one chain of
     FMAs (or pair products) along k from zero, added to C in slice order — the same bits
-    whichever path or thread takes it."""
+    whichever path or thread takes it. Where a vector holds FEW_COLUMNS floats (AVX-512),
+    in float32, a block of more than half that many columns has a row of C a vector instead
+    (`_columns_in_lanes`); fewer would fill a few of its lanes (4 pixels: 0.4 to 0.8 of the
+    general path's speed)."""
+    args = (gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate, Ak, Bp)
+    if gen.cfg.vw != FEW_COLUMNS or gen.cfg.operands != "f32":
+        _rows_in_lanes(*args)
+        return
+    with b.if_else(b.icmp_signed(">", b.sub(n1, n0), c64(FEW_COLUMNS // 2))) as (wide, narrow):
+        with wide:
+            _columns_in_lanes(*args)
+        with narrow:
+            _rows_in_lanes(*args)
+
+
+def _rows_in_lanes(
+    gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate, Ak=None, Bp=None
+):
+    """few_columns' general path: a vector holds a group of G rows of op(A) at a step k
+    (COLUMN_ROWS, or MR of a panel), times op(B)'s values broadcast."""
     G = COLUMN_ROWS if Ak is None else gen.cfg.mr
     vty = ir.VectorType(f32, G)
     fma = declare(gen.m, f"llvm.fma.v{G}f32", vty, [vty] * 3)
@@ -66,7 +85,8 @@ def few_columns(
     # what a group's vector at a step holds: floats, or pairs of bfloat16 (32 bits a lane)
     aty = ir.VectorType(i32, G) if pairs else vty
 
-    with loop(b, 0, K, kstep, name="cs") as pc:
+    def in_slice(pc):
+        """multiply(i, q, j, width) of the K slice from pc (its copy of op(B) made here)."""
         kc = smin(b, kstep, b.sub(K, pc))
         # the slice's steps: k from pc, or its pairs from pc / 2
         k_first, steps = (b.sdiv(pc, c64(2)), ceil_div(b, kc, c64(2))) if pairs else (pc, kc)
@@ -156,6 +176,10 @@ def few_columns(
             for p, (at, rows) in enumerate(zip(starts, counts)):
                 _store_columns(b, C, ldc, at, G, rows, j, acc2[p * width : (p + 1) * width], load_c)
 
+        return multiply
+
+    def over_groups(each):
+        """each(i, q, j, width) for the block's groups of rows and columns."""
         start = n0
         for width in (8, 4, 2, 1):
             end = b.sub(n1, b.srem(b.sub(n1, start), c64(width)))
@@ -168,9 +192,117 @@ def few_columns(
                 last = m1 if q == 1 else b.sub(m1, b.srem(b.sub(m1, first), c64(q * G)))
                 with loop(b, first, last, q * G, name=f"ci{width}x{q}") as i:
                     with loop(b, start, end, width, name=f"cj{width}x{q}") as j:
-                        multiply(i, q, j, width)
+                        each(i, q, j, width)
                 first = last
             start = end
+
+    if rounded or pairs:  # a K slice of op(B) copied once, then read by every group
+        with loop(b, 0, K, kstep, name="cs") as pc:
+            over_groups(in_slice(pc))
+        return
+
+    # else a group's K slices one after the other: its rows (or panel) stream from memory
+    # in order, where slice by slice each group's run of a slice was a stream of its own
+    def each(i, q, j, width):
+        with loop(b, 0, K, kstep, name="cs") as pc:
+            in_slice(pc)(i, q, j, width)
+
+    over_groups(each)
+
+
+def _columns_in_lanes(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate, Ak, Bp):
+    """few_columns where a vector holds FEW_COLUMNS floats: a row of C's block is one
+    vector, its lanes the columns, and a step k multiplies op(A)[i, k] broadcast by
+    op(B)[k, n0:n1]. Groups of 8 rows a vector (few_columns' general path) would fill half of
+    each register here: a convolution's 4 x 4 pixels at batch 1, `[256 x 2304] @ [2304 x 16]`,
+    ran at a third of the FMAs' peak. Each K slice of op(B)'s columns is copied once into
+    `Bp` (the thread's pack of B), a row of FEW_COLUMNS floats a step, zeros past n1 - n0,
+    so that a step reads one whole vector inside Bp. A pass multiplies `rows` rows, each
+    element's sum one chain of FMAs along the slice from zero, added to C in slice order:
+    the tiled path's sums. op(A)'s rows are read where they lie (a row each stream), or
+    from its panels (`Ak`: MR-tall, k-major, m0 a panel's first row; rows past M are the
+    pack's zeros, never stored)."""
+    W, G = FEW_COLUMNS, gen.cfg.mr if Ak is not None else COLUMN_ROWS
+    vty = ir.VectorType(f32, W)
+    fma = declare(gen.m, f"llvm.fma.v{W}f32", vty, [vty] * 3)
+    mload, mstore = masked(gen.m, vty)
+    zero = ir.Constant(vty, None)
+    row_of_b, lanes = _row_of_b(gen, b, B, ldb, trans_b, n0, n1)
+
+    # op(B)'s rows are copied a span of whole K slices at a time, as many as Bp holds (all of
+    # K up to 16,384 on AVX-512's blocking); a group then sums the span's slices one after the
+    # other, its rows (or panel) streamed from memory in order
+    span = b.mul(b.sdiv(c64(gen.cfg.kc * gen.cfg.nc // W), kstep), kstep)
+    with loop(b, 0, K, span, name="lspan") as p0:
+        p1 = smin(b, K, b.add(p0, span))
+        with loop(b, p0, p1, name="lb") as k:
+            b.store(row_of_b(k), vec_ptr(b, gep(b, Bp, b.mul(b.sub(k, p0), c64(W))), vty), align=4)
+
+        def multiply(i, q, pc):
+            """C[q groups of G rows from row i on, n0:n1] (+)= their products over the K slice from pc."""
+            kc = smin(b, kstep, b.sub(K, pc))
+            load_c = ir.Constant(i1, 1) if accumulate else b.icmp_signed(">", pc, c64(0))
+            starts = [b.add(i, c64(g * G)) for g in range(q)]
+            counts = [c64(G) if q > 1 else smin(b, c64(G), b.sub(m1, at)) for at in starts]
+
+            def a_at(g, p, k):
+                """op(A)[starts[g] + p, k] (a row past the group's last: its last, inside A)."""
+                if Ak is not None:
+                    return gep(b, Ak, b.add(b.mul(starts[g], K), b.add(b.mul(k, c64(G)), c64(p))))
+                r = b.add(starts[g], smin(b, c64(p), b.sub(counts[g], c64(1))))
+                return gep(b, A, b.add(b.mul(k, lda), r) if trans_a else b.add(b.mul(r, lda), k))
+
+            with carrying_loop(b, b.add(pc, kc), [zero] * (q * G), name="lk", start=pc) as (k, acc, new):
+                bk = b.load(vec_ptr(b, gep(b, Bp, b.mul(b.sub(k, p0), c64(W))), vty), align=4)
+                for g in range(q):
+                    for p in range(G):
+                        a = splat(b, b.load(a_at(g, p, k)), vty)
+                        new.append(b.call(fma, [a, bk, acc[g * G + p]]))
+            for g, (at, rows) in enumerate(zip(starts, counts)):
+
+                def store_row(p, g=g, at=at):
+                    crow = vec_ptr(b, gep(b, C, b.add(b.mul(b.add(at, c64(p)), ldc), n0)), vty)
+                    x = acc[g * G + p]
+                    old = b.call(mload, [crow, i32(4), lanes, zero])
+                    b.call(mstore, [b.select(load_c, b.fadd(old, x), x), crow, i32(4), lanes])
+
+                first_rows(b, G, rows, store_row)
+
+        # three groups a pass where there are (3G chains of FMAs, three panels streamed at once:
+        # 0.87-0.95 of two's time where the panels come from memory; four spilled), then
+        # fewer; where a group is G of A's rows as they lie, one (each row is a stream already)
+        first = m0
+        for q in (3, 2, 1) if Ak is not None or trans_a else (1,):
+            last = m1 if q == 1 else b.sub(m1, b.srem(b.sub(m1, first), c64(q * G)))
+            with loop(b, first, last, q * G, name=f"li{q}") as i:
+                with loop(b, p0, p1, kstep, name=f"ls{q}") as pc:
+                    multiply(i, q, pc)
+            first = last
+
+
+def _row_of_b(gen, b, B, ldb, trans_b, n0, n1):
+    """(k -> op(B)[k, n0 : n0 + FEW_COLUMNS], zeros past n1; the lanes before n1): one
+    masked load where op(B)'s rows lie along n, else its columns one by one (each read
+    inside B: past n1 the last column's)."""
+    W = FEW_COLUMNS
+    vty, width = ir.VectorType(f32, W), b.sub(n1, n0)
+    mload, _ = masked(gen.m, vty)
+    lanes = b.icmp_signed(
+        "<", ir.Constant(ir.VectorType(i64, W), list(range(W))), splat(b, width, ir.VectorType(i64, W))
+    )
+
+    def row(k):
+        if not trans_b:
+            return b.call(
+                mload, [vec_ptr(b, gep(b, B, b.add(b.mul(k, ldb), n0)), vty), i32(4), lanes, ir.Constant(vty, None)]
+            )
+        v = ir.Constant(vty, None)
+        for p in range(W):
+            j = smin(b, b.add(n0, c64(p)), b.sub(n1, c64(1)))
+            v = b.insert_element(v, b.load(gep(b, B, b.add(b.mul(j, ldb), k))), i32(p))
+        return b.select(lanes, v, ir.Constant(vty, None))
+
+    return row, lanes
 
 
 def _groups_at_once(cfg, G: int, width: int) -> list:
@@ -228,26 +360,10 @@ def _paired_slice(gen, b, B, ldb, trans_b, pc, kc, n0, n1, Bp):
     """op(B)[pc : pc+kc, n0:n1] as bfloat16 pairs along k into Bp, as the tiled path's
     packs pair them (bf16_operands.py `paired_rows`, a zero row after an odd last one):
     pair q of column j at Bp[q · FEW_COLUMNS + j - n0], 32 bits each, lanes past n1 - n0
-    zeros. A row of op(B) is one masked load where it lies along
-    n, else its columns one by one (each read inside B: past n1 the last column's)."""
+    zeros (op(B)'s rows as `_row_of_b` reads them)."""
     W = FEW_COLUMNS
-    vty, width = ir.VectorType(f32, W), b.sub(n1, n0)
-    mload, _ = masked(gen.m, vty)
-    lanes = b.icmp_signed(
-        "<", ir.Constant(ir.VectorType(i64, W), list(range(W))), splat(b, width, ir.VectorType(i64, W))
-    )
-
-    def row(k):
-        """op(B)[k, n0 : n0 + W], zeros past n1."""
-        if not trans_b:
-            return b.call(
-                mload, [vec_ptr(b, gep(b, B, b.add(b.mul(k, ldb), n0)), vty), i32(4), lanes, ir.Constant(vty, None)]
-            )
-        v = ir.Constant(vty, None)
-        for p in range(W):
-            j = smin(b, b.add(n0, c64(p)), b.sub(n1, c64(1)))
-            v = b.insert_element(v, b.load(gep(b, B, b.add(b.mul(j, ldb), k))), i32(p))
-        return b.select(lanes, v, ir.Constant(vty, None))
+    vty = ir.VectorType(f32, W)
+    row, _ = _row_of_b(gen, b, B, ldb, trans_b, n0, n1)
 
     with loop(b, 0, ceil_div(b, kc, c64(2)), name="pq") as q:
         k0 = b.add(pc, b.mul(q, c64(2)))

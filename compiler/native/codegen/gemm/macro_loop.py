@@ -140,7 +140,7 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
         few, packing = fn.append_basic_block("few_columns"), fn.append_basic_block("packing")
         b.cbranch(b.and_(b.icmp_signed("<=", b.sub(n1, n0), c64(FEW_COLUMNS)), unpacked_a), few, packing)
         b.position_at_end(few)
-        few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate)
+        few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate, Bp=Bp)
         finished(b, m0, m1, n0, n1)
         b.ret_void()
         b.position_at_end(packing)
