@@ -175,7 +175,7 @@ def test_packing_stays_in_its_buffer(lib, K, N, tb):
 @pytest.mark.parametrize("ta,tb,acc", ALL)
 def test_few_columns_give_the_tiled_bits(lib, ta, tb, acc):
     """A product of at most FEW_COLUMNS columns (multiplied without packing, A's rows
-    transposed in registers or, on AVX-512, a row of C a vector; or, with op(A) given
+    transposed in registers or, in float32 on x86, a row of C a vector; or, with op(A) given
     packed, read from its panels) sums each element as the packed, tiled product does: its
     columns are, bit for bit, the first ones of a product too wide for that path — over
     partial row groups and panels, K slices with a remainder under 8, more of K than one

@@ -54,12 +54,12 @@ def few_columns(
     vdpbf16ps, as the tiled micro-kernel's A pair broadcast times B's vector is. Each
     element is summed as the tiled routine sums it: K slices `kstep` deep, each one chain of
     FMAs (or pair products) along k from zero, added to C in slice order — the same bits
-    whichever path or thread takes it. Where a vector holds FEW_COLUMNS floats (AVX-512),
-    in float32, a block of more than half that many columns has a row of C a vector instead
-    (`_columns_in_lanes`); fewer would fill a few of its lanes (4 pixels: 0.4 to 0.8 of the
-    general path's speed)."""
+    whichever path or thread takes it. In float32, where FEW_COLUMNS floats are one vector or
+    two (AVX-512, AVX2), a block of more than half that many columns has a row of C in
+    those vectors instead (`_columns_in_lanes`); fewer would fill a few of their lanes (4
+    pixels: 0.4 to 0.8 of the general path's speed)."""
     args = (gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate, Ak, Bp)
-    if gen.cfg.vw != FEW_COLUMNS or gen.cfg.operands != "f32":
+    if gen.cfg.operands != "f32" or 2 * gen.cfg.vw < FEW_COLUMNS:
         _rows_in_lanes(*args)
         return
     with b.if_else(b.icmp_signed(">", b.sub(n1, n0), c64(FEW_COLUMNS // 2))) as (wide, narrow):
@@ -211,11 +211,12 @@ def _rows_in_lanes(
 
 
 def _columns_in_lanes(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate, Ak, Bp):
-    """few_columns where a vector holds FEW_COLUMNS floats: a row of C's block is one
-    vector, its lanes the columns, and a step k multiplies op(A)[i, k] broadcast by
-    op(B)[k, n0:n1]. Groups of 8 rows a vector (few_columns' general path) would fill half of
-    each register here: a convolution's 4 x 4 pixels at batch 1, `[256 x 2304] @ [2304 x 16]`,
-    ran at a third of the FMAs' peak. Each K slice of op(B)'s columns is copied once into
+    """few_columns with a row of C's block in one vector of FEW_COLUMNS floats (AVX-512's
+    one register, AVX2's two), its lanes the columns: a step k multiplies op(A)[i, k]
+    broadcast by op(B)[k, n0:n1]. Under AVX-512, groups of 8 rows a vector (few_columns'
+    general path) would fill half of each register: a convolution's 4 x 4 pixels at batch 1,
+    `[256 x 2304] @ [2304 x 16]`, ran at a third of the FMAs' peak; under AVX2, 16 columns
+    ran in 0.5-0.9 of the general path's time (its panels' 6 rows fill 6 of 8 lanes). Each K slice of op(B)'s columns is copied once into
     `Bp` (the thread's pack of B), a row of FEW_COLUMNS floats a step, zeros past n1 - n0,
     so that a step reads one whole vector inside Bp. A pass multiplies `rows` rows, each
     element's sum one chain of FMAs along the slice from zero, added to C in slice order:
@@ -268,11 +269,13 @@ def _columns_in_lanes(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, 
 
                 first_rows(b, G, rows, store_row)
 
-        # three groups a pass where there are (3G chains of FMAs, three panels streamed at once:
-        # 0.87-0.95 of two's time where the panels come from memory; four spilled), then
-        # fewer; where a group is G of A's rows as they lie, one (each row is a stream already)
+        # as many groups a pass as keep their chains of FMAs in all but 4 of the vector
+        # registers (AVX-512's panels: three, streamed at once, 0.87-0.95 of two's time where
+        # they come from memory; four spilled), then fewer; where a group is G of A's rows
+        # as they lie, one (each row is a stream already)
         first = m0
-        for q in (3, 2, 1) if Ak is not None or trans_a else (1,):
+        most = max(1, (gen.cfg.vector_registers - 4) // (G * (W // gen.cfg.vw)))
+        for q in range(most, 0, -1) if Ak is not None or trans_a else (1,):
             last = m1 if q == 1 else b.sub(m1, b.srem(b.sub(m1, first), c64(q * G)))
             with loop(b, first, last, q * G, name=f"li{q}") as i:
                 with loop(b, p0, p1, kstep, name=f"ls{q}") as pc:
