@@ -216,13 +216,13 @@ def _columns_in_lanes(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, 
     broadcast by op(B)[k, n0:n1]. Under AVX-512, groups of 8 rows a vector (few_columns'
     general path) would fill half of each register: a convolution's 4 x 4 pixels at batch 1,
     `[256 x 2304] @ [2304 x 16]`, ran at a third of the FMAs' peak; under AVX2, 16 columns
-    ran in 0.5-0.9 of the general path's time (its panels' 6 rows fill 6 of 8 lanes). Each K slice of op(B)'s columns is copied once into
-    `Bp` (the thread's pack of B), a row of FEW_COLUMNS floats a step, zeros past n1 - n0,
-    so that a step reads one whole vector inside Bp. A pass multiplies `rows` rows, each
-    element's sum one chain of FMAs along the slice from zero, added to C in slice order:
-    the tiled path's sums. op(A)'s rows are read where they lie (a row each stream), or
-    from its panels (`Ak`: MR-tall, k-major, m0 a panel's first row; rows past M are the
-    pack's zeros, never stored)."""
+    ran in 0.5-0.9 of the general path's time (its panels' 6 rows fill 6 of 8 lanes).
+    op(B)'s rows are copied once into `Bp` (the thread's pack of B), a row of FEW_COLUMNS
+    floats a step, zeros past n1 - n0, so that a step reads one whole vector inside Bp. A
+    pass multiplies q groups of G rows, each element's sum one chain of FMAs along a K
+    slice from zero, added to C in slice order: the tiled path's sums. op(A)'s rows are
+    read where they lie (a row each stream), or from its panels (`Ak`: MR-tall, k-major,
+    m0 a panel's first row; rows past M are the pack's zeros, never stored)."""
     W, G = FEW_COLUMNS, gen.cfg.mr if Ak is not None else COLUMN_ROWS
     vty = ir.VectorType(f32, W)
     fma = declare(gen.m, f"llvm.fma.v{W}f32", vty, [vty] * 3)
