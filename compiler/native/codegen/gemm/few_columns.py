@@ -69,9 +69,7 @@ def few_columns(
             _rows_in_lanes(*args)
 
 
-def _rows_in_lanes(
-    gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate, Ak=None, Bp=None
-):
+def _rows_in_lanes(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate, Ak, Bp):
     """few_columns' general path: a vector holds a group of G rows of op(A) at a step k
     (COLUMN_ROWS, or MR of a panel), times op(B)'s values broadcast."""
     G = COLUMN_ROWS if Ak is None else gen.cfg.mr
@@ -183,17 +181,17 @@ def _rows_in_lanes(
         start = n0
         for width in (8, 4, 2, 1):
             end = b.sub(n1, b.srem(b.sub(n1, start), c64(width)))
-            # q groups a pass, whole ones, then fewer for the rows left (the last group of one
-            # pass may be partial): width columns alone keep too few chains of FMAs in flight.
-            # Where a group is G of A's rows as they lie, each is a stream from memory of its
-            # own, and more groups a pass ran slower: more streams than the prefetcher follows
-            first = m0
-            for q in _groups_at_once(gen.cfg, G, width) if Ak is not None or trans_a else (1,):
-                last = m1 if q == 1 else b.sub(m1, b.srem(b.sub(m1, first), c64(q * G)))
-                with loop(b, first, last, q * G, name=f"ci{width}x{q}") as i:
-                    with loop(b, start, end, width, name=f"cj{width}x{q}") as j:
-                        each(i, q, j, width)
-                first = last
+
+            def columns(i, q):
+                with loop(b, start, end, width, name=f"cj{width}x{q}") as j:
+                    each(i, q, j, width)
+
+            # q groups a pass, then fewer for the rows left: width columns alone keep too few
+            # chains of FMAs in flight. Where a group is G of A's rows as they lie, each is a
+            # stream from memory of its own, and more groups a pass ran slower: more streams
+            # than the prefetcher follows
+            counts = _groups_at_once(gen.cfg, G, width) if Ak is not None or trans_a else (1,)
+            _passes(b, m0, m1, G, counts, columns, f"ci{width}x")
             start = end
 
     if rounded or pairs:  # a K slice of op(B) copied once, then read by every group
@@ -273,14 +271,24 @@ def _columns_in_lanes(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, 
         # registers (AVX-512's panels: three, streamed at once, 0.87-0.95 of two's time where
         # they come from memory; four spilled), then fewer; where a group is G of A's rows
         # as they lie, one (each row is a stream already)
-        first = m0
+        def slices(i, q):
+            with loop(b, p0, p1, kstep, name=f"ls{q}") as pc:
+                multiply(i, q, pc)
+
         most = max(1, (gen.cfg.vector_registers - 4) // (G * (W // gen.cfg.vw)))
-        for q in range(most, 0, -1) if Ak is not None or trans_a else (1,):
-            last = m1 if q == 1 else b.sub(m1, b.srem(b.sub(m1, first), c64(q * G)))
-            with loop(b, first, last, q * G, name=f"li{q}") as i:
-                with loop(b, p0, p1, kstep, name=f"ls{q}") as pc:
-                    multiply(i, q, pc)
-            first = last
+        _passes(b, m0, m1, G, range(most, 0, -1) if Ak is not None or trans_a else (1,), slices, "li")
+
+
+def _passes(b, m0, m1, G, counts, body, name):
+    """body(i, q) for rows [m0, m1) in passes of q groups of G rows, for each q of `counts`
+    (most first, down to 1): whole passes of q groups, then the rows left for the next q
+    (the last group of a pass of one may be partial)."""
+    first = m0
+    for q in counts:
+        last = m1 if q == 1 else b.sub(m1, b.srem(b.sub(m1, first), c64(q * G)))
+        with loop(b, first, last, q * G, name=f"{name}{q}") as i:
+            body(i, q)
+        first = last
 
 
 def _row_of_b(gen, b, B, ldb, trans_b, n0, n1):
