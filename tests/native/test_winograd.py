@@ -1,7 +1,7 @@
 """Winograd's F(2 x 2, 3 x 3) convolution (kernels/winograd): which convolutions take it
 (3 x 3, stride 1, many channels, enough tiles, float32), its results against torch in
 float64 — a convolution and a transposed one, over paddings, tiles that overhang the
-image and rows of more tiles than a vector has lanes, and a train step's input gradient —
+image, rows of more tiles than a vector has lanes and of fewer, and a train step's input gradient —
 at the host's vector width and at AArch64's (4 lanes); a prediction's filters transformed
 once; the same bits on any thread count and target."""
 
@@ -33,6 +33,8 @@ CASES = {
     "no-padding": (32, 36, 10, 13, 0),
     "padding-2": (40, 32, 10, 11, 2),  # transposed: 8 x 9 outputs, 20 tiles
     "wide": (32, 34, 5, 75, 1),
+    "small": (32, 32, 8, 8, 1),  # rows of 4 tiles: an example's tiles in order, across its rows
+    "narrow": (32, 32, 15, 3, 1),  # rows of 2 tiles, half of AArch64's 4 lanes, the last overhanging
 }
 
 
@@ -79,7 +81,7 @@ def test_winograd_matches_torch(layer, case):
     matches_torch(layer, case)
 
 
-@pytest.mark.parametrize("case", ["overhanging", "wide"])
+@pytest.mark.parametrize("case", ["overhanging", "wide", "narrow"])
 def test_winograd_at_aarch64s_vector_width_matches_torch(case, monkeypatch, tmp_path):
     """NEON's 4 lanes, compiled here: a tile's 4 columns from 2 interleaved streams, each
     row of 2 x 2 outputs woven from 2 vectors."""

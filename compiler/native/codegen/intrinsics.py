@@ -1,7 +1,7 @@
 """LLVM IR helpers that the GEMM generator (gemm/), the kernels' loops
 (kernels/<kind>/loops.py), the scalar rules and the step module share: declaring an
 intrinsic or external function once, a scalar splat over a vector, a vector pointer,
-masked vector loads and stores (strided ones too: every stride-th float), vectors
+masked vector loads and stores (strided ones too: every stride-th float), masked gathers, vectors
 concatenated, interleaved, taken apart again and transposed (8 x 8), and rounding to
 bfloat16 (one value, or a pair)."""
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.native.codegen.types import f32, f64, i1, i32
+from dlc.compiler.native.codegen.types import f32, f64, i1, i32, i64
 
 
 def declare(module, name, ret, args):
@@ -113,6 +113,22 @@ def strided_store(module, b, value, ptr, mask, stride: int):
             value, value, ir.Constant(ir.VectorType(i32, stride * n), [e // stride for e in range(stride * n)])
         )
     return b.call(store, [value, b.bitcast(ptr, wide.as_pointer()), i32(4), _spread(b, mask, stride)])
+
+
+def gather(module, b, base, offsets, mask, fill):
+    """Lane l of a float vector from base[offsets[l]] (offsets: 32-bit lanes) where mask[l]
+    is set, `fill` elsewhere (those lanes read nothing): llvm.masked.gather, one vgatherdps
+    on x86. llvmlite's gep takes no vector of indices: the lanes' addresses are the base's
+    integer plus 4·offset, which LLVM folds back into the gather's base and scaled index."""
+    n = offsets.type.count
+    vty, addresses = ir.VectorType(f32, n), ir.VectorType(i64, n)
+    intrinsic = declare(
+        module, f"llvm.masked.gather.v{n}f32.v{n}p0", vty, [ir.VectorType(f32.as_pointer(), n), i32, mask.type, vty]
+    )
+    lanes = b.add(
+        splat(b, b.ptrtoint(base, i64), addresses), b.shl(b.sext(offsets, addresses), ir.Constant(addresses, [2] * n))
+    )
+    return b.call(intrinsic, [b.inttoptr(lanes, ir.VectorType(f32.as_pointer(), n)), i32(4), mask, fill])
 
 
 def concatenated(b, vectors: list):

@@ -1,5 +1,6 @@
 """Winograd's transforms (kernels/winograd), in LLVM IR: a vector's lanes are consecutive
-tiles of a row of tiles, each lane's arithmetic that of one tile."""
+tiles of a row of tiles (of an example's tiles in order, across its rows, where a row has
+fewer tiles than a vector has lanes: the input's), each lane's arithmetic that of one tile."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from llvmlite import ir
 
 from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.codegen.image_rows import ConvRows
-from dlc.compiler.native.codegen.intrinsics import interleaved
-from dlc.compiler.native.codegen.types import i64
+from dlc.compiler.native.codegen.intrinsics import gather, interleaved, splat
+from dlc.compiler.native.codegen.types import i32, i64
 from dlc.compiler.native.kernels.map.loops import map_body
 from dlc.compiler.native.kernels.winograd.transforms import AT, BT, TILE, WINDOW, two_sided
 from dlc.compiler.native.program import Affine
@@ -21,6 +22,66 @@ def _arithmetic(rows: ConvRows) -> tuple:
 
 
 def input_transform(kb: KernelBuilder, k, first):
+    """The (example, channel) pairs `first` = (lo, hi), Bᵀ d B of each tile: by rows of
+    tiles (`_rows_of_tiles`), or, where a row has fewer tiles than a vector has lanes (images
+    of 8 x 8 pixels and 4 x 4 tiles: a row of tiles filled 4 lanes of 16 and stored them
+    16 times over), an example's tiles in order across its rows (`_tiles_in_order`)."""
+    if 2 * k.tiles[1] <= ConvRows(kb, k, vectors=1).vw:
+        _tiles_in_order(kb, k, first)
+    else:
+        _rows_of_tiles(kb, k, first)
+
+
+def _tiles_in_order(kb: KernelBuilder, k, first):
+    """The (example, channel) pairs `first` = (lo, hi): their tiles in vectors of consecutive
+    tiles t (row t / TW, column t mod TW), each of the 16 values of their windows gathered
+    from x (a lane whose window's value lies outside x reads nothing and is 0), Bᵀ d B, and
+    the 16 values stored in V's 16 matrices, masked past the pair's last tile."""
+    b, rows = kb.b, ConvRows(kb, k, vectors=1)
+    N, C, H, W = k.x_shape
+    TH, TW = k.tiles
+    count, columns = TH * TW, N * TH * TW
+    vw, ity = rows.vw, rows.ity
+    lanes = lambda v: ir.Constant(ity, [v] * vw)  # noqa: E731
+
+    def vector_of_tiles(n, c, q):
+        t0 = b.mul(q, ir.Constant(i64, vw))
+        t = b.add(splat(b, b.trunc(t0, i32), ity), rows.lanes)
+        th, tw = b.udiv(t, lanes(TW)), b.urem(t, lanes(TW))
+        tile_ok = b.icmp_unsigned("<", t, lanes(count))
+        # rows and columns of x the windows read; negative ones compare as large unsigned
+        h = [b.add(b.mul(th, lanes(TILE)), lanes(a - k.padding[0])) for a in range(WINDOW)]
+        w = [b.add(b.mul(tw, lanes(TILE)), lanes(j - k.padding[1])) for j in range(WINDOW)]
+        h_ok = [b.and_(tile_ok, b.icmp_unsigned("<", r, lanes(H))) for r in h]
+        w_ok = [b.icmp_unsigned("<", col, lanes(W)) for col in w]
+        plane = b.gep(kb.buffer(k.x, "f32"), [kb.affine(Affine(0, (C * H * W, H * W)), [n, c])])
+        window = [
+            [
+                gather(kb.m, b, plane, b.add(b.mul(h[a], lanes(W)), w[j]), b.and_(h_ok[a], w_ok[j]), rows.zero)
+                for j in range(WINDOW)
+            ]
+            for a in range(WINDOW)
+        ]
+        v = two_sided(BT, window, *_arithmetic(rows))
+        tile = kb.affine(Affine(0, (columns, count, 1)), [c, n, t0])
+        rows.stores_ahead(
+            b.icmp_signed("<=", b.add(t0, ir.Constant(i64, vw)), kb.dim(count)),
+            [
+                (k.out, b.add(tile, kb.dim((xi * WINDOW + nu) * C * columns)), v[xi][nu])
+                for xi in range(WINDOW)
+                for nu in range(WINDOW)
+            ],
+            tile_ok,
+        )
+
+    def pair(idx):
+        n, c = b.sdiv(idx[0], kb.dim(C)), b.srem(idx[0], kb.dim(C))
+        kb.loops((-(-count // vw),), lambda q: vector_of_tiles(n, c, q[0]))
+
+    kb.loops((N * C,), pair, first=first)
+
+
+def _rows_of_tiles(kb: KernelBuilder, k, first):
     """The (example, channel) pairs `first` = (lo, hi): each row of tiles in vectors of
     consecutive tiles, the 4 rows of their windows loaded as the direct convolution loads
     a row's taps (each row of x once, its 4 tap columns by lane shifts), Bᵀ d B, and the 16
