@@ -1,7 +1,7 @@
 """LLVM IR helpers that the GEMM generator (gemm/), the kernels' loops
 (kernels/<kind>/loops.py), the scalar rules and the step module share: declaring an
 intrinsic or external function once, a scalar splat over a vector, a vector pointer,
-masked vector loads and stores (strided ones too: every stride-th float), masked gathers, vectors
+masked vector loads and stores (strided ones too: every stride-th float), masked gathers and scatters, vectors
 concatenated, interleaved, taken apart again and transposed (8 x 8), and rounding to
 bfloat16 (one value, or a pair)."""
 
@@ -115,20 +115,39 @@ def strided_store(module, b, value, ptr, mask, stride: int):
     return b.call(store, [value, b.bitcast(ptr, wide.as_pointer()), i32(4), _spread(b, mask, stride)])
 
 
-def gather(module, b, base, offsets, mask, fill):
-    """Lane l of a float vector from base[offsets[l]] (offsets: 32-bit lanes) where mask[l]
-    is set, `fill` elsewhere (those lanes read nothing): llvm.masked.gather, one vgatherdps
-    on x86. llvmlite's gep takes no vector of indices: the lanes' addresses are the base's
-    integer plus 4·offset, which LLVM folds back into the gather's base and scaled index."""
-    n = offsets.type.count
-    vty, addresses = ir.VectorType(f32, n), ir.VectorType(i64, n)
-    intrinsic = declare(
-        module, f"llvm.masked.gather.v{n}f32.v{n}p0", vty, [ir.VectorType(f32.as_pointer(), n), i32, mask.type, vty]
-    )
+def _float_pointers(b, base, offsets):
+    """The vector of pointers base + offsets[l] (floats; offsets: 32-bit lanes). llvmlite's gep
+    takes no vector of indices: the base's integer plus 4·offset, which LLVM folds back into
+    a gather's or scatter's base and scaled index."""
+    addresses = ir.VectorType(i64, offsets.type.count)
     lanes = b.add(
-        splat(b, b.ptrtoint(base, i64), addresses), b.shl(b.sext(offsets, addresses), ir.Constant(addresses, [2] * n))
+        splat(b, b.ptrtoint(base, i64), addresses),
+        b.shl(b.sext(offsets, addresses), ir.Constant(addresses, [2] * addresses.count)),
     )
-    return b.call(intrinsic, [b.inttoptr(lanes, ir.VectorType(f32.as_pointer(), n)), i32(4), mask, fill])
+    return b.inttoptr(lanes, ir.VectorType(f32.as_pointer(), addresses.count))
+
+
+def gather(module, b, base, offsets, mask, fill):
+    """Lane l of a float vector from base[offsets[l]] where mask[l] is set, `fill` elsewhere
+    (those lanes read nothing): llvm.masked.gather, one vgatherdps on x86."""
+    ptrs = _float_pointers(b, base, offsets)
+    vty = ir.VectorType(f32, offsets.type.count)
+    intrinsic = declare(
+        module, f"llvm.masked.gather.v{vty.count}f32.v{vty.count}p0", vty, [ptrs.type, i32, mask.type, vty]
+    )
+    return b.call(intrinsic, [ptrs, i32(4), mask, fill])
+
+
+def scatter(module, b, value, base, offsets, mask):
+    """Lane l of the float vector value to base[offsets[l]] where mask[l] is set (the others
+    write nothing): llvm.masked.scatter, one vscatterdps with AVX-512, a store a lane
+    elsewhere."""
+    ptrs = _float_pointers(b, base, offsets)
+    n = value.type.count
+    intrinsic = declare(
+        module, f"llvm.masked.scatter.v{n}f32.v{n}p0", ir.VoidType(), [value.type, ptrs.type, i32, mask.type]
+    )
+    return b.call(intrinsic, [value, ptrs, i32(4), mask])
 
 
 def concatenated(b, vectors: list):

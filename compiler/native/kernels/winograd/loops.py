@@ -1,6 +1,6 @@
 """Winograd's transforms (kernels/winograd), in LLVM IR: a vector's lanes are consecutive
-tiles of a row of tiles (of an example's tiles in order, across its rows, where a row has
-fewer tiles than a vector has lanes: the input's), each lane's arithmetic that of one tile."""
+tiles of a row of tiles, or, where a row fills half a vector or less, of an example's tiles
+in order across its rows (`_in_order`); each lane's arithmetic is that of one tile."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from llvmlite import ir
 
 from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.codegen.image_rows import ConvRows
-from dlc.compiler.native.codegen.intrinsics import gather, interleaved, splat
+from dlc.compiler.native.codegen.intrinsics import gather, interleaved, scatter, splat
 from dlc.compiler.native.codegen.types import i32, i64
 from dlc.compiler.native.kernels.map.loops import map_body
 from dlc.compiler.native.kernels.winograd.transforms import AT, BT, TILE, WINDOW, two_sided
@@ -21,34 +21,50 @@ def _arithmetic(rows: ConvRows) -> tuple:
     return b.fadd, b.fsub, lambda v, c: b.fmul(v, ir.Constant(rows.vty, [float(c)] * rows.vw))
 
 
+def _in_order(rows: ConvRows, k) -> bool:
+    """Whether a transform takes an example's tiles in order across its rows of tiles
+    (`_vector_of_tiles`): where a row of tiles fills half a vector or less (images of 8 x 8
+    pixels have rows of 4 tiles: by rows, a row filled 4 lanes of 16, and its 16 values were
+    stored 16 times over). Where rows fill most of a vector, gathering each tile's window
+    took longer than loading its rows (56 x 56 pixels' rows of 28 tiles: 3.6 ms against 1.1)."""
+    return 2 * k.tiles[1] <= rows.vw
+
+
+def _vector_of_tiles(rows: ConvRows, q, count: int):
+    """Vector q of an example's `count` tiles in order: (its first tile t0, an i64; the
+    lanes' rows of tiles t / TW and columns t mod TW; which lanes are tiles, t < count)."""
+    b, TW = rows.kb.b, rows.k.tiles[1]
+    t0 = b.mul(q, ir.Constant(i64, rows.vw))
+    t = b.add(splat(b, b.trunc(t0, i32), rows.ity), rows.lanes)
+    return t0, b.udiv(t, _lanes(rows, TW)), b.urem(t, _lanes(rows, TW)), b.icmp_unsigned("<", t, _lanes(rows, count))
+
+
+def _lanes(rows: ConvRows, v: int):
+    return ir.Constant(rows.ity, [v] * rows.vw)
+
+
 def input_transform(kb: KernelBuilder, k, first):
-    """The (example, channel) pairs `first` = (lo, hi), Bᵀ d B of each tile: by rows of
-    tiles (`_rows_of_tiles`), or, where a row has fewer tiles than a vector has lanes (images
-    of 8 x 8 pixels and 4 x 4 tiles: a row of tiles filled 4 lanes of 16 and stored them
-    16 times over), an example's tiles in order across its rows (`_tiles_in_order`)."""
-    if 2 * k.tiles[1] <= ConvRows(kb, k, vectors=1).vw:
-        _tiles_in_order(kb, k, first)
-    else:
-        _rows_of_tiles(kb, k, first)
+    """The (example, channel) pairs `first` = (lo, hi), Bᵀ d B of each tile: an example's
+    tiles in order (`_input_tiles_in_order`) or by rows of tiles (`_input_rows_of_tiles`), as
+    `_in_order` says."""
+    rows = ConvRows(kb, k, vectors=1)
+    (_input_tiles_in_order if _in_order(rows, k) else _input_rows_of_tiles)(kb, k, first)
 
 
-def _tiles_in_order(kb: KernelBuilder, k, first):
+def _input_tiles_in_order(kb: KernelBuilder, k, first):
     """The (example, channel) pairs `first` = (lo, hi): their tiles in vectors of consecutive
-    tiles t (row t / TW, column t mod TW), each of the 16 values of their windows gathered
-    from x (a lane whose window's value lies outside x reads nothing and is 0), Bᵀ d B, and
-    the 16 values stored in V's 16 matrices, masked past the pair's last tile."""
+    tiles, each of the 16 values of their windows gathered from x (a lane whose window's
+    value lies outside x reads nothing and is 0), Bᵀ d B, and the 16 values stored in V's 16
+    matrices, masked past the pair's last tile."""
     b, rows = kb.b, ConvRows(kb, k, vectors=1)
     N, C, H, W = k.x_shape
     TH, TW = k.tiles
     count, columns = TH * TW, N * TH * TW
-    vw, ity = rows.vw, rows.ity
-    lanes = lambda v: ir.Constant(ity, [v] * vw)  # noqa: E731
+    vw = rows.vw
+    lanes = lambda v: _lanes(rows, v)  # noqa: E731
 
     def vector_of_tiles(n, c, q):
-        t0 = b.mul(q, ir.Constant(i64, vw))
-        t = b.add(splat(b, b.trunc(t0, i32), ity), rows.lanes)
-        th, tw = b.udiv(t, lanes(TW)), b.urem(t, lanes(TW))
-        tile_ok = b.icmp_unsigned("<", t, lanes(count))
+        t0, th, tw, tile_ok = _vector_of_tiles(rows, q, count)
         # rows and columns of x the windows read; negative ones compare as large unsigned
         h = [b.add(b.mul(th, lanes(TILE)), lanes(a - k.padding[0])) for a in range(WINDOW)]
         w = [b.add(b.mul(tw, lanes(TILE)), lanes(j - k.padding[1])) for j in range(WINDOW)]
@@ -81,7 +97,7 @@ def _tiles_in_order(kb: KernelBuilder, k, first):
     kb.loops((N * C,), pair, first=first)
 
 
-def _rows_of_tiles(kb: KernelBuilder, k, first):
+def _input_rows_of_tiles(kb: KernelBuilder, k, first):
     """The (example, channel) pairs `first` = (lo, hi): each row of tiles in vectors of
     consecutive tiles, the 4 rows of their windows loaded as the direct convolution loads
     a row's taps (each row of x once, its 4 tap columns by lane shifts), Bᵀ d B, and the 16
@@ -121,30 +137,55 @@ def _rows_of_tiles(kb: KernelBuilder, k, first):
 
 
 def output_transform(kb: KernelBuilder, k, first):
-    """The (example, channel) pairs `first` = (lo, hi): each row of tiles in vectors of
-    consecutive tiles, their 16 products loaded from M's 16 matrices, Aᵀ M A, each row of
-    outputs interleaved from its tiles' columns and stored where it lies inside y; then
-    the epilogue's map on the (example, channel) plane, still in cache."""
+    """The (example, channel) pairs `first` = (lo, hi): Aᵀ M A of each tile, an example's
+    tiles in order or by rows of tiles (`_in_order`), each tile's 4 outputs stored where they
+    lie inside y; then the epilogue's map on the (example, channel) plane, still in cache."""
     b, rows = kb.b, ConvRows(kb, k, vectors=1)
     N, O, Ho, Wo = k.out_shape
     TH, TW = k.tiles
-    columns = N * TH * TW
+    count, columns = TH * TW, N * TH * TW
+    lanes = lambda v: _lanes(rows, v)  # noqa: E731
+
+    def products(at, whole, mask):
+        """The 4 x 4 products of the tiles at `at` in M's 16 matrices, loaded whole where
+        `whole` holds, else under `mask`, and Aᵀ M A: 2 x 2 vectors."""
+        m = rows.whole_or_masked(
+            whole,
+            [
+                (k.products, b.add(at, kb.dim((xi * WINDOW + nu) * O * columns)))
+                for xi in range(WINDOW)
+                for nu in range(WINDOW)
+            ],
+            lambda: [mask] * WINDOW * WINDOW,
+        )
+        return two_sided(AT, [m[xi * WINDOW : (xi + 1) * WINDOW] for xi in range(WINDOW)], *_arithmetic(rows))
+
+    def vector_of_tiles(n, o, q):
+        # each of a tile's 4 outputs scattered into y's plane: a row of tiles is too short
+        # for the rows of outputs to be worth interleaving
+        t0, th, tw, tile_ok = _vector_of_tiles(rows, q, count)
+        y = products(
+            kb.affine(Affine(0, (columns, count, 1)), [o, n, t0]),
+            b.icmp_signed("<=", b.add(t0, ir.Constant(i64, rows.vw)), kb.dim(count)),
+            tile_ok,
+        )
+        plane = b.gep(kb.buffer(k.out, "f32"), [kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo)), [n, o])])
+        for a in range(TILE):
+            ho = b.add(b.mul(th, lanes(TILE)), lanes(a))
+            row_ok = b.and_(tile_ok, b.icmp_unsigned("<", ho, lanes(Ho)))
+            for s in range(TILE):
+                wo = b.add(b.mul(tw, lanes(TILE)), lanes(s))
+                ok = b.and_(row_ok, b.icmp_unsigned("<", wo, lanes(Wo)))
+                scatter(kb.m, b, y[a][s], plane, b.add(b.mul(ho, lanes(Wo)), wo), ok)
 
     def row_of_tiles(n, o, th, q):
+        # each row of outputs interleaved from its tiles' columns
         tw0 = b.mul(q, ir.Constant(i64, rows.chunk))
-        tile = kb.affine(Affine(0, (columns, TH * TW, TW, 1)), [o, n, th, tw0])
-        positions = [
-            (k.products, b.add(tile, kb.dim((xi * WINDOW + nu) * O * columns)))
-            for xi in range(WINDOW)
-            for nu in range(WINDOW)
-        ]
-        m = rows.whole_or_masked(
+        y = products(
+            kb.affine(Affine(0, (columns, TH * TW, TW, 1)), [o, n, th, tw0]),
             b.icmp_signed("<=", b.add(tw0, ir.Constant(i64, rows.vw)), kb.dim(TW)),
-            positions,
-            lambda: [rows.mask(tw0, TW)] * len(positions),
+            rows.mask(tw0, TW),
         )
-        m = [m[xi * WINDOW : (xi + 1) * WINDOW] for xi in range(WINDOW)]
-        y = two_sided(AT, m, *_arithmetic(rows))
         for a in range(TILE):
             ho = b.add(b.mul(th, ir.Constant(i64, TILE)), ir.Constant(i64, a))
             row_ok = b.icmp_signed("<", ho, kb.dim(Ho))
@@ -160,7 +201,10 @@ def output_transform(kb: KernelBuilder, k, first):
 
     def pair(idx):
         n, o = b.sdiv(idx[0], kb.dim(O)), b.srem(idx[0], kb.dim(O))
-        kb.loops((TH, rows.chunks()), lambda tq: row_of_tiles(n, o, *tq))
+        if _in_order(rows, k):
+            kb.loops((-(-count // rows.vw),), lambda q: vector_of_tiles(n, o, q[0]))
+        else:
+            kb.loops((TH, rows.chunks()), lambda tq: row_of_tiles(n, o, *tq))
         if k.epilogue is not None:
             kb.loops((Ho * Wo,), lambda p: map_body(kb, k.epilogue, kb.p, [n, o, p[0]]), contiguous=True)
 
