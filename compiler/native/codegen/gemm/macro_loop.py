@@ -15,7 +15,7 @@ from dlc.compiler.native.codegen.gemm.few_columns import few_columns
 from dlc.compiler.native.codegen.gemm.few_rows import few_rows, packed_b, stored_b
 from dlc.compiler.native.codegen.gemm.interface import EPILOGUE_TYPE, SIZES, SLOTS
 from dlc.compiler.native.codegen.gemm.ir_helpers import c64, ceil_div, fptr, gep, internal, loop, smin
-from dlc.compiler.native.codegen.gemm.microkernel import narrow_ukernel, stored_b_ukernel, ukernel
+from dlc.compiler.native.codegen.gemm.microkernel import narrow_ukernel, stored_b_ukernel, streamed_a_ukernels, ukernel
 from dlc.compiler.native.codegen.gemm.packs import pack, panel_length
 from dlc.compiler.native.codegen.gemm.window_packs import pack_windows
 
@@ -98,6 +98,10 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
     rows_few = b.icmp_signed("<=", b.sub(m1, m0), c64(FEW_ROWS))
     # a block given op(A) packed reads the pack only (a caller may keep no other A): tiled
     unpacked_a = b.icmp_unsigned("==", Ak, ir.Constant(fptr, None)) if packed_a else ir.Constant(i1, 1)
+    if packed_a and not cfg.amx:  # a given op(A)'s panels come from memory: fetched ahead
+        streamed, narrow_streamed = streamed_a_ukernels(gen)
+        uk = b.select(unpacked_a, uk, streamed)
+        narrow = None if narrow is None else b.select(unpacked_a, narrow, narrow_streamed)
     if packed and not cfg.bf16:
         # op(B) packed (given, not null) and the columns from a panel's start: the
         # one-row product streams its panels (a null Bk: the caller's pack is not made),
