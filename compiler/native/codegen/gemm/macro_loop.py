@@ -98,10 +98,6 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
     rows_few = b.icmp_signed("<=", b.sub(m1, m0), c64(FEW_ROWS))
     # a block given op(A) packed reads the pack only (a caller may keep no other A): tiled
     unpacked_a = b.icmp_unsigned("==", Ak, ir.Constant(fptr, None)) if packed_a else ir.Constant(i1, 1)
-    if packed_a and not cfg.amx:  # a given op(A)'s panels come from memory: fetched ahead
-        streamed, narrow_streamed = streamed_a_ukernels(gen)
-        uk = b.select(unpacked_a, uk, streamed)
-        narrow = None if narrow is None else b.select(unpacked_a, narrow, narrow_streamed)
     if packed and not cfg.bf16:
         # op(B) packed (given, not null) and the columns from a panel's start: the
         # one-row product streams its panels (a null Bk: the caller's pack is not made),
@@ -199,7 +195,14 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
 
                     def from_pack():
                         bpanel = gep(b, bblock, b.mul(jr if where_b is None else b.sub(jr, where_b), bstride))
-                        kernel = uk if narrow is None else b.select(b.icmp_signed("<=", nr, c64(cfg.vw)), narrow, uk)
+                        kernel = _ukernel(b, (uk, narrow), nr, cfg.vw)
+                        if packed_a and not cfg.amx:
+                            # a given op(A)'s block comes from memory in the first pass over
+                            # it, fetched ahead; the passes after it find it in cache
+                            streamed, narrow_streamed = streamed_a_ukernels(gen)
+                            streamed = _ukernel(b, (streamed, narrow and narrow_streamed), nr, cfg.vw)
+                            first = b.and_(b.not_(unpacked_a), b.icmp_signed("==", jr, c64(0)))
+                            kernel = b.select(first, streamed, kernel)
                         tiles(lambda ap, ct, mr: b.call(kernel, [kc, ap, bpanel, ct, ldc, mr, nr, load_c]))
 
                     if where_b is None:
@@ -222,6 +225,12 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
                     b.position_at_end(after)
     b.ret_void()
     return fn
+
+
+def _ukernel(b, kernels: tuple, nr, vw: int):
+    """Of (the micro-kernel, its narrow one or None), the one for a tile of nr columns."""
+    uk, narrow = kernels
+    return uk if narrow is None else b.select(b.icmp_signed("<=", nr, c64(vw)), narrow, uk)
 
 
 def _a_block(gen, b, fn, A, lda, Ap, Ak, trans_a, ic, mc, pc, kc, K):
