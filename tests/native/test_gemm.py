@@ -454,6 +454,24 @@ def test_forced_avx2_target_emits_no_avx512(tmp_path):
 
 
 @pytest.mark.sets_target
+def test_a_named_build_target_is_whole_under_any_dlc_target(monkeypatch):
+    """`dlc build --target avx512` (compile_for) compiles for that target's features, which
+    DLC_TARGET=avx2 (this process's own code without AVX-512) does not take away."""
+    monkeypatch.setenv("DLC_TARGET", "avx2")
+    jit.host_cpu.cache_clear()
+    try:
+        assert "+avx512f" not in jit.host_cpu()[1].split(",")
+        jit.compile_for("x86_64-unknown-linux-gnu", "x86-64-v4", "+avx2,+fma,+avx512f,+avx512bw")
+        assert jit.host_cpu() == ("x86-64-v4", "+avx2,+fma,+avx512f,+avx512bw,-prefer-256-bit")
+    finally:
+        jit._other_machine = None
+        jit.host_cpu.cache_clear()
+        jit._shared_tm.cache_clear()
+        monkeypatch.undo()
+        jit.host_cpu.cache_clear()
+
+
+@pytest.mark.sets_target
 def test_an_aarch64_level_the_host_lacks_is_refused(monkeypatch):
     """On an ARM Linux host whose HWCAP words say dotprod but not i8mm (LLVM's features of it
     say neither): the host's features have dotprod, DLC_TARGET=aarch64-dotprod compiles for

@@ -200,10 +200,12 @@ def forced_target() -> str:
 
 @functools.cache
 def host_cpu() -> tuple[str, str]:
-    """(cpu name, feature string) of the target we compile for: the machine we run on
-    (or the one `compile_for` names), less the features DLC_TARGET removes (REMOVED)."""
+    """(cpu name, feature string) of the target we compile for: the machine we run on, less
+    the features DLC_TARGET removes (REMOVED); or the one `compile_for` names, whole: a
+    library built for a named target (`dlc build --target`) is that target's, whatever
+    DLC_TARGET says of this process's own code."""
     _init()
-    target = forced_target()
+    target = "host" if _other_machine else forced_target()
     if target not in TARGETS:
         from dlc.compiler.errors import DlcError
 
