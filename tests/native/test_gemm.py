@@ -454,21 +454,15 @@ def test_forced_avx2_target_emits_no_avx512(tmp_path):
 
 
 @pytest.mark.sets_target
-def test_a_named_build_target_is_whole_under_any_dlc_target(monkeypatch):
+def test_a_named_build_target_is_whole_under_any_dlc_target(monkeypatch, other_machine):
     """`dlc build --target avx512` (compile_for) compiles for that target's features, which
-    DLC_TARGET=avx2 (this process's own code without AVX-512) does not take away."""
+    DLC_TARGET=avx2 (this process's own code without AVX-512) does not take away. (The
+    fixtures end in reverse order: other_machine's clears the cache before DLC_TARGET is back.)"""
     monkeypatch.setenv("DLC_TARGET", "avx2")
     jit.host_cpu.cache_clear()
-    try:
-        assert "+avx512f" not in jit.host_cpu()[1].split(",")
-        jit.compile_for("x86_64-unknown-linux-gnu", "x86-64-v4", "+avx2,+fma,+avx512f,+avx512bw")
-        assert jit.host_cpu() == ("x86-64-v4", "+avx2,+fma,+avx512f,+avx512bw,-prefer-256-bit")
-    finally:
-        jit._other_machine = None
-        jit.host_cpu.cache_clear()
-        jit._shared_tm.cache_clear()
-        monkeypatch.undo()
-        jit.host_cpu.cache_clear()
+    assert "+avx512f" not in jit.host_cpu()[1].split(",")
+    other_machine("x86_64-unknown-linux-gnu", "x86-64-v4", "+avx2,+fma,+avx512f,+avx512bw")
+    assert jit.host_cpu() == ("x86-64-v4", "+avx2,+fma,+avx512f,+avx512bw,-prefer-256-bit")
 
 
 @pytest.mark.sets_target

@@ -20,7 +20,7 @@ from dlc.compiler.native.codegen.intrinsics import (
     vec_ptr,
 )
 from dlc.compiler.native.codegen.types import f32, i1, i32, i64
-from dlc.compiler.native.codegen.gemm.ir_helpers import c64, carrying_loop, ceil_div, first_rows, gep, loop, smin
+from dlc.compiler.native.codegen.gemm.ir_helpers import c64, carrying_loop, ceil_div, first_rows, gep, loop, smin, vptr
 
 
 # the rows of op(A) a block of at most FEW_COLUMNS columns (multiplied without packing,
@@ -234,13 +234,13 @@ def _columns_in_lanes(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, 
     mload, mstore = masked(gen.m, vty)
     zero = ir.Constant(vty, None)
     row_of_b, lanes = _row_of_b(gen, b, B, ldb, trans_b, n0, n1)
-    byte_ptr = ir.IntType(8).as_pointer()
-    prefetch = declare(gen.m, "llvm.prefetch.p0", ir.VoidType(), [byte_ptr, i32, i32, i32])
 
     # op(B)'s rows are copied a span of whole K slices at a time, as many as Bp holds (all of
     # K up to 16,384 on AVX-512's blocking); a group then sums the span's slices one after the
     # other, its rows (or panel) streamed from memory in order
     span = b.mul(b.sdiv(c64(gen.cfg.kc * gen.cfg.nc // W), kstep), kstep)
+    if Ak is not None:
+        prefetch = declare(gen.m, "llvm.prefetch.p0", ir.VoidType(), [vptr, i32, i32, i32])
     with loop(b, 0, K, span, name="lspan") as p0:
         p1 = smin(b, K, b.add(p0, span))
         with loop(b, p0, p1, name="lb") as k:
@@ -265,7 +265,7 @@ def _columns_in_lanes(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, 
                 if Ak is not None:  # each panel's stream fetched ahead (clamped inside the panel)
                     ahead = smin(b, b.add(k, c64(PANEL_AHEAD // (4 * G))), b.sub(K, c64(1)))
                     for g in range(q):
-                        b.call(prefetch, [b.bitcast(a_at(g, 0, ahead), byte_ptr), i32(0), i32(3), i32(1)])
+                        b.call(prefetch, [b.bitcast(a_at(g, 0, ahead), vptr), i32(0), i32(3), i32(1)])
                 for g in range(q):
                     for p in range(G):
                         a = splat(b, b.load(a_at(g, p, k)), vty)

@@ -200,7 +200,7 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
                             # a given op(A)'s block comes from memory in the first pass over
                             # it, fetched ahead; the passes after it find it in cache
                             streamed, narrow_streamed = streamed_a_ukernels(gen)
-                            streamed = _ukernel(b, (streamed, narrow and narrow_streamed), nr, cfg.vw)
+                            streamed = _ukernel(b, (streamed, None if narrow is None else narrow_streamed), nr, cfg.vw)
                             first = b.and_(b.not_(unpacked_a), b.icmp_signed("==", jr, c64(0)))
                             kernel = b.select(first, streamed, kernel)
                         tiles(lambda ap, ct, mr: b.call(kernel, [kc, ap, bpanel, ct, ldc, mr, nr, load_c]))

@@ -31,12 +31,15 @@ def _in_order(rows: ConvRows, k) -> bool:
 
 
 def _vector_of_tiles(rows: ConvRows, q, count: int):
-    """Vector q of an example's `count` tiles in order: (its first tile t0, an i64; the
-    lanes' rows of tiles t / TW and columns t mod TW; which lanes are tiles, t < count)."""
+    """Vector q of an example's `count` tiles in order: (its first tile t0, an i64; whether
+    every lane is a tile; the lanes' rows of tiles t / TW and columns t mod TW; which lanes
+    are tiles, t < count)."""
     b, TW = rows.kb.b, rows.k.tiles[1]
     t0 = b.mul(q, ir.Constant(i64, rows.vw))
+    whole = b.icmp_signed("<=", b.add(t0, ir.Constant(i64, rows.vw)), rows.kb.dim(count))
     t = b.add(splat(b, b.trunc(t0, i32), rows.ity), rows.lanes)
-    return t0, b.udiv(t, _lanes(rows, TW)), b.urem(t, _lanes(rows, TW)), b.icmp_unsigned("<", t, _lanes(rows, count))
+    tile_ok = b.icmp_unsigned("<", t, _lanes(rows, count))
+    return t0, whole, b.udiv(t, _lanes(rows, TW)), b.urem(t, _lanes(rows, TW)), tile_ok
 
 
 def _lanes(rows: ConvRows, v: int):
@@ -48,23 +51,22 @@ def input_transform(kb: KernelBuilder, k, first):
     tiles in order (`_input_tiles_in_order`) or by rows of tiles (`_input_rows_of_tiles`), as
     `_in_order` says."""
     rows = ConvRows(kb, k, vectors=1)
-    (_input_tiles_in_order if _in_order(rows, k) else _input_rows_of_tiles)(kb, k, first)
+    (_input_tiles_in_order if _in_order(rows, k) else _input_rows_of_tiles)(kb, rows, k, first)
 
 
-def _input_tiles_in_order(kb: KernelBuilder, k, first):
+def _input_tiles_in_order(kb: KernelBuilder, rows: ConvRows, k, first):
     """The (example, channel) pairs `first` = (lo, hi): their tiles in vectors of consecutive
     tiles, each of the 16 values of their windows gathered from x (a lane whose window's
     value lies outside x reads nothing and is 0), Bᵀ d B, and the 16 values stored in V's 16
     matrices, masked past the pair's last tile."""
-    b, rows = kb.b, ConvRows(kb, k, vectors=1)
+    b = kb.b
     N, C, H, W = k.x_shape
     TH, TW = k.tiles
     count, columns = TH * TW, N * TH * TW
-    vw = rows.vw
     lanes = lambda v: _lanes(rows, v)  # noqa: E731
 
     def vector_of_tiles(n, c, q):
-        t0, th, tw, tile_ok = _vector_of_tiles(rows, q, count)
+        t0, whole, th, tw, tile_ok = _vector_of_tiles(rows, q, count)
         # rows and columns of x the windows read; negative ones compare as large unsigned
         h = [b.add(b.mul(th, lanes(TILE)), lanes(a - k.padding[0])) for a in range(WINDOW)]
         w = [b.add(b.mul(tw, lanes(TILE)), lanes(j - k.padding[1])) for j in range(WINDOW)]
@@ -81,7 +83,7 @@ def _input_tiles_in_order(kb: KernelBuilder, k, first):
         v = two_sided(BT, window, *_arithmetic(rows))
         tile = kb.affine(Affine(0, (columns, count, 1)), [c, n, t0])
         rows.stores_ahead(
-            b.icmp_signed("<=", b.add(t0, ir.Constant(i64, vw)), kb.dim(count)),
+            whole,
             [
                 (k.out, b.add(tile, kb.dim((xi * WINDOW + nu) * C * columns)), v[xi][nu])
                 for xi in range(WINDOW)
@@ -92,19 +94,19 @@ def _input_tiles_in_order(kb: KernelBuilder, k, first):
 
     def pair(idx):
         n, c = b.sdiv(idx[0], kb.dim(C)), b.srem(idx[0], kb.dim(C))
-        kb.loops((-(-count // vw),), lambda q: vector_of_tiles(n, c, q[0]))
+        kb.loops((-(-count // rows.vw),), lambda q: vector_of_tiles(n, c, q[0]))
 
     kb.loops((N * C,), pair, first=first)
 
 
-def _input_rows_of_tiles(kb: KernelBuilder, k, first):
+def _input_rows_of_tiles(kb: KernelBuilder, rows: ConvRows, k, first):
     """The (example, channel) pairs `first` = (lo, hi): each row of tiles in vectors of
     consecutive tiles, the 4 rows of their windows loaded as the direct convolution loads
     a row's taps (each row of x once, its 4 tap columns by lane shifts), Bᵀ d B, and the 16
     values of each tile stored in V's 16 matrices: whole where the vector's tiles past the
     row's end are the next rows' of the pair, which come later (`ConvRows.stores_ahead`),
     masked at the pair's last row only."""
-    b, rows = kb.b, ConvRows(kb, k, vectors=1)
+    b = kb.b
     N, C = k.x_shape[:2]
     TH, TW = k.tiles
     columns = N * TH * TW
@@ -163,12 +165,8 @@ def output_transform(kb: KernelBuilder, k, first):
     def vector_of_tiles(n, o, q):
         # each of a tile's 4 outputs scattered into y's plane: a row of tiles is too short
         # for the rows of outputs to be worth interleaving
-        t0, th, tw, tile_ok = _vector_of_tiles(rows, q, count)
-        y = products(
-            kb.affine(Affine(0, (columns, count, 1)), [o, n, t0]),
-            b.icmp_signed("<=", b.add(t0, ir.Constant(i64, rows.vw)), kb.dim(count)),
-            tile_ok,
-        )
+        t0, whole, th, tw, tile_ok = _vector_of_tiles(rows, q, count)
+        y = products(kb.affine(Affine(0, (columns, count, 1)), [o, n, t0]), whole, tile_ok)
         plane = b.gep(kb.buffer(k.out, "f32"), [kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo)), [n, o])])
         for a in range(TILE):
             ho = b.add(b.mul(th, lanes(TILE)), lanes(a))
