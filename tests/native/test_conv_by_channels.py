@@ -1,7 +1,7 @@
 """The direct convolution of an image's few channels into many filters, by channels
 (ConvKernel.by_channels, docs/native.md): which convolutions take it, the forward pass and
-both gradients against torch over kernel sizes, strides, padding and rows that end
-mid-tile, at the host's vector width and at AArch64's and AVX-512's, a prediction's
+both gradients against torch over kernel sizes, strides, padding, rows that end
+mid-tile and rows of whole lines, at the host's vector width and at AArch64's and AVX-512's, a prediction's
 filters copied once, and the same bits on any thread count and target."""
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ CASES = {
     "2x2-stride2": (2, 32, 2, 2, 0, 8, 17),
     "stride-h2-w1": (3, 16, 3, (2, 1), 1, 11, 13),
     "wide-padding": (2, 16, 3, 1, 3, 5, 7),
+    "rows-of-lines-stride2": (3, 32, 3, 2, 1, 7, 64),  # rows of 32 outputs: tiles of 16 at 16 lanes
+    "rows-of-lines": (3, 16, 5, 1, 2, 4, 16),
 }
 
 
@@ -75,7 +77,7 @@ def test_a_stem_by_channels_matches_torch_forward_and_backward(case):
 
 
 @pytest.mark.parametrize("config", ["NEON", "AVX512"])
-@pytest.mark.parametrize("case", ["7x7-stride2", "3x3-stride2", "rows-shorter-than-a-tile"])
+@pytest.mark.parametrize("case", ["7x7-stride2", "3x3-stride2", "rows-shorter-than-a-tile", "rows-of-lines-stride2"])
 def test_a_stem_by_channels_at_other_vector_widths_matches_torch(case, config, monkeypatch, tmp_path):
     """NEON's 4 lanes (four vectors a pixel) and AVX-512's 16 (one), compiled here (LLVM
     splits a vector wider than the host's)."""

@@ -168,19 +168,27 @@ def row_epilogue(kb: KernelBuilder, k, n, ho):
 # pixel), a tap's two vectors of weights and one broadcast value: two FMAs for each load
 # (8 pixels times 8 channels had one)
 TILE_PIXELS = 6
+# with 16-lane vectors (a pixel's 16 filters in one), a tile is a line of LINE_PIXELS pixels where
+# the rows are made of whole lines: each filter's 16 outputs stored whole (two stores of 8,
+# one after the other), once. In tiles of 6, each line of an output row was stored by three
+# tiles, and between two of them the other filters' lines passed through the L1 cache's sets,
+# which planes of 32 x 32 pixels, 4 KB apart, share: MobileNetV2's stem at 64 x 64 pixels
+# took 0.69 of its time so (32 x 32 outputs; 0.72 at 16 x 16, 0.83 at 64 x 64, 0.94 at
+# 112 x 112); rows of other lengths keep tiles of 6, whose last tile wastes less
+LINE_PIXELS = 16
 
 
 def conv_by_channels(kb: KernelBuilder, k, first):
     """The output rows (example, row) `first` = (lo, hi) of a convolution of few input
     channels into many filters (`by_channels`: w is [O / TILE_CHANNELS, C·kh·kw,
-    TILE_CHANNELS]): tiles of TILE_PIXELS pixels of the row times TILE_CHANNELS
-    filters, whose sums (vectors of channels, one or more a pixel) stay in registers
-    while the taps (c, i, j) stream by — each tap's weights loaded as vectors, each
-    input value broadcast from where it lies (no stride-2 lanes to gather; a tap column
-    past the image is a select to 0, in the row's first and last tiles only) — then
-    transposed 8 x 8 into rows of pixels of one channel and stored, each row of 8 whole
-    (its last lanes the next tile's pixels, stored again by it), masked at the row's
-    end; then the row's epilogue. Each output sums its taps in order, one FMA each: the
+    TILE_CHANNELS]): tiles of TILE_PIXELS pixels of the row (LINE_PIXELS where they are
+    lines) times TILE_CHANNELS filters, whose sums (vectors of channels, one or more a
+    pixel) stay in registers while the taps (c, i, j) stream by — each tap's weights
+    loaded as vectors, each input value broadcast from where it lies (no stride-2 lanes to
+    gather; a tap column past the image is a select to 0, in the row's first and last
+    tiles only) — then transposed 8 x 8 into rows of pixels of one channel and stored,
+    each row of 8 whole (a tile of 6: its last lanes the next tile's pixels, stored again
+    by it), masked at the row's end; then the row's epilogue. Each output sums its taps in order, one FMA each: the
     same bits at any vector width and on any team."""
     b, rows = kb.b, ConvRows(kb, k)
     N, C, H, W = k.x_shape
@@ -188,13 +196,14 @@ def conv_by_channels(kb: KernelBuilder, k, first):
     Ho, Wo = k.out_hw
     vw, sw, pw = rows.vw, k.stride_w, k.padding[1]
     per_pixel = TILE_CHANNELS // vw  # vectors of a pixel's sums
+    tile_pixels = LINE_PIXELS if per_pixel == 1 and isinstance(Wo, int) and Wo % LINE_PIXELS == 0 else TILE_PIXELS
     v8 = ir.VectorType(f32, 8)
     _, store8 = masked(kb.m, v8)
     x, w, out = kb.buffer(k.x, "f32"), kb.buffer(k.w, "f32"), kb.buffer(k.out, "f32")
     c64 = lambda v: ir.Constant(i64, v)
 
     def tile(n, ho, taps_of_row, tile_index, wo0, first_column, edge: bool):
-        sums = rows.sums(per_pixel * TILE_PIXELS)
+        sums = rows.sums(per_pixel * tile_pixels)
         o0 = b.mul(tile_index, c64(TILE_CHANNELS))
         top, bottom = taps_of_row
 
@@ -209,17 +218,32 @@ def conv_by_channels(kb: KernelBuilder, k, first):
                 b.load(vec_ptr(b, b.gep(w, [b.add(at, c64(v * vw))], inbounds=True), rows.vty), align=4)
                 for v in range(per_pixel)
             ]
-            for p in range(TILE_PIXELS):
-                column = b.add(first_column, b.add(j, c64(p * sw)))
-                if edge:  # a column outside the image reads nothing: 0
-                    inside = b.icmp_unsigned("<", column, kb.dim(W))
-                    value = b.load(b.gep(x, [b.add(row, b.select(inside, column, c64(0)))], inbounds=True))
-                    value = b.select(inside, value, ir.Constant(f32, 0.0))
-                else:
-                    value = b.load(b.gep(x, [b.add(row, column)], inbounds=True))
-                value = splat(b, value, rows.vty)
-                for v in range(per_pixel):
-                    rows.add(sums[p * per_pixel + v], weights[v], value)
+
+            def accumulate(edge: bool):
+                for p in range(tile_pixels):
+                    column = b.add(first_column, b.add(j, c64(p * sw)))
+                    if edge:  # a column outside the image reads nothing: 0
+                        inside = b.icmp_unsigned("<", column, kb.dim(W))
+                        value = b.load(b.gep(x, [b.add(row, b.select(inside, column, c64(0)))], inbounds=True))
+                        value = b.select(inside, value, ir.Constant(f32, 0.0))
+                    else:
+                        value = b.load(b.gep(x, [b.add(row, column)], inbounds=True))
+                    value = splat(b, value, rows.vty)
+                    for v in range(per_pixel):
+                        rows.add(sums[p * per_pixel + v], weights[v], value)
+
+            if not edge:
+                accumulate(False)
+                return
+            # in an edge tile, a tap column whose every pixel lies inside x as in an interior tile
+            # (most of them: at padding 1, two of three), the others column by column
+            lo = b.add(first_column, j)
+            hi = b.add(lo, c64((tile_pixels - 1) * sw))
+            with b.if_else(b.and_(b.icmp_signed(">=", lo, c64(0)), b.icmp_signed("<", hi, kb.dim(W)))) as (whole, part):
+                with whole:
+                    accumulate(False)
+                with part:
+                    accumulate(True)
 
         # one loop over a channel's taps: with the columns unrolled, the values a pixel's tap
         # shares with the next pixel's (at stride 2, two columns on) were kept in registers,
@@ -229,36 +253,50 @@ def conv_by_channels(kb: KernelBuilder, k, first):
         # each pixel's channels in pieces of 8, transposed: rows of 8 lanes of one channel,
         # the tile's pixels first
         pixels = [
-            concatenated(b, [b.load(sums[p * per_pixel + v]) for v in range(per_pixel)]) for p in range(TILE_PIXELS)
+            concatenated(b, [b.load(sums[p * per_pixel + v]) for v in range(per_pixel)]) for p in range(tile_pixels)
         ]
-        pixels += [ir.Constant(pixels[0].type, None)] * (8 - TILE_PIXELS)  # no pixels: any lanes
+        pixels += [ir.Constant(pixels[0].type, None)] * (-tile_pixels % 8)  # no pixels: any lanes
         lanes8 = ir.VectorType(i32, 8)
-        pieces = [
-            [b.shuffle_vector(px, px, ir.Constant(lanes8, list(range(q, q + 8)))) for px in pixels]
+        lane_numbers = ir.Constant(lanes8, list(range(8)))
+        stores = []  # per 8 pixels: (first column, whether whole, the mask of the row's columns)
+        for h in range(0, len(pixels), 8):
+            at = b.add(wo0, c64(h))
+            left = b.sub(kb.dim(Wo), at)
+            left = b.select(b.icmp_signed("<", left, c64(tile_pixels - h)), left, c64(tile_pixels - h))
+            whole = b.icmp_signed("<=", b.add(at, c64(8)), kb.dim(Wo))
+            stores.append((at, whole, b.icmp_signed("<", lane_numbers, splat(b, b.trunc(left, i32), lanes8))))
+        # filter by filter, each 8 pixels of the tile: a filter's LINE_PIXELS outputs one after the other
+        transposed = [
+            [
+                transpose8(
+                    b,
+                    [b.shuffle_vector(px, px, ir.Constant(lanes8, list(range(q, q + 8)))) for px in pixels[h : h + 8]],
+                )
+                for h in range(0, len(pixels), 8)
+            ]
             for q in range(0, TILE_CHANNELS, 8)
         ]
-        whole = b.icmp_signed("<=", b.add(wo0, c64(8)), kb.dim(Wo))
-        left = b.sub(kb.dim(Wo), wo0)
-        left = b.select(b.icmp_signed("<", left, c64(TILE_PIXELS)), left, c64(TILE_PIXELS))
-        mask = b.icmp_signed("<", ir.Constant(lanes8, list(range(8))), splat(b, b.trunc(left, i32), lanes8))
-        for q, piece in enumerate(pieces):
-            for lane, values in enumerate(transpose8(b, piece)):
-                at = kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo, Wo, 1)), [n, b.add(o0, c64(q * 8 + lane)), ho, wo0])
-                ptr = vec_ptr(b, b.gep(out, [at]), v8)
-                with b.if_else(whole) as (inside, end):
-                    with inside:
-                        b.store(values, ptr, align=4)
-                    with end:
-                        b.call(store8, [values, ptr, ir.Constant(i32, 4), mask])
+        for q in range(0, TILE_CHANNELS, 8):
+            for lane in range(8):
+                o = b.add(o0, c64(q + lane))
+                for (at, whole, mask), values in zip(stores, (half[lane] for half in transposed[q // 8])):
+                    ptr = vec_ptr(
+                        b, b.gep(out, [kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo, Wo, 1)), [n, o, ho, at])]), v8
+                    )
+                    with b.if_else(whole) as (inside, end):
+                        with inside:
+                            b.store(values, ptr, align=4)
+                        with end:
+                            b.call(store8, [values, ptr, ir.Constant(i32, 4), mask])
 
     def row(idx):
         n, ho = b.sdiv(idx[0], kb.dim(Ho)), b.srem(idx[0], kb.dim(Ho))
         taps_of_row = rows.tap_rows(ho)  # the tap rows inside x, the same for every tile
 
         def tiles(oq):
-            wo0 = b.mul(oq[1], c64(TILE_PIXELS))
+            wo0 = b.mul(oq[1], c64(tile_pixels))
             first_column = b.sub(b.mul(wo0, c64(sw)), c64(pw))
-            last_column = b.add(first_column, c64((TILE_PIXELS - 1) * sw + kw - 1))
+            last_column = b.add(first_column, c64((tile_pixels - 1) * sw + kw - 1))
             inside = b.and_(b.icmp_signed(">=", first_column, c64(0)), b.icmp_signed("<", last_column, kb.dim(W)))
             with b.if_else(inside) as (interior, border):
                 with interior:
@@ -266,7 +304,7 @@ def conv_by_channels(kb: KernelBuilder, k, first):
                 with border:
                     tile(n, ho, taps_of_row, oq[0], wo0, first_column, True)
 
-        kb.loops((O // TILE_CHANNELS, b.sdiv(b.add(kb.dim(Wo), c64(TILE_PIXELS - 1)), c64(TILE_PIXELS))), tiles)
+        kb.loops((O // TILE_CHANNELS, b.sdiv(b.add(kb.dim(Wo), c64(tile_pixels - 1)), c64(tile_pixels))), tiles)
         row_epilogue(kb, k, n, ho)
 
     kb.loops((N * Ho,), row, first=first)
