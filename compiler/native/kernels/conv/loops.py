@@ -188,8 +188,8 @@ def conv_by_channels(kb: KernelBuilder, k, first):
     gather; a tap column past the image is a select to 0, in the row's first and last
     tiles only) — then transposed 8 x 8 into rows of pixels of one channel and stored,
     each row of 8 whole (a tile of 6: its last lanes the next tile's pixels, stored again
-    by it), masked at the row's end; then the row's epilogue. Each output sums its taps in order, one FMA each: the
-    same bits at any vector width and on any team."""
+    by it), masked at the row's end; then the row's epilogue. Each output sums its taps in
+    order, one FMA each: the same bits at any vector width and on any team."""
     b, rows = kb.b, ConvRows(kb, k)
     N, C, H, W = k.x_shape
     O, _, kh, kw = k.w_shape
