@@ -1,8 +1,9 @@
 """The direct convolution of an image's few channels into many filters, by channels
 (ConvKernel.by_channels, docs/native.md): which convolutions take it, the forward pass and
 both gradients against torch over kernel sizes, strides, padding, rows that end
-mid-tile and rows of whole lines, at the host's vector width and at AArch64's and AVX-512's, a prediction's
-filters copied once, and the same bits on any thread count and target."""
+mid-tile and rows of whole lines, at the host's vector width and at AArch64's and
+AVX-512's, a prediction's filters copied once, and the same bits on any thread count and
+target."""
 
 from __future__ import annotations
 
