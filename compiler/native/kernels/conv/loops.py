@@ -257,14 +257,25 @@ def conv_by_channels(kb: KernelBuilder, k, first):
         ]
         pixels += [ir.Constant(pixels[0].type, None)] * (-tile_pixels % 8)  # no pixels: any lanes
         lanes8 = ir.VectorType(i32, 8)
-        lane_numbers = ir.Constant(lanes8, list(range(8)))
-        stores = []  # per 8 pixels: (first column, whether whole, the mask of the row's columns)
-        for h in range(0, len(pixels), 8):
-            at = b.add(wo0, c64(h))
-            left = b.sub(kb.dim(Wo), at)
-            left = b.select(b.icmp_signed("<", left, c64(tile_pixels - h)), left, c64(tile_pixels - h))
-            whole = b.icmp_signed("<=", b.add(at, c64(8)), kb.dim(Wo))
-            stores.append((at, whole, b.icmp_signed("<", lane_numbers, splat(b, b.trunc(left, i32), lanes8))))
+        if tile_pixels == TILE_PIXELS:  # its 8 lanes stored whole, but at the row's end
+            whole = b.icmp_signed("<=", b.add(wo0, c64(8)), kb.dim(Wo))
+            left = b.sub(kb.dim(Wo), wo0)
+            left = b.select(b.icmp_signed("<", left, c64(TILE_PIXELS)), left, c64(TILE_PIXELS))
+            mask = b.icmp_signed("<", ir.Constant(lanes8, list(range(8))), splat(b, b.trunc(left, i32), lanes8))
+
+        def store(values, o, h):
+            """A filter's 8 outputs from pixel h of the tile: a tile of a line lies inside its row."""
+            at = kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo, Wo, 1)), [n, o, ho, b.add(wo0, c64(h)) if h else wo0])
+            ptr = vec_ptr(b, b.gep(out, [at]), v8)
+            if tile_pixels == LINE_PIXELS:
+                b.store(values, ptr, align=4)
+                return
+            with b.if_else(whole) as (inside, end):
+                with inside:
+                    b.store(values, ptr, align=4)
+                with end:
+                    b.call(store8, [values, ptr, ir.Constant(i32, 4), mask])
+
         # filter by filter, each 8 pixels of the tile: a filter's LINE_PIXELS outputs one after the other
         transposed = [
             [
@@ -278,16 +289,8 @@ def conv_by_channels(kb: KernelBuilder, k, first):
         ]
         for q in range(0, TILE_CHANNELS, 8):
             for lane in range(8):
-                o = b.add(o0, c64(q + lane))
-                for (at, whole, mask), values in zip(stores, (half[lane] for half in transposed[q // 8])):
-                    ptr = vec_ptr(
-                        b, b.gep(out, [kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo, Wo, 1)), [n, o, ho, at])]), v8
-                    )
-                    with b.if_else(whole) as (inside, end):
-                        with inside:
-                            b.store(values, ptr, align=4)
-                        with end:
-                            b.call(store8, [values, ptr, ir.Constant(i32, 4), mask])
+                for h, half in zip(range(0, len(pixels), 8), transposed[q // 8]):
+                    store(half[lane], b.add(o0, c64(q + lane)), h)
 
     def row(idx):
         n, ho = b.sdiv(idx[0], kb.dim(Ho)), b.srem(idx[0], kb.dim(Ho))
