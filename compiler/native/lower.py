@@ -22,9 +22,10 @@ from dlc.compiler.ir.dims import Dim, numel
 from dlc.compiler.ir.graph import FLOAT_DTYPES, PRIMITIVES, Graph, Pattern, Tensor, collector_paused
 from dlc.compiler.native import PACK_WEIGHTS, PRECISIONS
 from dlc.compiler.native.fusion import Fusion, epilogues, fuse_maps, fuse_sums, keep_in_registers
-from dlc.compiler.native.choose.conv import stored_channels_first
+from dlc.compiler.native.choose.conv import im2col_by_planes, stored_channels_first
 from dlc.compiler.native.choose.int8 import Int8Conv
 from dlc.compiler.native.choose.int8 import chosen as int8_choice
+from dlc.compiler.native.kernels.im2col import PlanesIm2colKernel
 from dlc.compiler.native.kernels.int8 import Int8Weights
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.program import (
@@ -340,7 +341,28 @@ class Lowering:
         e = self.windows(x, attrs["stride"], attrs["padding"], dilation=attrs["dilation"])
         if (e, shape) not in self.cols:
             cols = self.p.buffer("f32", numel(shape), "temp")
-            self.emit(MapKernel(shape, cols.id, Affine(0, row_major(shape)), e, node=n))
+            load = e.load if isinstance(e, Guarded) else e
+            (dh, dw), (ph, pw) = attrs["dilation"], attrs["padding"]
+            sn, _, _, sc, tap_h, tap_w = load.at.coeffs  # a tap's step along h and w: dilation x stride
+            plane_strides = (tap_h // dh, tap_w // dw)
+            if im2col_by_planes(x.shape, plane_strides, load.dtype):
+                plane_at = Affine(load.at.offset + ph * plane_strides[0] + pw * plane_strides[1], (sn, sc))
+                self.emit(
+                    PlanesIm2colKernel(
+                        load.buffer,
+                        cols.id,
+                        plane_at,
+                        tuple(x.shape),
+                        window_shape[:2],
+                        window_shape[3:],
+                        attrs["stride"],
+                        attrs["padding"],
+                        attrs["dilation"],
+                        node=n,
+                    )
+                )
+            else:
+                self.emit(MapKernel(shape, cols.id, Affine(0, row_major(shape)), e, node=n))
             self.cols[e, shape] = cols
         return self.cols[e, shape]
 

@@ -24,6 +24,7 @@ from dlc.compiler.native.kernels.host_call import HostCallKernel
 from dlc.compiler.native.kernels.int8 import Int8Kernel, Int8Weights
 from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
 from dlc.compiler.native.kernels.maxpool_grad import MaxPoolGradKernel
+from dlc.compiler.native.kernels.im2col import PlanesIm2colKernel
 from dlc.compiler.native.kernels.pool import PoolKernel
 from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.kernels.scan import ScanKernel
@@ -117,6 +118,12 @@ def sample(kind) -> tuple:
         ),
         # b0 [1, 1, 6, 6] max-pooled 3 x 3 at stride 2, padded 1, into b2 [1, 1, 3, 3]
         PoolKernel: lambda: (PoolKernel(0, 2, (1, 1, 6, 6), (3, 3), (3, 3), (2, 2), (1, 1), "max"), {0}, {2}),
+        # b0 [1, 1, 2, 2]'s 3 x 3 windows, padded 1, into b2 [1, 2, 2, 1, 3, 3]
+        PlanesIm2colKernel: lambda: (
+            PlanesIm2colKernel(0, 2, Affine(0, (4, 4)), (1, 1, 2, 2), (2, 2), (3, 3), (1, 1), (1, 1), (1, 1)),
+            {0},
+            {2},
+        ),
         HostCallKernel: lambda: (HostCallKernel(p.host("replica_mean").id, 3), {3}, {3}),
         # a [1 x 4 x 2] self-attention under an additive mask b1 [4, 4], its scratch b5
         AttentionKernel: lambda: (

@@ -50,6 +50,18 @@ def chosen(c: Conv) -> Implementation:
     return first(LISTS[c.op], c)
 
 
+PLANE_FLOATS = 64  # an image plane's floats up to which im2col's columns are shuffles of it (kernels/im2col)
+
+
+def im2col_by_planes(x_shape: tuple, plane_strides: tuple, dtype: str) -> bool:
+    """Whether im2col's columns of x [N, C, H, W] are PlanesIm2colKernel's, each plane one
+    vector: a float32 image whose planes are H x W contiguous (`plane_strides`, of h and w:
+    (W, 1)), of sizes known and at most PLANE_FLOATS floats. Else a map over the windows."""
+    C, H, W = x_shape[1:]
+    known = all(isinstance(d, int) for d in (C, H, W))
+    return dtype == "f32" and known and H * W <= PLANE_FLOATS and tuple(plane_strides) == (W, 1)
+
+
 # ---- what several lists read -----------------------------------------------------------------------
 DIRECT_TAPS = 256  # C * kh * kw up to which a convolution is direct (ConvKernel), not im2col + GEMM
 
