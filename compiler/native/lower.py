@@ -297,15 +297,19 @@ class Lowering:
         raise AssertionError("a contiguous operand is always a matrix")
 
     # -- windows, as convolution and pooling read them ----------------------------------------
+    def image(self, x: Tensor) -> Load:
+        """The image x [N, C, H, W] in memory, as its windows read it: where it lies when it
+        is laid out channels last, else contiguous."""
+        e = self.expr(x)
+        if self.channels_last(x, e):
+            return e if isinstance(e, Load) else self.stored(x)
+        return self.materialize(x)
+
     def windows(self, x: Tensor, stride, padding, fill=0.0, order="nhwcij", dilation=(1, 1)):
         """x read through its windows over the iteration [N, Ho, Wo, C, kh, kw] ("nhwcij",
         the im2col layout) or [N, C, Ho, Wo, kh, kw] ("nchwij"); the taps `dilation` apart;
         x where it lies when it is laid out channels last, else contiguous."""
-        e = self.expr(x)
-        if self.channels_last(x, e):
-            src = e if isinstance(e, Load) else self.stored(x)
-        else:
-            src = self.materialize(x)
+        src = self.image(x)
         h, w = x.shape[2:]
         sn, sc, sh, sw = src.at.coeffs
         (st_h, st_w), (ph, pw), (dh, dw) = stride, padding, dilation
@@ -341,17 +345,14 @@ class Lowering:
         e = self.windows(x, attrs["stride"], attrs["padding"], dilation=attrs["dilation"])
         if (e, shape) not in self.cols:
             cols = self.p.buffer("f32", numel(shape), "temp")
-            load = e.load if isinstance(e, Guarded) else e
-            (dh, dw), (ph, pw) = attrs["dilation"], attrs["padding"]
-            sn, _, _, sc, tap_h, tap_w = load.at.coeffs  # a tap's step along h and w: dilation x stride
-            plane_strides = (tap_h // dh, tap_w // dw)
-            if im2col_by_planes(x.shape, plane_strides, load.dtype):
-                plane_at = Affine(load.at.offset + ph * plane_strides[0] + pw * plane_strides[1], (sn, sc))
+            src = self.image(x)
+            sn, sc, sh, sw = src.at.coeffs
+            if im2col_by_planes(x.shape, (sh, sw), src.dtype):
                 self.emit(
                     PlanesIm2colKernel(
-                        load.buffer,
+                        src.buffer,
                         cols.id,
-                        plane_at,
+                        Affine(src.at.offset, (sn, sc)),
                         tuple(x.shape),
                         window_shape[:2],
                         window_shape[3:],
